@@ -1,0 +1,24 @@
+//! The response body type shared by every handler: a boxed body so that fixed JSON answers and
+//! relayed streams have one type.
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+
+/// Errors a streamed body can end with (the connection is then closed uncleanly, so a client
+/// never mistakes a cut stream for a complete one).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body.
+pub type Body = BoxBody<Bytes, BodyError>;
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A JSON response body.
+pub fn json(value: &serde_json::Value) -> Body {
+    full(value.to_string())
+}

@@ -1,0 +1,1004 @@
+//! `proxy.toml`: parsed into raw serde types ([`raw`]), then validated into a [`Config`] that
+//! cannot hold a dangling reference. Every error names the file, the line and the key.
+
+mod locate;
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+pub use locate::KeyPath;
+use locate::SourceMap;
+use raw::{RawConfig, RawFlag, RawProvider, RawVariation};
+
+use crate::flags::audience::Condition;
+use crate::flags::bucket::BUCKETS;
+use crate::flags::{FallbackBehavior, Flag, PromptMode, Range, Rule, ToolPolicy, Variation};
+use crate::providers::mock::MockSettings;
+use crate::providers::{OpenAiSettings, Provider, ProviderKind, Secret};
+
+/// A validated configuration: what the proxy runs on.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from (a path, or a label for in-memory sources).
+    pub origin: String,
+    /// A short hex digest of the source text, to tell versions apart.
+    pub hash: String,
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// `[identity]`.
+    pub identity: IdentitySettings,
+    /// `[passthrough]`: where a `model` that is no flag goes.
+    pub passthrough: Option<Arc<Provider>>,
+    /// `[providers.*]`, by name.
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    /// Number of prompts in the library.
+    pub prompt_count: usize,
+    /// Number of audiences.
+    pub audience_count: usize,
+    /// `[flags.*]`, in key order.
+    pub flags: Vec<Arc<Flag>>,
+    flag_index: HashMap<String, usize>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The OpenAI-compatible listener.
+    pub listen: SocketAddr,
+    /// Metrics, health and admin.
+    pub admin_listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for requests in flight.
+    pub drain_timeout: Duration,
+}
+
+/// `[identity]`: where the bucketing id and attributes come from.
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    /// Sources of the bucketing id; the first present wins.
+    pub sources: Vec<IdSource>,
+    /// Headers with this (lower-case) prefix become attributes.
+    pub attribute_header_prefix: String,
+    /// Whether string/number/bool entries of the body's `metadata` become attributes.
+    pub attributes_from_metadata: bool,
+    /// What happens when no source gives an id.
+    pub on_missing: OnMissing,
+}
+
+/// One source of the bucketing id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdSource {
+    /// `header:NAME`.
+    Header(HeaderName),
+    /// `body:FIELD`: a top-level string field such as `user` or `safety_identifier`.
+    Body(String),
+    /// `metadata:KEY`: a key of the body's `metadata` object.
+    Metadata(String),
+}
+
+impl fmt::Display for IdSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdSource::Header(h) => write!(f, "header:{h}"),
+            IdSource::Body(b) => write!(f, "body:{b}"),
+            IdSource::Metadata(m) => write!(f, "metadata:{m}"),
+        }
+    }
+}
+
+/// What happens to a request without a bucketing id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissing {
+    /// A random id for this request only (no stickiness).
+    Random,
+    /// 400 `missing_user`.
+    Reject,
+}
+
+/// One validation error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub origin: String,
+    /// The 1-based line, when it could be found.
+    pub line: Option<usize>,
+    /// The key path.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if self.key.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every error found in one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where environment variables come from (tests pass their own).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let origin = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                origin: origin.clone(),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        Config::parse(&src, &origin)
+    }
+
+    /// Validates a configuration held in memory, reading keys from the process environment.
+    pub fn parse(src: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        Config::parse_with_env(src, origin, &process_env)
+    }
+
+    /// Validates a configuration with an explicit environment.
+    pub fn parse_with_env(
+        src: &str,
+        origin: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<Config, ConfigErrors> {
+        let map = SourceMap::new(src);
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => (
+                    Some(map.line_of(span.start)),
+                    map.path_at(span.start).to_string(),
+                ),
+                None => (None, String::new()),
+            };
+            ConfigErrors(vec![ConfigError {
+                origin: origin.to_owned(),
+                line,
+                key,
+                message: e.message().trim().to_owned(),
+            }])
+        })?;
+        let mut v = Validator {
+            origin,
+            map: &map,
+            env,
+            errors: Vec::new(),
+        };
+        let config = v.config(raw, src);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(v.errors))
+        }
+    }
+
+    /// The flag a client names in `model`.
+    pub fn flag(&self, key: &str) -> Option<(usize, &Arc<Flag>)> {
+        let i = *self.flag_index.get(key)?;
+        self.flags.get(i).map(|f| (i, f))
+    }
+}
+
+struct Validator<'a> {
+    origin: &'a str,
+    map: &'a SourceMap<'a>,
+    env: EnvLookup<'a>,
+    errors: Vec<ConfigError>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"30s\", \"250ms\")"))
+}
+
+fn short_hash(src: &str) -> String {
+    // FNV-1a: a version tag, not a security property.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in src.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: &KeyPath, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            origin: self.origin.to_owned(),
+            line: self.map.line_of_path(path),
+            key: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: &KeyPath, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(m)) => {
+                self.err(path, m);
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, path: &KeyPath, value: Option<&str>, default: &str) -> SocketAddr {
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
+        match value.unwrap_or(default).parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    path,
+                    format!(
+                        "invalid socket address {:?} (write e.g. \"127.0.0.1:8080\")",
+                        value.unwrap_or(default)
+                    ),
+                );
+                fallback
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, src: &str) -> Config {
+        let root = KeyPath::root();
+        let s = root.key("server");
+        let server = ServerSettings {
+            listen: self.addr(
+                &s.key("listen"),
+                raw.server.listen.as_deref(),
+                "127.0.0.1:8080",
+            ),
+            admin_listen: self.addr(
+                &s.key("admin_listen"),
+                raw.server.admin_listen.as_deref(),
+                "127.0.0.1:9090",
+            ),
+            max_body_bytes: match raw.server.max_body_bytes {
+                None => 4 * 1024 * 1024,
+                Some(n) if (1..=1 << 30).contains(&n) => n as usize,
+                Some(n) => {
+                    self.err(
+                        &s.key("max_body_bytes"),
+                        format!("{n} is out of range (1 ..= 1073741824)"),
+                    );
+                    4 * 1024 * 1024
+                }
+            },
+            drain_timeout: self.duration(
+                &s.key("drain_timeout"),
+                raw.server.drain_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+        };
+        let identity = self.identity(&raw);
+        let mut providers = BTreeMap::new();
+        for (name, p) in &raw.providers {
+            if let Some(p) = self.provider(&root.key("providers").key(name), name, p) {
+                providers.insert(name.clone(), Arc::new(p));
+            }
+        }
+        let passthrough = raw.passthrough.as_ref().and_then(|p| {
+            let found = providers.get(&p.provider).cloned();
+            if found.is_none() && raw.providers.get(&p.provider).is_none() {
+                self.err(
+                    &root.key("passthrough").key("provider"),
+                    format!(
+                        "unknown provider {:?}{}",
+                        p.provider,
+                        known(raw.providers.keys())
+                    ),
+                );
+            }
+            found
+        });
+        let prompts: BTreeMap<String, Arc<str>> = raw
+            .prompts
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::from(v.as_str())))
+            .collect();
+        for (name, list) in &raw.tool_policies {
+            if name == "all" || name == "none" {
+                self.err(
+                    &root.key("tool_policies").key(name),
+                    format!("{name:?} is built in and cannot be redefined"),
+                );
+            }
+            if list.iter().any(|t| t.is_empty()) {
+                self.err(
+                    &root.key("tool_policies").key(name),
+                    "tool names must not be empty",
+                );
+            }
+        }
+        let mut audiences = BTreeMap::new();
+        for (name, a) in &raw.audiences {
+            match Condition::from_json(&a.conditions) {
+                Ok(c) => {
+                    audiences.insert(name.clone(), Arc::new(c));
+                }
+                Err(m) => self.err(&root.key("audiences").key(name).key("conditions"), m),
+            }
+        }
+        let ctx = FlagContext {
+            raw: &raw,
+            providers: &providers,
+            prompts: &prompts,
+            audiences: &audiences,
+        };
+        let mut flags = Vec::new();
+        let mut flag_index = HashMap::new();
+        for (key, f) in &raw.flags {
+            if let Some(flag) = self.flag(&ctx, key, f) {
+                flag_index.insert(key.clone(), flags.len());
+                flags.push(Arc::new(flag));
+            }
+        }
+        self.alerts(&raw, &flag_index);
+        self.admin(&raw);
+        Config {
+            origin: self.origin.to_owned(),
+            hash: short_hash(src),
+            server,
+            identity,
+            passthrough,
+            providers,
+            prompt_count: prompts.len(),
+            audience_count: audiences.len(),
+            flags,
+            flag_index,
+        }
+    }
+
+    fn identity(&mut self, raw: &RawConfig) -> IdentitySettings {
+        let p = KeyPath::root().key("identity");
+        let defaults = [
+            "header:x-switchyard-user",
+            "body:user",
+            "body:safety_identifier",
+        ];
+        let specs: Vec<String> = match &raw.identity.bucketing_id {
+            Some(list) => list.clone(),
+            None => defaults.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut sources = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let path = p.key("bucketing_id").index(i);
+            let (kind, name) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+            if name.is_empty() {
+                self.err(&path, format!("invalid source {spec:?}: write \"header:NAME\", \"body:FIELD\" or \"metadata:KEY\""));
+                continue;
+            }
+            match kind {
+                "header" => match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(h) => sources.push(IdSource::Header(h)),
+                    Err(_) => self.err(&path, format!("invalid header name {name:?}")),
+                },
+                "body" => sources.push(IdSource::Body(name.to_owned())),
+                "metadata" => sources.push(IdSource::Metadata(name.to_owned())),
+                _ => self.err(&path, format!("invalid source {spec:?}: write \"header:NAME\", \"body:FIELD\" or \"metadata:KEY\"")),
+            }
+        }
+        let on_missing = match raw.identity.on_missing.as_deref() {
+            None | Some("random") => OnMissing::Random,
+            Some("reject") => OnMissing::Reject,
+            Some(other) => {
+                self.err(
+                    &p.key("on_missing"),
+                    format!("{other:?} is not one of \"random\", \"reject\""),
+                );
+                OnMissing::Random
+            }
+        };
+        IdentitySettings {
+            sources,
+            attribute_header_prefix: raw
+                .identity
+                .attribute_header_prefix
+                .clone()
+                .unwrap_or_else(|| "x-switchyard-attr-".into())
+                .to_ascii_lowercase(),
+            attributes_from_metadata: raw.identity.attributes_from_metadata.unwrap_or(true),
+            on_missing,
+        }
+    }
+
+    fn provider(&mut self, path: &KeyPath, name: &str, p: &RawProvider) -> Option<Provider> {
+        let timeout = self.duration(
+            &path.key("timeout"),
+            p.timeout.as_deref(),
+            Duration::from_secs(120),
+        );
+        let connect_timeout = self.duration(
+            &path.key("connect_timeout"),
+            p.connect_timeout.as_deref(),
+            Duration::from_secs(5),
+        );
+        let kind = match p.kind.as_str() {
+            "mock" => {
+                for (key, set) in [
+                    ("base_url", p.base_url.is_some()),
+                    ("api_key_env", p.api_key_env.is_some()),
+                ] {
+                    if set {
+                        self.err(&path.key(key), "not used by the mock provider");
+                    }
+                }
+                let stream_chunks = match p.stream_chunks {
+                    None => 4,
+                    Some(n) if (1..=10_000).contains(&n) => n as u32,
+                    Some(n) => {
+                        self.err(
+                            &path.key("stream_chunks"),
+                            format!("{n} is out of range (1 ..= 10000)"),
+                        );
+                        4
+                    }
+                };
+                ProviderKind::Mock(MockSettings {
+                    latency: self.duration(
+                        &path.key("latency"),
+                        p.latency.as_deref(),
+                        Duration::ZERO,
+                    ),
+                    chunk_interval: self.duration(
+                        &path.key("chunk_interval"),
+                        p.chunk_interval.as_deref(),
+                        Duration::ZERO,
+                    ),
+                    stream_chunks,
+                })
+            }
+            "openai" => {
+                for (key, set) in [
+                    ("latency", p.latency.is_some()),
+                    ("stream_chunks", p.stream_chunks.is_some()),
+                    ("chunk_interval", p.chunk_interval.is_some()),
+                ] {
+                    if set {
+                        self.err(&path.key(key), "only the mock provider takes this key");
+                    }
+                }
+                ProviderKind::OpenAi(self.openai(path, p)?)
+            }
+            other => {
+                self.err(
+                    &path.key("kind"),
+                    format!("unknown provider kind {other:?} (one of \"openai\", \"mock\")"),
+                );
+                return None;
+            }
+        };
+        Some(Provider {
+            name: name.to_owned(),
+            kind,
+            timeout,
+            connect_timeout,
+        })
+    }
+
+    fn openai(&mut self, path: &KeyPath, p: &RawProvider) -> Option<OpenAiSettings> {
+        let Some(base) = p.base_url.as_deref() else {
+            self.err(path, "an \"openai\" provider needs base_url");
+            return None;
+        };
+        let base = base.trim_end_matches('/');
+        let mut url = format!("{base}/chat/completions");
+        for (i, (k, v)) in p.query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("{k}={v}"));
+        }
+        let chat_url: Uri = match url.parse::<Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() =>
+            {
+                u
+            }
+            _ => {
+                self.err(
+                    &path.key("base_url"),
+                    format!("invalid URL {base:?}: write an http:// or https:// URL"),
+                );
+                return None;
+            }
+        };
+        let auth_header = match HeaderName::from_bytes(
+            p.auth_header
+                .as_deref()
+                .unwrap_or("authorization")
+                .as_bytes(),
+        ) {
+            Ok(h) => h,
+            Err(_) => {
+                self.err(&path.key("auth_header"), "invalid header name");
+                return None;
+            }
+        };
+        let auth = match &p.api_key_env {
+            None => None,
+            Some(var) => match (self.env)(var) {
+                None => {
+                    self.err(
+                        &path.key("api_key_env"),
+                        format!("the environment variable {var} is not set"),
+                    );
+                    None
+                }
+                Some(key) => {
+                    let text = if auth_header == http::header::AUTHORIZATION {
+                        format!("Bearer {}", key.trim())
+                    } else {
+                        key.trim().to_owned()
+                    };
+                    match HeaderValue::from_str(&text) {
+                        Ok(v) => Some((auth_header, Secret::new(v))),
+                        Err(_) => {
+                            // Never echo the value: it is a secret.
+                            self.err(
+                                &path.key("api_key_env"),
+                                format!("the value of {var} is not a valid header value"),
+                            );
+                            None
+                        }
+                    }
+                }
+            },
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &p.headers {
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
+                (Ok(k), Ok(v)) => headers.push((k, v)),
+                _ => self.err(&path.key("headers").key(k), "invalid header name or value"),
+            }
+        }
+        Some(OpenAiSettings {
+            chat_url,
+            auth,
+            headers,
+        })
+    }
+
+    fn flag(&mut self, ctx: &FlagContext<'_>, key: &str, f: &RawFlag) -> Option<Flag> {
+        let path = KeyPath::root().key("flags").key(key);
+        let errors_before = self.errors.len();
+        if f.variations.is_empty() {
+            self.err(
+                &path,
+                "a flag needs at least one variation under [flags.KEY.variations.NAME]",
+            );
+            return None;
+        }
+        let keys: Vec<&String> = f.variations.keys().collect();
+        let index_of = |name: &str| keys.iter().position(|k| k.as_str() == name);
+        let mut variations = Vec::new();
+        for (vkey, v) in &f.variations {
+            if let Some(var) =
+                self.variation(ctx, &path.key("variations").key(vkey), vkey, v, &index_of)
+            {
+                variations.push(var);
+            }
+        }
+        let off_variation = match f.off_variation.as_deref() {
+            Some(name) => index_of(name).unwrap_or_else(|| {
+                self.err(
+                    &path.key("off_variation"),
+                    format!("unknown variation {name:?}{}", known(keys.iter().copied())),
+                );
+                0
+            }),
+            None => {
+                self.err(
+                    &path,
+                    "off_variation is required: the variation served while the flag is off",
+                );
+                0
+            }
+        };
+        let stable_variation = match f.stable_variation.as_deref() {
+            Some(name) => index_of(name).unwrap_or_else(|| {
+                self.err(
+                    &path.key("stable_variation"),
+                    format!("unknown variation {name:?}{}", known(keys.iter().copied())),
+                );
+                0
+            }),
+            None => off_variation,
+        };
+        let system_prompt_mode = match f.system_prompt_mode.as_deref() {
+            None | Some("replace") => PromptMode::Replace,
+            Some("insert") => PromptMode::Insert,
+            Some(other) => {
+                self.err(
+                    &path.key("system_prompt_mode"),
+                    format!("{other:?} is not one of \"replace\", \"insert\""),
+                );
+                PromptMode::Replace
+            }
+        };
+        let rules = self.rules(ctx, &path, f, &index_of);
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(Flag {
+            key: key.to_owned(),
+            description: f.description.clone(),
+            enabled: f.enabled.unwrap_or(true),
+            off_variation,
+            stable_variation,
+            system_prompt_mode,
+            variations,
+            rules,
+        })
+    }
+
+    fn rules(
+        &mut self,
+        ctx: &FlagContext<'_>,
+        path: &KeyPath,
+        f: &RawFlag,
+        index_of: &dyn Fn(&str) -> Option<usize>,
+    ) -> Vec<Rule> {
+        if f.rules.is_empty() {
+            self.err(path, "a flag needs rules, the last one being \"everyone else\" (no audience): add [[flags.KEY.rules]]");
+            return Vec::new();
+        }
+        let mut rules = Vec::new();
+        let mut seen = Vec::new();
+        for (i, r) in f.rules.iter().enumerate() {
+            let rp = path.key("rules").index(i);
+            if r.id.is_empty() {
+                self.err(
+                    &rp.key("id"),
+                    "a rule id must not be empty (it salts the hash)",
+                );
+            } else if seen.contains(&r.id) {
+                self.err(&rp.key("id"), format!("duplicate rule id {:?}", r.id));
+            }
+            seen.push(r.id.clone());
+            let audience = match &r.audience {
+                None => None,
+                Some(name) => match ctx.audiences.get(name) {
+                    Some(c) => Some((name.clone(), c.clone())),
+                    None => {
+                        if !ctx.raw.audiences.contains_key(name) {
+                            self.err(
+                                &rp.key("audience"),
+                                format!(
+                                    "unknown audience {name:?}{}",
+                                    known(ctx.raw.audiences.keys())
+                                ),
+                            );
+                        }
+                        None
+                    }
+                },
+            };
+            if i + 1 == f.rules.len() && r.audience.is_some() {
+                self.err(&rp.key("audience"), "the last rule is \"everyone else\" and must not have an audience: add a final rule without one");
+            }
+            if r.allocation.is_empty() {
+                self.err(
+                    &rp.key("allocation"),
+                    "an allocation needs at least one range",
+                );
+            }
+            let mut allocation = Vec::new();
+            let mut prev: i64 = 0;
+            for (j, range) in r.allocation.iter().enumerate() {
+                let ap = rp.key("allocation").index(j);
+                if !(0..=i64::from(BUCKETS)).contains(&range.end) {
+                    self.err(
+                        &ap.key("end"),
+                        format!("{} is out of range (0 ..= 10000)", range.end),
+                    );
+                    continue;
+                }
+                if range.end < prev {
+                    self.err(
+                        &ap.key("end"),
+                        format!(
+                            "ranges must be in increasing order: end {} comes after end {prev}",
+                            range.end
+                        ),
+                    );
+                }
+                prev = range.end;
+                let variation = match range.variation.as_deref() {
+                    None | Some("") => None,
+                    Some(name) => match index_of(name) {
+                        Some(v) => Some(v),
+                        None => {
+                            self.err(&ap.key("variation"), format!("unknown variation {name:?}"));
+                            None
+                        }
+                    },
+                };
+                allocation.push(Range {
+                    variation,
+                    end: range.end as u32,
+                });
+            }
+            rules.push(Rule {
+                id: r.id.clone(),
+                audience,
+                allocation,
+            });
+        }
+        rules
+    }
+
+    fn variation(
+        &mut self,
+        ctx: &FlagContext<'_>,
+        path: &KeyPath,
+        key: &str,
+        v: &RawVariation,
+        index_of: &dyn Fn(&str) -> Option<usize>,
+    ) -> Option<Variation> {
+        let provider = match ctx.providers.get(&v.provider) {
+            Some(p) => Some(p.clone()),
+            None => {
+                if !ctx.raw.providers.contains_key(&v.provider) {
+                    self.err(
+                        &path.key("provider"),
+                        format!(
+                            "unknown provider {:?}{}",
+                            v.provider,
+                            known(ctx.raw.providers.keys())
+                        ),
+                    );
+                }
+                None
+            }
+        };
+        if v.model_id.trim().is_empty() {
+            self.err(&path.key("model_id"), "model_id must not be empty");
+        }
+        let system_prompt = match &v.system_prompt_variant {
+            None => None,
+            Some(name) => match ctx.prompts.get(name) {
+                Some(text) => Some((name.clone(), text.clone())),
+                None => {
+                    self.err(
+                        &path.key("system_prompt_variant"),
+                        format!("unknown prompt {name:?}{}", known(ctx.prompts.keys())),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(t) = v.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                self.err(
+                    &path.key("temperature"),
+                    format!("{t} is out of range (0 ..= 2)"),
+                );
+            }
+        }
+        let token_budget = match v.token_budget {
+            None => None,
+            Some(n) if (1..=10_000_000).contains(&n) => Some(n as u32),
+            Some(n) => {
+                self.err(
+                    &path.key("token_budget"),
+                    format!("{n} is out of range (1 ..= 10000000)"),
+                );
+                None
+            }
+        };
+        let tool_policy = match v.tool_policy.as_deref() {
+            None | Some("all") => ToolPolicy::All,
+            Some("none") => ToolPolicy::None,
+            Some(name) => match ctx.raw.tool_policies.get(name) {
+                Some(tools) => ToolPolicy::Allow {
+                    name: name.to_owned(),
+                    tools: tools.clone(),
+                },
+                None => {
+                    self.err(
+                        &path.key("tool_policy"),
+                        format!(
+                            "unknown tool policy {name:?} (\"all\", \"none\"{})",
+                            ctx.raw
+                                .tool_policies
+                                .keys()
+                                .map(|k| format!(", {k:?}"))
+                                .collect::<String>()
+                        ),
+                    );
+                    ToolPolicy::All
+                }
+            },
+        };
+        let fallback_behavior = match v.fallback_behavior.as_deref() {
+            None | Some("error") => FallbackBehavior::Error,
+            Some("rule-based") => FallbackBehavior::RuleBased,
+            Some("stable") => FallbackBehavior::Stable,
+            Some(other) => match other.strip_prefix("variation:") {
+                Some(target) => match index_of(target) {
+                    Some(i) if target != key => FallbackBehavior::Variation(i),
+                    Some(_) => {
+                        self.err(
+                            &path.key("fallback_behavior"),
+                            "a variation cannot fall back to itself",
+                        );
+                        FallbackBehavior::Error
+                    }
+                    None => {
+                        self.err(
+                            &path.key("fallback_behavior"),
+                            format!("unknown variation {target:?}"),
+                        );
+                        FallbackBehavior::Error
+                    }
+                },
+                None => {
+                    self.err(&path.key("fallback_behavior"), format!("{other:?} is not one of \"rule-based\", \"stable\", \"variation:<key>\", \"error\""));
+                    FallbackBehavior::Error
+                }
+            },
+        };
+        for reserved in [
+            "provider",
+            "model_id",
+            "system_prompt_variant",
+            "temperature",
+            "token_budget",
+            "tool_policy",
+            "retrieval_profile",
+            "fallback_behavior",
+        ] {
+            if v.variables.contains_key(reserved) {
+                self.err(&path.key("variables").key(reserved), "this name is a built-in variable of the variation; set it on the variation itself");
+            }
+        }
+        let mut variables = serde_json::Map::new();
+        variables.insert("provider".into(), v.provider.clone().into());
+        variables.insert("model_id".into(), v.model_id.clone().into());
+        variables.insert(
+            "system_prompt_variant".into(),
+            v.system_prompt_variant.clone().into(),
+        );
+        variables.insert("temperature".into(), v.temperature.into());
+        variables.insert("token_budget".into(), v.token_budget.into());
+        variables.insert("tool_policy".into(), tool_policy.name().into());
+        variables.insert(
+            "fallback_behavior".into(),
+            v.fallback_behavior
+                .clone()
+                .unwrap_or_else(|| "error".into())
+                .into(),
+        );
+        variables.insert(
+            "retrieval_profile".into(),
+            v.retrieval_profile.clone().into(),
+        );
+        for (k, val) in &v.variables {
+            variables.insert(k.clone(), val.clone());
+        }
+        Some(Variation {
+            key: key.to_owned(),
+            provider: provider?,
+            model_id: v.model_id.clone(),
+            system_prompt,
+            temperature: v.temperature,
+            token_budget,
+            tool_policy,
+            fallback_behavior,
+            retrieval_profile: v.retrieval_profile.clone(),
+            variables: serde_json::Value::Object(variables),
+        })
+    }
+
+    fn alerts(&mut self, raw: &RawConfig, flags: &HashMap<String, usize>) {
+        for (i, a) in raw.alerts.iter().enumerate() {
+            let path = KeyPath::root().key("alerts").index(i);
+            if !flags.contains_key(&a.flag) && !raw.flags.contains_key(&a.flag) {
+                self.err(&path.key("flag"), format!("unknown flag {:?}", a.flag));
+            }
+            if a.above.is_some() == a.below.is_some() {
+                self.err(&path, "an alert needs exactly one of `above` or `below`");
+            }
+            if let Some(w) = &a.window {
+                if let Err(m) = parse_duration(w) {
+                    self.err(&path.key("window"), m);
+                }
+            }
+            for (tier, actions) in &a.actions {
+                if !["info", "warning", "critical"].contains(&tier.as_str()) {
+                    self.err(
+                        &path.key("actions").key(tier),
+                        "tiers are info, warning and critical",
+                    );
+                }
+                for action in actions {
+                    if !["notify", "hold_rollout", "kill"].contains(&action.as_str()) {
+                        self.err(
+                            &path.key("actions").key(tier),
+                            format!("unknown action {action:?} (notify, hold_rollout, kill)"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn admin(&mut self, raw: &RawConfig) {
+        for (i, t) in raw.admin.tokens.iter().enumerate() {
+            if t.token_env.is_some() == t.token_file.is_some() {
+                self.err(
+                    &KeyPath::root().key("admin").key("tokens").index(i),
+                    "a token needs exactly one of token_env or token_file",
+                );
+            }
+        }
+        if let Some(url) = &raw.state.url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                self.err(
+                    &KeyPath::root().key("state").key("url"),
+                    "write \"sqlite:PATH\" or \"postgres://…\"",
+                );
+            }
+        }
+    }
+}
+
+struct FlagContext<'a> {
+    raw: &'a RawConfig,
+    providers: &'a BTreeMap<String, Arc<Provider>>,
+    prompts: &'a BTreeMap<String, Arc<str>>,
+    audiences: &'a BTreeMap<String, Arc<Condition>>,
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if list.is_empty() {
+        " (none are defined)".into()
+    } else {
+        format!(" (known: {})", list.join(", "))
+    }
+}

@@ -1,0 +1,185 @@
+//! The shape of `proxy.toml` as serde reads it. Nothing here reaches the request path:
+//! [`super::Config::parse`] validates these into the types the proxy runs on.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub identity: RawIdentity,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub passthrough: Option<RawPassthrough>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tool_policies: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub audiences: BTreeMap<String, RawAudience>,
+    #[serde(default)]
+    pub flags: BTreeMap<String, RawFlag>,
+    #[serde(default)]
+    pub alerts: Vec<RawAlert>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub max_body_bytes: Option<i64>,
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub bucketing_id: Option<Vec<String>>,
+    pub attribute_header_prefix: Option<String>,
+    pub attributes_from_metadata: Option<bool>,
+    pub on_missing: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RawAdminToken {
+    pub name: String,
+    pub token_env: Option<String>,
+    pub token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassthrough {
+    pub provider: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: String,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    /// Header that carries the key: `authorization` (as `Bearer <key>`, the default) or any
+    /// other name (the bare key), e.g. Azure's `api-key`.
+    pub auth_header: Option<String>,
+    /// Extra query parameters on every call, e.g. Azure's `api-version`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Extra headers on every call.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    // mock only
+    pub latency: Option<String>,
+    pub stream_chunks: Option<i64>,
+    pub chunk_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RawAudience {
+    pub conditions: serde_json::Value,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlag {
+    pub enabled: Option<bool>,
+    pub description: Option<String>,
+    pub off_variation: Option<String>,
+    pub stable_variation: Option<String>,
+    pub system_prompt_mode: Option<String>,
+    #[serde(default)]
+    pub variations: BTreeMap<String, RawVariation>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVariation {
+    pub provider: String,
+    pub model_id: String,
+    pub system_prompt_variant: Option<String>,
+    pub temperature: Option<f64>,
+    pub token_budget: Option<i64>,
+    pub tool_policy: Option<String>,
+    pub retrieval_profile: Option<String>,
+    pub fallback_behavior: Option<String>,
+    #[serde(default)]
+    pub variables: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub id: String,
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub allocation: Vec<RawRange>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRange {
+    pub variation: Option<String>,
+    pub end: i64,
+}
+
+/// Parsed now so the file's shape is checked; acted upon by the alerting subsystem.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RawAlert {
+    pub name: String,
+    pub flag: String,
+    pub variation: Option<String>,
+    pub metric: String,
+    pub above: Option<RawTiers>,
+    pub below: Option<RawTiers>,
+    pub relative_to_control: Option<bool>,
+    pub window: Option<String>,
+    pub min_samples: Option<i64>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RawTiers {
+    pub info: Option<f64>,
+    pub warning: Option<f64>,
+    pub critical: Option<f64>,
+}

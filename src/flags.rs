@@ -1,0 +1,255 @@
+//! Flags, variations, rules and the decision: which variation one bucketing id gets.
+//!
+//! Everything here is pure: a [`Decision`] is reproducible from the flag, whether it is
+//! enabled, the bucketing id and the attributes. The hashing lives in [`bucket`], the audience
+//! conditions in [`audience`].
+
+pub mod audience;
+pub mod bucket;
+
+use std::sync::Arc;
+
+use audience::{Attributes, Condition};
+
+use crate::providers::Provider;
+
+/// A flag: what a client names in `model`.
+#[derive(Debug)]
+pub struct Flag {
+    /// The key clients send as `model`.
+    pub key: String,
+    /// Free text for operators.
+    pub description: Option<String>,
+    /// The kill switch as configured (runtime state may override it).
+    pub enabled: bool,
+    /// Index of the variation served to everyone while the flag is off, and to users no
+    /// rule buckets.
+    pub off_variation: usize,
+    /// Index of the variation that `fallback_behavior = "stable"` retries on, and the control
+    /// of experiment results.
+    pub stable_variation: usize,
+    /// How a variation's system prompt meets the client's system message.
+    pub system_prompt_mode: PromptMode,
+    /// The variations, in key order.
+    pub variations: Vec<Variation>,
+    /// The rules, in order; the last one is "everyone else".
+    pub rules: Vec<Rule>,
+}
+
+/// How the variation's system prompt is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptMode {
+    /// The client's system (and developer) messages are removed; ours goes first.
+    Replace,
+    /// Ours goes first; the client's system messages stay after it.
+    Insert,
+}
+
+/// One AI configuration.
+#[derive(Debug)]
+pub struct Variation {
+    /// The variation's key.
+    pub key: String,
+    /// Where requests for it go.
+    pub provider: Arc<Provider>,
+    /// The model the provider is asked for.
+    pub model_id: String,
+    /// The prompt library entry, by name and text.
+    pub system_prompt: Option<(String, Arc<str>)>,
+    /// Sampling temperature forced on the request.
+    pub temperature: Option<f64>,
+    /// Cap on `max_tokens` / `max_completion_tokens`.
+    pub token_budget: Option<u32>,
+    /// Which tools the request may keep.
+    pub tool_policy: ToolPolicy,
+    /// What happens when the provider fails.
+    pub fallback_behavior: FallbackBehavior,
+    /// For the app: which retrieval profile to use (read via `/v1/decide`).
+    pub retrieval_profile: Option<String>,
+    /// Every variable of the variation as one JSON object, as `/v1/decide` returns it.
+    pub variables: serde_json::Value,
+}
+
+/// A tool policy: which of the client's tools reach the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolPolicy {
+    /// Tools pass unchanged.
+    All,
+    /// `tools` and `tool_choice` are removed.
+    None,
+    /// Only these tool names are kept.
+    Allow {
+        /// The policy's name in `[tool_policies]`.
+        name: String,
+        /// Allowed function names.
+        tools: Vec<String>,
+    },
+}
+
+impl ToolPolicy {
+    /// The policy's name as written in the config.
+    pub fn name(&self) -> &str {
+        match self {
+            ToolPolicy::All => "all",
+            ToolPolicy::None => "none",
+            ToolPolicy::Allow { name, .. } => name,
+        }
+    }
+}
+
+/// What to do when the provider fails (acted on by the fallback phase).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FallbackBehavior {
+    /// Answer from the rule-based responder.
+    RuleBased,
+    /// Retry on the flag's stable variation.
+    Stable,
+    /// Retry on another variation (index into the flag's variations).
+    Variation(usize),
+    /// Pass a clear error through.
+    Error,
+}
+
+impl FallbackBehavior {
+    /// The behaviour as written in the config.
+    pub fn label(&self, flag: &Flag) -> String {
+        match self {
+            FallbackBehavior::RuleBased => "rule-based".into(),
+            FallbackBehavior::Stable => "stable".into(),
+            FallbackBehavior::Variation(i) => format!(
+                "variation:{}",
+                flag.variations.get(*i).map_or("", |v| v.key.as_str())
+            ),
+            FallbackBehavior::Error => "error".into(),
+        }
+    }
+}
+
+/// A rule: an optional audience and a traffic allocation.
+#[derive(Debug)]
+pub struct Rule {
+    /// Salts the hash (Optimizely's rule/experiment id).
+    pub id: String,
+    /// The audience by name and conditions; `None` matches everyone.
+    pub audience: Option<(String, Arc<Condition>)>,
+    /// Ranges of the 10,000 buckets, ordered by `end`.
+    pub allocation: Vec<Range>,
+}
+
+/// One entry of an allocation: buckets below `end` (and at or above the previous entry's end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    /// The variation index, or `None` for traffic deliberately left unallocated.
+    pub variation: Option<usize>,
+    /// Exclusive end, 0..=10000.
+    pub end: u32,
+}
+
+/// Why a decision came out as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionReason {
+    /// The kill switch is off: everyone gets the off variation.
+    FlagDisabled,
+    /// The user matched the rule's audience and its bucket fell in the allocation.
+    RuleMatch,
+    /// The last rule ("everyone else") decided, after no earlier rule held the user.
+    EveryoneElse,
+    /// No rule bucketed the user: the off variation is served.
+    NotBucketed,
+}
+
+impl DecisionReason {
+    /// A stable code for JSON and headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionReason::FlagDisabled => "flag_disabled",
+            DecisionReason::RuleMatch => "rule_match",
+            DecisionReason::EveryoneElse => "everyone_else",
+            DecisionReason::NotBucketed => "not_bucketed",
+        }
+    }
+}
+
+/// Which variation one bucketing id gets, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into the flag's variations.
+    pub variation: usize,
+    /// Index into the flag's rules, when a rule decided.
+    pub rule: Option<usize>,
+    /// The user's bucket (0..10000) in the rule that decided.
+    pub bucket: Option<u32>,
+    /// Why.
+    pub reason: DecisionReason,
+}
+
+impl Flag {
+    /// Decides the variation for `bucketing_id`.
+    ///
+    /// Rules are tried in order. A rule whose audience does not match is skipped. A user who
+    /// matches but whose bucket runs off the allocation (or lands on an unallocated range)
+    /// goes straight to the last rule, as Optimizely's delivery rules do. `enabled` is the
+    /// effective kill switch (config plus runtime state).
+    pub fn decide(&self, enabled: bool, bucketing_id: &str, attributes: &Attributes) -> Decision {
+        if !enabled {
+            return Decision {
+                variation: self.off_variation,
+                rule: None,
+                bucket: None,
+                reason: DecisionReason::FlagDisabled,
+            };
+        }
+        let last = self.rules.len().saturating_sub(1);
+        let mut index = 0;
+        while index < self.rules.len() {
+            let rule = &self.rules[index];
+            let audience_ok = match &rule.audience {
+                None => true,
+                Some((_, condition)) => condition.matches(attributes),
+            };
+            if audience_ok {
+                let b = bucket::bucket(bucketing_id, &rule.id);
+                if let Some(variation) = rule.variation_for(b) {
+                    let reason = if index == last {
+                        DecisionReason::EveryoneElse
+                    } else {
+                        DecisionReason::RuleMatch
+                    };
+                    return Decision {
+                        variation,
+                        rule: Some(index),
+                        bucket: Some(b),
+                        reason,
+                    };
+                }
+                if index == last {
+                    break;
+                }
+                index = last;
+                continue;
+            }
+            index += 1;
+        }
+        Decision {
+            variation: self.off_variation,
+            rule: None,
+            bucket: None,
+            reason: DecisionReason::NotBucketed,
+        }
+    }
+
+    /// Looks a variation up by key.
+    pub fn variation_index(&self, key: &str) -> Option<usize> {
+        self.variations.iter().position(|v| v.key == key)
+    }
+}
+
+impl Rule {
+    /// The variation whose range holds `bucket`, if any.
+    pub fn variation_for(&self, bucket: u32) -> Option<usize> {
+        self.allocation
+            .iter()
+            .find(|r| bucket < r.end)
+            .and_then(|r| r.variation)
+    }
+}

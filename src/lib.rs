@@ -1,0 +1,62 @@
+//! Switchyard: an OpenAI-compatible reverse proxy that turns feature flags into the control
+//! plane for AI features.
+//!
+//! Apps point their OpenAI base URL at the proxy and send `model = "<flag key>"`. For every
+//! chat request Switchyard decides which *variation* (one whole AI configuration: provider,
+//! model, system prompt, temperature, token budget, tool policy…) this end user gets, rewrites
+//! the request to match, forwards it, relays the answer and measures it per variation.
+//!
+//! # Layout
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | `proxy.toml`: raw serde types → validated [`config::Config`]; errors name file, line and key |
+//! | [`flags`] | flags, variations, rules and the pure decision; [`flags::bucket`] (MurmurHash3, Optimizely-identical), [`flags::audience`] (typed audiences) |
+//! | [`proxy`] | the chat handler, one module per phase: [`proxy::request`] (parse), [`proxy::identify`], [`proxy::decide`], [`proxy::rewrite`], [`proxy::forward`], [`proxy::stream`] (SSE relay), [`proxy::context`] (record) |
+//! | [`providers`] | the OpenAI-compatible path, the built-in [`providers::mock`], pooled rustls [`providers::client`] |
+//! | [`metrics`] | every Prometheus family, registered once; pre-built per-variation handles; hdrhistogram quantiles |
+//! | [`openai`] | OpenAI wire shapes and the one error type, turned into a response in one place |
+//! | [`server`] | listeners, routing, graceful shutdown |
+//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
+//! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
+//!
+//! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod flags;
+pub mod metrics;
+pub mod openai;
+pub mod providers;
+pub mod proxy;
+pub mod server;
+
+use std::future::Future;
+
+pub use config::Config;
+pub use server::Listeners;
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A socket could not be bound or served.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// The metric registry refused a family (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Serves `config` on `listeners` until `shutdown` resolves, then drains requests in flight
+/// (up to `server.drain_timeout`) and returns.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let app = app::App::new(config)?;
+    server::run_app(listeners, app, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! The `switchyard` command: `serve`, `check`, `decide`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::flags::audience::{AttrValue, Attributes};
+use switchyard::{Config, Listeners};
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Feature flags as the control plane for AI features: an OpenAI-compatible proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the OpenAI-compatible API and the admin listener.
+    Serve {
+        /// The configuration file.
+        #[arg(long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// Override `server.listen` (use port 0 for any free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override `server.admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration and print a summary; exits non-zero with the errors.
+    Check {
+        /// The configuration file.
+        #[arg(long, default_value = "proxy.toml")]
+        config: PathBuf,
+    },
+    /// Show which variation a user gets, and why.
+    Decide {
+        /// The configuration file.
+        #[arg(long, default_value = "proxy.toml")]
+        config: PathBuf,
+        /// The flag key.
+        #[arg(long)]
+        flag: String,
+        /// The bucketing id.
+        #[arg(long)]
+        user: String,
+        /// An attribute, `key=value` (repeatable).
+        #[arg(long = "attr", value_name = "KEY=VALUE")]
+        attrs: Vec<String>,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => serve(config, listen, admin_listen),
+        Command::Check { config } => check(config),
+        Command::Decide {
+            config,
+            flag,
+            user,
+            attrs,
+            json,
+        } => decide(config, &flag, &user, &attrs, json),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+        ExitCode::from(1)
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketAddr>) -> ExitCode {
+    init_tracing();
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let main_addr = listen.unwrap_or(config.server.listen);
+        let admin_addr = admin_listen.unwrap_or(config.server.admin_listen);
+        let listeners = match Listeners::bind(main_addr, admin_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cannot bind {main_addr} / {admin_addr}: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let (Ok(main_bound), Ok(admin_bound)) = (listeners.main.local_addr(), listeners.admin.local_addr()) else {
+            eprintln!("cannot read the bound addresses");
+            return ExitCode::from(1);
+        };
+        // Scripts and tests read these two lines to find the ports.
+        println!("switchyard listening on http://{main_bound}");
+        println!("switchyard admin listening on http://{admin_bound}");
+        tracing::info!(config = %path.display(), flags = config.flags.len(), hash = %config.hash, "serving");
+        match switchyard::run(listeners, config, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("{}: ok (hash {})", path.display(), config.hash);
+    println!(
+        "  listen {}  admin {}",
+        config.server.listen, config.server.admin_listen
+    );
+    println!(
+        "  {} provider(s), {} prompt(s), {} audience(s), {} flag(s)",
+        config.providers.len(),
+        config.prompt_count,
+        config.audience_count,
+        config.flags.len()
+    );
+    for (name, p) in &config.providers {
+        println!("  provider {name}: {}", p.kind.as_str());
+    }
+    for flag in &config.flags {
+        let state = if flag.enabled { "on" } else { "OFF" };
+        println!(
+            "  flag {} [{state}]: {} variation(s), {} rule(s)",
+            flag.key,
+            flag.variations.len(),
+            flag.rules.len()
+        );
+        for v in &flag.variations {
+            println!(
+                "    variation {}: {} / {}",
+                v.key, v.provider.name, v.model_id
+            );
+        }
+        for r in &flag.rules {
+            let audience = r
+                .audience
+                .as_ref()
+                .map_or("everyone".to_owned(), |(n, _)| format!("audience {n}"));
+            let ranges: Vec<String> = r
+                .allocation
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}<{}",
+                        a.variation
+                            .and_then(|i| flag.variations.get(i))
+                            .map_or("(none)", |v| v.key.as_str()),
+                        a.end
+                    )
+                })
+                .collect();
+            println!("    rule {} ({audience}): {}", r.id, ranges.join(" "));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn decide(path: PathBuf, flag_key: &str, user: &str, attrs: &[String], json: bool) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some((_, flag)) = config.flag(flag_key) else {
+        let known: Vec<&str> = config.flags.iter().map(|f| f.key.as_str()).collect();
+        eprintln!("unknown flag {flag_key:?} (known: {})", known.join(", "));
+        return ExitCode::from(2);
+    };
+    let mut attributes = Attributes::new();
+    for a in attrs {
+        let Some((k, v)) = a.split_once('=') else {
+            eprintln!("--attr takes KEY=VALUE, got {a:?}");
+            return ExitCode::from(2);
+        };
+        attributes.insert(k, AttrValue::String(v.to_owned()));
+    }
+    let out = switchyard::proxy::decide::decide_for(flag, user, &attributes);
+    if json {
+        println!("{out}");
+    } else {
+        let rule = out["rule"].as_str().unwrap_or("(none)");
+        let bucket = out["bucket"]
+            .as_u64()
+            .map_or("-".to_owned(), |b| b.to_string());
+        println!("flag       {}", flag.key);
+        println!("user       {user}");
+        println!("variation  {}", out["variation"].as_str().unwrap_or("?"));
+        println!("rule       {rule}");
+        println!("bucket     {bucket}");
+        println!(
+            "reason     {}",
+            explain(out["reason"].as_str().unwrap_or(""))
+        );
+        println!("variables  {}", out["variables"]);
+    }
+    ExitCode::SUCCESS
+}
+
+fn explain(reason: &str) -> String {
+    match reason {
+        "flag_disabled" => {
+            "flag_disabled: the kill switch is off, everyone gets the off variation".into()
+        }
+        "rule_match" => {
+            "rule_match: the user is in the rule's audience and its bucket falls in the allocation"
+                .into()
+        }
+        "everyone_else" => {
+            "everyone_else: no earlier rule held the user; the last rule decided".into()
+        }
+        "not_bucketed" => {
+            "not_bucketed: no rule bucketed the user; the off variation is served".into()
+        }
+        other => other.to_owned(),
+    }
+}

@@ -1,0 +1,443 @@
+//! Every metric, registered once in [`Metrics`]. Label values come from the config and from
+//! enums, never from user input, so cardinality stays bounded. The request path records
+//! through [`VariationMetrics`], handles resolved when a config is loaded, so recording
+//! allocates nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use hdrhistogram::Histogram as Hdr;
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::Config;
+use crate::openai::ErrorClass;
+
+/// The `flag` label of requests for a model that is no flag.
+pub const PASSTHROUGH: &str = "_passthrough";
+/// The `flag`/`variation` label of requests that failed before a flag was known.
+pub const NONE: &str = "_none";
+
+/// Buckets for request latency and time to first token: milliseconds to minutes.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Buckets for the proxy's own time: microseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.05,
+];
+
+/// How a request ended, the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered by the provider.
+    Success,
+    /// Answered by a fallback.
+    Fallback,
+    /// The client's request was rejected.
+    ClientError,
+    /// The provider failed and the error was passed on.
+    UpstreamError,
+    /// The client went away first.
+    Cancelled,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Success,
+        Outcome::Fallback,
+        Outcome::ClientError,
+        Outcome::UpstreamError,
+        Outcome::Cancelled,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Fallback => "fallback",
+            Outcome::ClientError => "client_error",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// All metric families.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    overhead: HistogramVec,
+    tokens: IntCounterVec,
+    errors: IntCounterVec,
+    /// `switchyard_fallback_triggers_total{flag,variation,reason,behavior}`.
+    pub fallback_triggers: IntCounterVec,
+    quantiles: GaugeVec,
+    config_info: IntGaugeVec,
+    rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Pre-resolved handles for one (flag, variation): the request path records through these.
+#[derive(Debug, Clone)]
+pub struct VariationMetrics {
+    outcomes: [IntCounter; 5],
+    /// Total request duration.
+    pub duration: Histogram,
+    /// Time to first token of streams.
+    pub ttft: Histogram,
+    /// The proxy's own time.
+    pub overhead: Histogram,
+    /// Prompt tokens.
+    pub tokens_in: IntCounter,
+    /// Completion tokens.
+    pub tokens_out: IntCounter,
+    errors: [IntCounter; 9],
+    rolling: Arc<Mutex<Rolling>>,
+}
+
+impl VariationMetrics {
+    /// Counts one request with its outcome.
+    pub fn outcome(&self, outcome: Outcome) {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.outcomes[i].inc();
+    }
+
+    /// Counts one error of a class.
+    pub fn error(&self, class: ErrorClass) {
+        let i = ErrorClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(0);
+        self.errors[i].inc();
+    }
+
+    /// Records a request's total latency (histogram and rolling quantiles).
+    pub fn latency(&self, d: Duration) {
+        self.duration.observe(d.as_secs_f64());
+        if let Ok(mut r) = self.rolling.lock() {
+            r.record(d);
+        }
+    }
+
+    /// Exact quantiles of the rolling window, in seconds (for the admin API).
+    pub fn quantiles(&self) -> Option<(u64, [f64; 3])> {
+        self.rolling.lock().ok().map(|mut r| r.quantiles())
+    }
+}
+
+/// Handles of every variation of a config, indexed `[flag][variation]`, plus the
+/// passthrough and pre-flag handles.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    /// `[flag index][variation index]`.
+    pub flags: Vec<Vec<VariationMetrics>>,
+    /// Requests for a model that is no flag.
+    pub passthrough: VariationMetrics,
+    /// Requests rejected before a flag was known.
+    pub unrouted: VariationMetrics,
+}
+
+/// Rolling-window latency quantiles from hdrhistogram: a ring of slots, the oldest cleared as
+/// time moves on.
+#[derive(Debug)]
+struct Rolling {
+    slots: Vec<Hdr<u32>>,
+    current: usize,
+    slot_started: Instant,
+    slot_len: Duration,
+}
+
+const SLOTS: usize = 6;
+const SLOT_LEN: Duration = Duration::from_secs(10);
+
+impl Rolling {
+    fn new() -> Option<Rolling> {
+        let mut slots = Vec::with_capacity(SLOTS);
+        for _ in 0..SLOTS {
+            // 1 µs to 1 h at two significant figures.
+            slots.push(Hdr::new_with_bounds(1, 3_600_000_000, 2).ok()?);
+        }
+        Some(Rolling {
+            slots,
+            current: 0,
+            slot_started: Instant::now(),
+            slot_len: SLOT_LEN,
+        })
+    }
+
+    fn rotate(&mut self) {
+        let elapsed = self.slot_started.elapsed();
+        if elapsed < self.slot_len {
+            return;
+        }
+        let steps = (elapsed.as_nanos() / self.slot_len.as_nanos().max(1)) as usize;
+        for _ in 0..steps.min(SLOTS) {
+            self.current = (self.current + 1) % SLOTS;
+            if let Some(slot) = self.slots.get_mut(self.current) {
+                slot.reset();
+            }
+        }
+        self.slot_started += self.slot_len * steps as u32;
+    }
+
+    fn record(&mut self, d: Duration) {
+        self.rotate();
+        let micros = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        if let Some(slot) = self.slots.get_mut(self.current) {
+            let _ = slot.record(micros);
+        }
+    }
+
+    fn quantiles(&mut self) -> (u64, [f64; 3]) {
+        self.rotate();
+        let Some((first, rest)) = self.slots.split_first() else {
+            return (0, [0.0; 3]);
+        };
+        let mut merged = first.clone();
+        for s in rest {
+            let _ = merged.add(s);
+        }
+        let q = |p: f64| merged.value_at_quantile(p) as f64 / 1e6;
+        (merged.len(), [q(0.5), q(0.95), q(0.99)])
+    }
+}
+
+fn histogram(
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+}
+
+impl Metrics {
+    /// Registers every family once.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Chat requests by flag, variation, provider, model and outcome.",
+            ),
+            &["flag", "variation", "provider", "model", "outcome"],
+        )?;
+        let duration = histogram(
+            "switchyard_request_duration_seconds",
+            "Chat request duration, from the request's arrival to the last byte of the answer.",
+            LATENCY_BUCKETS,
+            &["flag", "variation", "provider", "model"],
+        )?;
+        let ttft = histogram(
+            "switchyard_time_to_first_token_seconds",
+            "Time from a streamed request's arrival to its first chunk.",
+            LATENCY_BUCKETS,
+            &["flag", "variation", "provider", "model"],
+        )?;
+        let overhead = histogram(
+            "switchyard_overhead_seconds",
+            "Time spent in the proxy itself per request, excluding the upstream.",
+            OVERHEAD_BUCKETS,
+            &["flag", "variation"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "switchyard_tokens_total",
+                "Tokens by direction (in = prompt, out = completion).",
+            ),
+            &["flag", "variation", "model", "direction"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("switchyard_errors_total", "Errors by class."),
+            &["flag", "variation", "class"],
+        )?;
+        let fallback_triggers = IntCounterVec::new(
+            Opts::new(
+                "switchyard_fallback_triggers_total",
+                "Fallbacks by trigger reason and behaviour.",
+            ),
+            &["flag", "variation", "reason", "behavior"],
+        )?;
+        let quantiles = GaugeVec::new(
+            Opts::new(
+                "switchyard_latency_quantile_seconds",
+                "Exact request latency quantiles over a rolling 60 s window (hdrhistogram).",
+            ),
+            &["flag", "variation", "quantile"],
+        )?;
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_config_info",
+                "The configuration in force: 1 for its hash.",
+            ),
+            &["hash"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(ttft.clone()))?;
+        registry.register(Box::new(overhead.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(fallback_triggers.clone()))?;
+        registry.register(Box::new(quantiles.clone()))?;
+        registry.register(Box::new(config_info.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            ttft,
+            overhead,
+            tokens,
+            errors,
+            fallback_triggers,
+            quantiles,
+            config_info,
+            rolling: DashMap::new(),
+        })
+    }
+
+    /// The registry, for families other modules register.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn variation(
+        &self,
+        flag: &str,
+        variation: &str,
+        provider: &str,
+        model: &str,
+    ) -> prometheus::Result<VariationMetrics> {
+        let outcome = |o: Outcome| {
+            self.requests.get_metric_with_label_values(&[
+                flag,
+                variation,
+                provider,
+                model,
+                o.as_str(),
+            ])
+        };
+        let error = |c: ErrorClass| {
+            self.errors
+                .get_metric_with_label_values(&[flag, variation, c.as_str()])
+        };
+        let rolling = self
+            .rolling
+            .entry((flag.to_owned(), variation.to_owned()))
+            .or_insert_with(|| Arc::new(Mutex::new(Rolling::new().unwrap_or_else(Rolling::empty))))
+            .clone();
+        Ok(VariationMetrics {
+            outcomes: [
+                outcome(Outcome::ALL[0])?,
+                outcome(Outcome::ALL[1])?,
+                outcome(Outcome::ALL[2])?,
+                outcome(Outcome::ALL[3])?,
+                outcome(Outcome::ALL[4])?,
+            ],
+            duration: self
+                .duration
+                .get_metric_with_label_values(&[flag, variation, provider, model])?,
+            ttft: self
+                .ttft
+                .get_metric_with_label_values(&[flag, variation, provider, model])?,
+            overhead: self
+                .overhead
+                .get_metric_with_label_values(&[flag, variation])?,
+            tokens_in: self
+                .tokens
+                .get_metric_with_label_values(&[flag, variation, model, "in"])?,
+            tokens_out: self
+                .tokens
+                .get_metric_with_label_values(&[flag, variation, model, "out"])?,
+            errors: [
+                error(ErrorClass::ALL[0])?,
+                error(ErrorClass::ALL[1])?,
+                error(ErrorClass::ALL[2])?,
+                error(ErrorClass::ALL[3])?,
+                error(ErrorClass::ALL[4])?,
+                error(ErrorClass::ALL[5])?,
+                error(ErrorClass::ALL[6])?,
+                error(ErrorClass::ALL[7])?,
+                error(ErrorClass::ALL[8])?,
+            ],
+            rolling,
+        })
+    }
+
+    /// Resolves the handles of every variation of `config` (done once per config load).
+    pub fn routes(&self, config: &Config) -> prometheus::Result<RouteMetrics> {
+        let mut flags = Vec::with_capacity(config.flags.len());
+        for flag in &config.flags {
+            let mut vars = Vec::with_capacity(flag.variations.len());
+            for v in &flag.variations {
+                vars.push(self.variation(&flag.key, &v.key, &v.provider.name, &v.model_id)?);
+            }
+            flags.push(vars);
+        }
+        let passthrough_provider = config
+            .passthrough
+            .as_ref()
+            .map_or(NONE, |p| p.name.as_str());
+        self.config_info.reset();
+        self.config_info.with_label_values(&[&config.hash]).set(1);
+        Ok(RouteMetrics {
+            flags,
+            passthrough: self.variation(
+                PASSTHROUGH,
+                PASSTHROUGH,
+                passthrough_provider,
+                PASSTHROUGH,
+            )?,
+            unrouted: self.variation(NONE, NONE, NONE, NONE)?,
+        })
+    }
+
+    /// The Prometheus text exposition, with the rolling quantile gauges refreshed first.
+    pub fn render(&self) -> Vec<u8> {
+        for entry in self.rolling.iter() {
+            let (flag, variation) = entry.key();
+            let Ok(mut r) = entry.value().lock() else {
+                continue;
+            };
+            let (count, qs) = r.quantiles();
+            drop(r);
+            if count == 0 {
+                continue;
+            }
+            for (label, value) in ["0.5", "0.95", "0.99"].iter().zip(qs) {
+                self.quantiles
+                    .with_label_values(&[flag.as_str(), variation.as_str(), label])
+                    .set(value);
+            }
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Rolling {
+    fn empty() -> Rolling {
+        Rolling {
+            slots: Vec::new(),
+            current: 0,
+            slot_started: Instant::now(),
+            slot_len: SLOT_LEN,
+        }
+    }
+}

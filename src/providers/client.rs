@@ -1,0 +1,61 @@
+//! The pooled upstream client: hyper's legacy client over rustls (webpki roots, HTTP/1.1 and
+//! h2 by ALPN), one pool per connect timeout, keep-alive connections reused across requests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The client type the forward phase uses.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Upstream clients, shared by all requests (and across config reloads, so pools survive).
+#[derive(Clone, Default)]
+pub struct Clients {
+    by_connect_timeout: Arc<DashMap<Duration, HttpClient>>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("pools", &self.by_connect_timeout.len())
+            .finish()
+    }
+}
+
+fn build(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(https)
+}
+
+impl Clients {
+    /// The client for a connect timeout (created on first use).
+    pub fn get(&self, connect_timeout: Duration) -> HttpClient {
+        if let Some(c) = self.by_connect_timeout.get(&connect_timeout) {
+            return c.clone();
+        }
+        self.by_connect_timeout
+            .entry(connect_timeout)
+            .or_insert_with(|| build(connect_timeout))
+            .clone()
+    }
+}

@@ -1,0 +1,111 @@
+//! `GET /v1/decide` and `GET /v1/models`: the decision and the variation's variables for apps
+//! that need them (retrieval profile and friends), and the flags as OpenAI models.
+
+use http::{HeaderMap, StatusCode};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::flags::audience::{AttrValue, Attributes};
+use crate::flags::{Decision, Flag};
+use crate::openai::ApiError;
+
+/// The decision as DESIGN's JSON object: `{"flag", "variation", "rule", "bucket", "reason",
+/// "variables"}`.
+pub fn decision_json(flag: &Flag, decision: &Decision) -> Value {
+    let variation = flag.variations.get(decision.variation);
+    json!({
+        "flag": flag.key,
+        "variation": variation.map(|v| v.key.as_str()),
+        "rule": decision.rule.and_then(|r| flag.rules.get(r)).map(|r| r.id.as_str()),
+        "bucket": decision.bucket,
+        "reason": decision.reason.as_str(),
+        "variables": variation.map_or(Value::Null, |v| v.variables.clone()),
+    })
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component.
+pub fn percent_decode(s: &str) -> Result<String, ApiError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => out.push(b),
+                    None => {
+                        return Err(ApiError::field(
+                            "query",
+                            "malformed percent-encoding in the query string",
+                        ))
+                    }
+                }
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ApiError::field("query", "the query string is not UTF-8"))
+}
+
+/// `GET /v1/decide?flag=F&user=U[&attr.k=v]…`.
+pub fn decide(
+    config: &Config,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(StatusCode, Value), ApiError> {
+    let mut flag_key = None;
+    let mut user = None;
+    let mut attrs = crate::proxy::identify::attributes(&config.identity, headers, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)?;
+        let v = percent_decode(v)?;
+        match k.as_str() {
+            "flag" => flag_key = Some(v),
+            "user" => user = Some(v),
+            _ => match k.strip_prefix("attr.") {
+                Some(name) if !name.is_empty() => attrs.insert(name, AttrValue::String(v.clone())),
+                _ => {
+                    return Err(ApiError::field(
+                        "query",
+                        format!("unknown query parameter `{k}` (flag, user, attr.NAME)"),
+                    ))
+                }
+            },
+        }
+    }
+    let flag_key = flag_key
+        .filter(|f| !f.is_empty())
+        .ok_or_else(|| ApiError::field("flag", "the query parameter `flag` is required"))?;
+    let user = user
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| ApiError::field("user", "the query parameter `user` is required"))?;
+    let (_, flag) = config
+        .flag(&flag_key)
+        .ok_or(ApiError::UnknownFlag(flag_key))?;
+    let decision = flag.decide(flag.enabled, &user, &attrs);
+    Ok((StatusCode::OK, decision_json(flag, &decision)))
+}
+
+/// Decides for the CLI.
+pub fn decide_for(flag: &Flag, user: &str, attrs: &Attributes) -> Value {
+    let decision = flag.decide(flag.enabled, user, attrs);
+    decision_json(flag, &decision)
+}
+
+/// `GET /v1/models`: one model per flag (plus nothing else: passthrough models are the
+/// provider's to list).
+pub fn models(config: &Config) -> Value {
+    let data: Vec<Value> = config
+        .flags
+        .iter()
+        .map(|f| json!({"id": f.key, "object": "model", "created": 0, "owned_by": "switchyard"}))
+        .collect();
+    json!({"object": "list", "data": data})
+}

