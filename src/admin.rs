@@ -16,7 +16,7 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
     let path = req.uri().path();
     match (path, req.method()) {
         ("/metrics", &Method::GET) => {
-            let mut resp = Response::new(full(app.metrics.render()));
+            let mut resp = Response::new(full(app.render_metrics()));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

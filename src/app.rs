@@ -10,6 +10,7 @@ use http::HeaderValue;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::providers::client::Clients;
+use crate::resilience::Resilience;
 
 /// A configuration with everything derived from it that requests need: metric handles and
 /// response header values, resolved once per load.
@@ -68,6 +69,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Upstream connection pools.
     pub clients: Clients,
+    /// Circuit breakers and retry budgets per provider.
+    pub resilience: Resilience,
     draining: AtomicBool,
 }
 
@@ -80,6 +83,7 @@ impl App {
             live: ArcSwap::from_pointee(live),
             metrics,
             clients: Clients::default(),
+            resilience: Resilience::default(),
             draining: AtomicBool::new(false),
         }))
     }
@@ -87,6 +91,14 @@ impl App {
     /// Marks the proxy as shutting down (`/readyz` turns 503).
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The Prometheus exposition, with gauges that are read on demand refreshed first.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        for (provider, state) in self.resilience.states(std::time::Instant::now()) {
+            self.metrics.circuit_state(&provider, state.code());
+        }
+        self.metrics.render()
     }
 
     /// Whether shutdown has begun.

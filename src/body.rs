@@ -22,3 +22,16 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn json(value: &serde_json::Value) -> Body {
     full(value.to_string())
 }
+
+/// A provider's error inside a stream, already in OpenAI's error JSON shape: the relay sends it
+/// to the client as the stream's last event.
+#[derive(Debug)]
+pub struct StreamFault(pub String);
+
+impl std::fmt::Display for StreamFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "provider error event: {}", self.0)
+    }
+}
+
+impl std::error::Error for StreamFault {}

@@ -15,13 +15,17 @@ use http::{HeaderName, HeaderValue, Uri};
 
 pub use locate::KeyPath;
 use locate::SourceMap;
-use raw::{RawConfig, RawFlag, RawProvider, RawVariation};
+use raw::{RawCircuit, RawConfig, RawFlag, RawProvider, RawResponder, RawRetry, RawVariation};
 
+use crate::fallback::Responder;
 use crate::flags::audience::Condition;
 use crate::flags::bucket::BUCKETS;
 use crate::flags::{FallbackBehavior, Flag, PromptMode, Range, Rule, ToolPolicy, Variation};
 use crate::providers::mock::MockSettings;
-use crate::providers::{OpenAiSettings, Provider, ProviderKind, Secret};
+use crate::providers::{
+    AnthropicSettings, CircuitPolicy, OpenAiSettings, Provider, ProviderKind, RetryPolicy, Secret,
+    Timeouts,
+};
 
 /// A validated configuration: what the proxy runs on.
 #[derive(Debug)]
@@ -358,7 +362,10 @@ impl Validator<'_> {
                 Err(m) => self.err(&root.key("audiences").key(name).key("conditions"), m),
             }
         }
+        let default_responder =
+            Arc::new(self.responder(&root.key("fallback"), raw.fallback.as_ref(), None));
         let ctx = FlagContext {
+            default_responder: &default_responder,
             raw: &raw,
             providers: &providers,
             prompts: &prompts,
@@ -442,21 +449,39 @@ impl Validator<'_> {
     }
 
     fn provider(&mut self, path: &KeyPath, name: &str, p: &RawProvider) -> Option<Provider> {
-        let timeout = self.duration(
+        let total = self.duration(
             &path.key("timeout"),
             p.timeout.as_deref(),
             Duration::from_secs(120),
         );
-        let connect_timeout = self.duration(
-            &path.key("connect_timeout"),
-            p.connect_timeout.as_deref(),
-            Duration::from_secs(5),
-        );
+        let timeouts = Timeouts {
+            connect: self.duration(
+                &path.key("connect_timeout"),
+                p.connect_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            first_byte: self.duration(
+                &path.key("first_byte_timeout"),
+                p.first_byte_timeout.as_deref(),
+                total,
+            ),
+            idle: self.duration(&path.key("idle_timeout"), p.idle_timeout.as_deref(), total),
+            total,
+        };
+        let retry = self.retry(&path.key("retry"), p.retry.as_ref());
+        let circuit = self.circuit(&path.key("circuit"), p.circuit.as_ref());
+        let mock_only = [
+            ("latency", p.latency.is_some()),
+            ("stream_chunks", p.stream_chunks.is_some()),
+            ("chunk_interval", p.chunk_interval.is_some()),
+        ];
         let kind = match p.kind.as_str() {
             "mock" => {
                 for (key, set) in [
                     ("base_url", p.base_url.is_some()),
                     ("api_key_env", p.api_key_env.is_some()),
+                    ("default_max_tokens", p.default_max_tokens.is_some()),
+                    ("api_version", p.api_version.is_some()),
                 ] {
                     if set {
                         self.err(&path.key(key), "not used by the mock provider");
@@ -487,101 +512,181 @@ impl Validator<'_> {
                     stream_chunks,
                 })
             }
-            "openai" => {
-                for (key, set) in [
-                    ("latency", p.latency.is_some()),
-                    ("stream_chunks", p.stream_chunks.is_some()),
-                    ("chunk_interval", p.chunk_interval.is_some()),
-                ] {
+            "openai" | "anthropic" => {
+                for (key, set) in mock_only {
                     if set {
                         self.err(&path.key(key), "only the mock provider takes this key");
                     }
                 }
-                ProviderKind::OpenAi(self.openai(path, p)?)
+                if p.kind == "openai" {
+                    for (key, set) in [
+                        ("default_max_tokens", p.default_max_tokens.is_some()),
+                        ("api_version", p.api_version.is_some()),
+                    ] {
+                        if set {
+                            self.err(&path.key(key), "only the anthropic provider takes this key");
+                        }
+                    }
+                    ProviderKind::OpenAi(self.openai(path, p)?)
+                } else {
+                    ProviderKind::Anthropic(self.anthropic(path, p)?)
+                }
             }
             other => {
-                self.err(
-                    &path.key("kind"),
-                    format!("unknown provider kind {other:?} (one of \"openai\", \"mock\")"),
-                );
+                self.err(&path.key("kind"), format!("unknown provider kind {other:?} (one of \"openai\", \"anthropic\", \"mock\")"));
                 return None;
             }
         };
         Some(Provider {
             name: name.to_owned(),
             kind,
-            timeout,
-            connect_timeout,
+            timeouts,
+            retry,
+            circuit,
         })
     }
 
-    fn openai(&mut self, path: &KeyPath, p: &RawProvider) -> Option<OpenAiSettings> {
-        let Some(base) = p.base_url.as_deref() else {
-            self.err(path, "an \"openai\" provider needs base_url");
-            return None;
+    fn retry(&mut self, path: &KeyPath, r: Option<&RawRetry>) -> RetryPolicy {
+        let default = RawRetry::default();
+        let r = r.unwrap_or(&default);
+        let retries = match r.attempts {
+            None => 2,
+            Some(n) if (1..=10).contains(&n) => (n - 1) as u32,
+            Some(n) => {
+                self.err(
+                    &path.key("attempts"),
+                    format!("{n} is out of range (1 ..= 10 attempts in all)"),
+                );
+                2
+            }
         };
+        let budget = match r.budget {
+            None => 0.2,
+            Some(b) if (0.0..=1.0).contains(&b) => b,
+            Some(b) => {
+                self.err(
+                    &path.key("budget"),
+                    format!("{b} is out of range (0 ..= 1)"),
+                );
+                0.2
+            }
+        };
+        RetryPolicy {
+            retries,
+            backoff: self.duration(
+                &path.key("backoff"),
+                r.backoff.as_deref(),
+                Duration::from_millis(100),
+            ),
+            max_backoff: self.duration(
+                &path.key("max_backoff"),
+                r.max_backoff.as_deref(),
+                Duration::from_secs(2),
+            ),
+            retry_after_cap: self.duration(
+                &path.key("retry_after_cap"),
+                r.retry_after_cap.as_deref(),
+                Duration::from_secs(5),
+            ),
+            budget,
+        }
+    }
+
+    fn circuit(&mut self, path: &KeyPath, c: Option<&RawCircuit>) -> CircuitPolicy {
+        let default = RawCircuit::default();
+        let c = c.unwrap_or(&default);
+        let error_rate = match c.error_rate {
+            None => 0.5,
+            Some(r) if r > 0.0 && r <= 1.0 => r,
+            Some(r) => {
+                self.err(
+                    &path.key("error_rate"),
+                    format!("{r} is out of range (0 < rate <= 1)"),
+                );
+                0.5
+            }
+        };
+        let min_requests = match c.min_requests {
+            None => 20,
+            Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+            Some(n) => {
+                self.err(
+                    &path.key("min_requests"),
+                    format!("{n} is out of range (1 ..= 1000000)"),
+                );
+                20
+            }
+        };
+        CircuitPolicy {
+            enabled: c.enabled.unwrap_or(true),
+            error_rate,
+            min_requests,
+            window: self.duration(
+                &path.key("window"),
+                c.window.as_deref(),
+                Duration::from_secs(30),
+            ),
+            cooldown: self.duration(
+                &path.key("cooldown"),
+                c.cooldown.as_deref(),
+                Duration::from_secs(10),
+            ),
+        }
+    }
+
+    fn url(
+        &mut self,
+        path: &KeyPath,
+        base: &str,
+        suffix: &str,
+        query: &BTreeMap<String, String>,
+    ) -> Option<Uri> {
         let base = base.trim_end_matches('/');
-        let mut url = format!("{base}/chat/completions");
-        for (i, (k, v)) in p.query.iter().enumerate() {
+        let mut url = format!("{base}{suffix}");
+        for (i, (k, v)) in query.iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(&format!("{k}={v}"));
         }
-        let chat_url: Uri = match url.parse::<Uri>() {
+        match url.parse::<Uri>() {
             Ok(u)
                 if matches!(u.scheme_str(), Some("http") | Some("https")) && u.host().is_some() =>
             {
-                u
+                Some(u)
             }
             _ => {
                 self.err(
                     &path.key("base_url"),
                     format!("invalid URL {base:?}: write an http:// or https:// URL"),
                 );
-                return None;
+                None
             }
-        };
-        let auth_header = match HeaderName::from_bytes(
-            p.auth_header
-                .as_deref()
-                .unwrap_or("authorization")
-                .as_bytes(),
-        ) {
-            Ok(h) => h,
-            Err(_) => {
-                self.err(&path.key("auth_header"), "invalid header name");
-                return None;
+        }
+    }
+
+    fn secret(&mut self, path: &KeyPath, var: &str, prefix: &str) -> Option<Secret> {
+        match (self.env)(var) {
+            None => {
+                self.err(
+                    &path.key("api_key_env"),
+                    format!("the environment variable {var} is not set"),
+                );
+                None
             }
-        };
-        let auth = match &p.api_key_env {
-            None => None,
-            Some(var) => match (self.env)(var) {
-                None => {
+            Some(key) => match HeaderValue::from_str(&format!("{prefix}{}", key.trim())) {
+                Ok(v) => Some(Secret::new(v)),
+                Err(_) => {
+                    // Never echo the value: it is a secret.
                     self.err(
                         &path.key("api_key_env"),
-                        format!("the environment variable {var} is not set"),
+                        format!("the value of {var} is not a valid header value"),
                     );
                     None
                 }
-                Some(key) => {
-                    let text = if auth_header == http::header::AUTHORIZATION {
-                        format!("Bearer {}", key.trim())
-                    } else {
-                        key.trim().to_owned()
-                    };
-                    match HeaderValue::from_str(&text) {
-                        Ok(v) => Some((auth_header, Secret::new(v))),
-                        Err(_) => {
-                            // Never echo the value: it is a secret.
-                            self.err(
-                                &path.key("api_key_env"),
-                                format!("the value of {var} is not a valid header value"),
-                            );
-                            None
-                        }
-                    }
-                }
             },
-        };
+        }
+    }
+
+    fn extra_headers(&mut self, path: &KeyPath, p: &RawProvider) -> Vec<(HeaderName, HeaderValue)> {
         let mut headers = Vec::new();
         for (k, v) in &p.headers {
             match (
@@ -592,9 +697,85 @@ impl Validator<'_> {
                 _ => self.err(&path.key("headers").key(k), "invalid header name or value"),
             }
         }
+        headers
+    }
+
+    fn openai(&mut self, path: &KeyPath, p: &RawProvider) -> Option<OpenAiSettings> {
+        let Some(base) = p.base_url.as_deref() else {
+            self.err(path, "an \"openai\" provider needs base_url");
+            return None;
+        };
+        let chat_url = self.url(path, base, "/chat/completions", &p.query);
+        let auth_header = match HeaderName::from_bytes(
+            p.auth_header
+                .as_deref()
+                .unwrap_or("authorization")
+                .as_bytes(),
+        ) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.err(&path.key("auth_header"), "invalid header name");
+                None
+            }
+        };
+        let auth = match (&p.api_key_env, auth_header) {
+            (Some(var), Some(h)) => {
+                let prefix = if h == http::header::AUTHORIZATION {
+                    "Bearer "
+                } else {
+                    ""
+                };
+                self.secret(path, var, prefix).map(|s| (h, s))
+            }
+            _ => None,
+        };
+        let headers = self.extra_headers(path, p);
         Some(OpenAiSettings {
-            chat_url,
+            chat_url: chat_url?,
             auth,
+            headers,
+        })
+    }
+
+    fn anthropic(&mut self, path: &KeyPath, p: &RawProvider) -> Option<AnthropicSettings> {
+        if p.auth_header.is_some() {
+            self.err(
+                &path.key("auth_header"),
+                "the anthropic provider always sends x-api-key",
+            );
+        }
+        let base = p
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.anthropic.com/v1");
+        let messages_url = self.url(path, base, "/messages", &p.query);
+        let api_key = p
+            .api_key_env
+            .as_deref()
+            .and_then(|var| self.secret(path, var, ""));
+        let version = HeaderValue::from_str(p.api_version.as_deref().unwrap_or("2023-06-01"))
+            .ok()
+            .or_else(|| {
+                self.err(&path.key("api_version"), "invalid header value");
+                None
+            });
+        let default_max_tokens = match p.default_max_tokens {
+            None => 1024,
+            Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+            Some(n) => {
+                self.err(
+                    &path.key("default_max_tokens"),
+                    format!("{n} is out of range (1 ..= 1000000)"),
+                );
+                1024
+            }
+        };
+        let headers = self.extra_headers(path, p);
+        Some(AnthropicSettings {
+            messages_url: messages_url?,
+            api_key,
+            version: version?,
+            default_max_tokens,
             headers,
         })
     }
@@ -657,6 +838,18 @@ impl Validator<'_> {
             }
         };
         let rules = self.rules(ctx, &path, f, &index_of);
+        let responder = match &f.fallback {
+            None => ctx.default_responder.clone(),
+            Some(r) => Arc::new(self.responder(
+                &path.key("fallback"),
+                Some(r),
+                Some(ctx.default_responder),
+            )),
+        };
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        self.fallback_chains(&path, &variations, stable_variation);
         if self.errors.len() > errors_before {
             return None;
         }
@@ -667,6 +860,8 @@ impl Validator<'_> {
             off_variation,
             stable_variation,
             system_prompt_mode,
+            force_fallback: f.force_fallback.unwrap_or(false),
+            responder,
             variations,
             rules,
         })
@@ -917,9 +1112,27 @@ impl Validator<'_> {
         for (k, val) in &v.variables {
             variables.insert(k.clone(), val.clone());
         }
+        let provider = provider?;
+        let base = provider.timeouts;
+        let timeouts = Timeouts {
+            connect: base.connect,
+            first_byte: self.duration(
+                &path.key("first_byte_timeout"),
+                v.first_byte_timeout.as_deref(),
+                base.first_byte,
+            ),
+            idle: self.duration(
+                &path.key("idle_timeout"),
+                v.idle_timeout.as_deref(),
+                base.idle,
+            ),
+            total: self.duration(&path.key("timeout"), v.timeout.as_deref(), base.total),
+        };
         Some(Variation {
             key: key.to_owned(),
-            provider: provider?,
+            force_fallback: v.force_fallback.unwrap_or(false),
+            timeouts,
+            provider,
             model_id: v.model_id.clone(),
             system_prompt,
             temperature: v.temperature,
@@ -929,6 +1142,67 @@ impl Validator<'_> {
             retrieval_profile: v.retrieval_profile.clone(),
             variables: serde_json::Value::Object(variables),
         })
+    }
+
+    fn responder(
+        &mut self,
+        path: &KeyPath,
+        r: Option<&RawResponder>,
+        base: Option<&Arc<Responder>>,
+    ) -> Responder {
+        let mut rules = Vec::new();
+        if let Some(r) = r {
+            for (i, rule) in r.rules.iter().enumerate() {
+                match regex::RegexBuilder::new(&rule.pattern)
+                    .size_limit(1 << 20)
+                    .build()
+                {
+                    Ok(re) => rules.push((re, rule.reply.clone())),
+                    Err(e) => self.err(
+                        &path.key("rules").index(i).key("pattern"),
+                        format!("invalid regex: {e}"),
+                    ),
+                }
+            }
+        }
+        let default_reply = r
+            .and_then(|r| r.default_reply.clone())
+            .or_else(|| base.map(|b| b.reply("").to_owned()))
+            .unwrap_or_else(|| crate::fallback::DEFAULT_REPLY.to_owned());
+        Responder::new(rules, default_reply)
+    }
+
+    /// Fallback chains must end (rule-based or error) without visiting a variation twice.
+    fn fallback_chains(&mut self, path: &KeyPath, variations: &[Variation], stable: usize) {
+        for (start, v) in variations.iter().enumerate() {
+            let mut seen = vec![start];
+            let mut current = &v.fallback_behavior;
+            loop {
+                let next = match current {
+                    FallbackBehavior::Stable => stable,
+                    FallbackBehavior::Variation(i) => *i,
+                    FallbackBehavior::RuleBased | FallbackBehavior::Error => break,
+                };
+                if seen.contains(&next) {
+                    seen.push(next);
+                    let chain: Vec<&str> = seen
+                        .iter()
+                        .filter_map(|i| variations.get(*i))
+                        .map(|v| v.key.as_str())
+                        .collect();
+                    self.err(
+                        &path.key("variations").key(&v.key).key("fallback_behavior"),
+                        format!("the fallback chain loops: {} (end it with \"rule-based\" or \"error\")", chain.join(" -> ")),
+                    );
+                    break;
+                }
+                seen.push(next);
+                match variations.get(next) {
+                    Some(n) => current = &n.fallback_behavior,
+                    None => break,
+                }
+            }
+        }
     }
 
     fn alerts(&mut self, raw: &RawConfig, flags: &HashMap<String, usize>) {
@@ -988,6 +1262,7 @@ impl Validator<'_> {
 }
 
 struct FlagContext<'a> {
+    default_responder: &'a Arc<Responder>,
     raw: &'a RawConfig,
     providers: &'a BTreeMap<String, Arc<Provider>>,
     prompts: &'a BTreeMap<String, Arc<str>>,

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use audience::{Attributes, Condition};
 
-use crate::providers::Provider;
+use crate::fallback::Responder;
+use crate::providers::{Provider, Timeouts};
 
 /// A flag: what a client names in `model`.
 #[derive(Debug)]
@@ -30,6 +31,10 @@ pub struct Flag {
     pub stable_variation: usize,
     /// How a variation's system prompt meets the client's system message.
     pub system_prompt_mode: PromptMode,
+    /// Operator-forced rule-based answers for the whole flag (as configured).
+    pub force_fallback: bool,
+    /// The rule-based responder of this flag.
+    pub responder: Arc<Responder>,
     /// The variations, in key order.
     pub variations: Vec<Variation>,
     /// The rules, in order; the last one is "everyone else".
@@ -68,6 +73,10 @@ pub struct Variation {
     pub retrieval_profile: Option<String>,
     /// Every variable of the variation as one JSON object, as `/v1/decide` returns it.
     pub variables: serde_json::Value,
+    /// Operator-forced rule-based answers for this variation (as configured).
+    pub force_fallback: bool,
+    /// The provider's timeouts with this variation's overrides.
+    pub timeouts: Timeouts,
 }
 
 /// A tool policy: which of the client's tools reach the provider.

@@ -26,11 +26,13 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod fallback;
 pub mod flags;
 pub mod metrics;
 pub mod openai;
 pub mod providers;
 pub mod proxy;
+pub mod resilience;
 pub mod server;
 
 use std::future::Future;

@@ -62,7 +62,7 @@ impl Outcome {
             Outcome::Fallback => "fallback",
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",
-            Outcome::Cancelled => "cancelled",
+            Outcome::Cancelled => "client_cancelled",
         }
     }
 }
@@ -80,6 +80,9 @@ pub struct Metrics {
     pub fallback_triggers: IntCounterVec,
     quantiles: GaugeVec,
     config_info: IntGaugeVec,
+    attempts: IntCounterVec,
+    retries: IntCounterVec,
+    circuit: IntGaugeVec,
     rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
 }
 
@@ -103,7 +106,9 @@ pub struct VariationMetrics {
     pub tokens_in: IntCounter,
     /// Completion tokens.
     pub tokens_out: IntCounter,
-    errors: [IntCounter; 9],
+    errors: [IntCounter; 10],
+    /// `fallback_triggers_total{reason="stream_interrupted", behavior="error"}`.
+    pub stream_interrupted: IntCounter,
     rolling: Arc<Mutex<Rolling>>,
 }
 
@@ -287,6 +292,27 @@ impl Metrics {
             ),
             &["hash"],
         )?;
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_attempts_total",
+                "Upstream attempts by provider and outcome (retries included).",
+            ),
+            &["provider", "outcome"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new("switchyard_retries_total", "Retries by provider and the failure retried (budget_exhausted: a retry the budget refused)."),
+            &["provider", "reason"],
+        )?;
+        let circuit = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_circuit_state",
+                "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(attempts.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(circuit.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(ttft.clone()))?;
@@ -307,8 +333,33 @@ impl Metrics {
             fallback_triggers,
             quantiles,
             config_info,
+            attempts,
+            retries,
+            circuit,
             rolling: DashMap::new(),
         })
+    }
+
+    /// Counts one upstream attempt (provider names come from the config).
+    pub fn attempt(&self, provider: &str, outcome: &str) {
+        self.attempts.with_label_values(&[provider, outcome]).inc();
+    }
+
+    /// Counts one retry, or one the budget refused.
+    pub fn retry(&self, provider: &str, reason: &str) {
+        self.retries.with_label_values(&[provider, reason]).inc();
+    }
+
+    /// Sets the circuit state gauge of a provider.
+    pub fn circuit_state(&self, provider: &str, code: i64) {
+        self.circuit.with_label_values(&[provider]).set(code);
+    }
+
+    /// Counts one fallback trigger.
+    pub fn fallback(&self, flag: &str, variation: &str, reason: &str, behavior: &str) {
+        self.fallback_triggers
+            .with_label_values(&[flag, variation, reason, behavior])
+            .inc();
     }
 
     /// The registry, for families other modules register.
@@ -374,7 +425,14 @@ impl Metrics {
                 error(ErrorClass::ALL[6])?,
                 error(ErrorClass::ALL[7])?,
                 error(ErrorClass::ALL[8])?,
+                error(ErrorClass::ALL[9])?,
             ],
+            stream_interrupted: self.fallback_triggers.get_metric_with_label_values(&[
+                flag,
+                variation,
+                "stream_interrupted",
+                "error",
+            ])?,
             rolling,
         })
     }

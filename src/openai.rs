@@ -89,6 +89,12 @@ pub enum ApiError {
         /// What was wrong.
         detail: String,
     },
+    /// The provider's circuit breaker is open and no fallback answered.
+    #[error("upstream provider `{provider}` is failing: its circuit breaker is open")]
+    CircuitOpen {
+        /// Provider name from the config.
+        provider: String,
+    },
     /// The proxy is draining for shutdown.
     #[error("the proxy is shutting down")]
     ShuttingDown,
@@ -116,13 +122,15 @@ pub enum ErrorClass {
     RateLimited,
     /// The provider's answer could not be read.
     UpstreamInvalid,
+    /// A stream broke after part of it reached the client.
+    StreamInterrupted,
     /// Everything else.
     Internal,
 }
 
 impl ErrorClass {
     /// Every class, for pre-building metric handles.
-    pub const ALL: [ErrorClass; 9] = [
+    pub const ALL: [ErrorClass; 10] = [
         ErrorClass::InvalidRequest,
         ErrorClass::NotFound,
         ErrorClass::UpstreamUnreachable,
@@ -131,6 +139,7 @@ impl ErrorClass {
         ErrorClass::Upstream5xx,
         ErrorClass::RateLimited,
         ErrorClass::UpstreamInvalid,
+        ErrorClass::StreamInterrupted,
         ErrorClass::Internal,
     ];
 
@@ -150,6 +159,7 @@ impl ErrorClass {
             ErrorClass::Upstream5xx => "upstream_5xx",
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::UpstreamInvalid => "upstream_invalid",
+            ErrorClass::StreamInterrupted => "stream_interrupted",
             ErrorClass::Internal => "internal",
         }
     }
@@ -179,6 +189,7 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamStatus { status, .. } => *status,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -201,6 +212,7 @@ impl ApiError {
             }
             ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamTimeout { .. }
+            | ApiError::CircuitOpen { .. }
             | ApiError::UpstreamStatus { .. }
             | ApiError::UpstreamInvalid { .. } => "upstream_error",
             ApiError::ShuttingDown | ApiError::Internal(_) => "server_error",
@@ -220,6 +232,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+            ApiError::CircuitOpen { .. } => "circuit_open",
             ApiError::UpstreamStatus { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 "rate_limit_exceeded"
             }
@@ -241,7 +254,9 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::UnknownFlag(_) | ApiError::NotFound(_) => {
                 ErrorClass::NotFound
             }
-            ApiError::UpstreamUnreachable { .. } => ErrorClass::UpstreamUnreachable,
+            ApiError::UpstreamUnreachable { .. } | ApiError::CircuitOpen { .. } => {
+                ErrorClass::UpstreamUnreachable
+            }
             ApiError::UpstreamTimeout { .. } => ErrorClass::UpstreamTimeout,
             ApiError::UpstreamStatus { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 ErrorClass::RateLimited
@@ -317,6 +332,16 @@ pub fn is_openai_error(body: &[u8]) -> bool {
         message: std::borrow::Cow<'a, str>,
     }
     serde_json::from_slice::<Outer<'_>>(body).is_ok()
+}
+
+/// Whether `body` is a JSON object with `choices` (a chat completion, not garbage).
+pub fn is_completion(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Completion {
+        #[allow(dead_code)]
+        choices: serde::de::IgnoredAny,
+    }
+    serde_json::from_slice::<Completion>(body).is_ok()
 }
 
 /// Usage as reported by a provider.

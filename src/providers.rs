@@ -16,10 +16,55 @@ pub struct Provider {
     pub name: String,
     /// What it is.
     pub kind: ProviderKind,
-    /// Total time allowed for one upstream call (headers and body).
-    pub timeout: Duration,
-    /// Time allowed to establish a connection.
-    pub connect_timeout: Duration,
+    /// Timeouts (a variation may override all but `connect`).
+    pub timeouts: Timeouts,
+    /// Retries of failed attempts.
+    pub retry: RetryPolicy,
+    /// When to stop sending to a failing provider.
+    pub circuit: CircuitPolicy,
+}
+
+/// Timeouts of one upstream call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a connection.
+    pub connect: Duration,
+    /// From sending the request to the response head and, for streams, the first chunk.
+    pub first_byte: Duration,
+    /// Longest silence between two chunks of a stream.
+    pub idle: Duration,
+    /// The whole call, body included.
+    pub total: Duration,
+}
+
+/// Retries: bounded attempts with jittered exponential backoff, within a budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 disables retries).
+    pub retries: u32,
+    /// The first backoff; doubled each retry, with full jitter.
+    pub backoff: Duration,
+    /// The largest backoff.
+    pub max_backoff: Duration,
+    /// The longest `Retry-After` honoured; a longer one is not waited for.
+    pub retry_after_cap: Duration,
+    /// Retries may be at most this fraction of recent requests (plus a small floor).
+    pub budget: f64,
+}
+
+/// The circuit breaker's thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CircuitPolicy {
+    /// Whether the breaker is used at all.
+    pub enabled: bool,
+    /// The error rate over the window that opens the circuit.
+    pub error_rate: f64,
+    /// The fewest requests in the window before the rate counts.
+    pub min_requests: u32,
+    /// The rolling window.
+    pub window: Duration,
+    /// How long the circuit stays open before a half-open probe.
+    pub cooldown: Duration,
 }
 
 /// The provider kinds.
@@ -29,6 +74,23 @@ pub enum ProviderKind {
     Mock(mock::MockSettings),
     /// Any OpenAI-compatible HTTP endpoint.
     OpenAi(OpenAiSettings),
+    /// Anthropic's Messages API (translated both ways).
+    Anthropic(AnthropicSettings),
+}
+
+/// Settings of an Anthropic endpoint.
+#[derive(Debug)]
+pub struct AnthropicSettings {
+    /// `base_url` + `/messages`.
+    pub messages_url: Uri,
+    /// The `x-api-key` credential.
+    pub api_key: Option<Secret>,
+    /// The `anthropic-version` header.
+    pub version: HeaderValue,
+    /// `max_tokens` when the request sets none.
+    pub default_max_tokens: u32,
+    /// Extra headers sent on every call.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ProviderKind {
@@ -37,6 +99,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Mock(_) => "mock",
             ProviderKind::OpenAi(_) => "openai",
+            ProviderKind::Anthropic(_) => "anthropic",
         }
     }
 }

@@ -20,11 +20,13 @@ use hyper::body::Incoming;
 
 use crate::app::{App, Live};
 use crate::body::{full, Body};
-use crate::flags::Decision;
+use crate::fallback::FallbackReason;
+use crate::flags::{Decision, DecisionReason, FallbackBehavior, Flag};
 use crate::metrics::Outcome;
 use crate::openai::{read_usage, ApiError};
+use crate::providers::Timeouts;
 use context::{Recorder, Route};
-use forward::Upstream;
+use forward::{ForwardCtx, Upstream};
 use request::ChatRequest;
 use rewrite::RewriteOptions;
 
@@ -34,6 +36,11 @@ pub const FLAG_HEADER: &str = "x-switchyard-flag";
 pub const VARIATION_HEADER: &str = "x-switchyard-variation";
 /// Response header naming the rule that decided.
 pub const RULE_HEADER: &str = "x-switchyard-rule";
+/// Response header on a fallback answer: the reason.
+pub const FALLBACK_HEADER: &str = "x-switchyard-fallback";
+/// Response header naming the variation that really answered, when a fallback moved the
+/// request to another one.
+pub const SERVED_BY_HEADER: &str = "x-switchyard-served-by";
 /// Request/response correlation id.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -83,9 +90,6 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Failure> {
     let config = &live.config;
-    let Some(recorder) = slot.as_mut() else {
-        return Err((None, ApiError::Internal("request recorder missing".into())));
-    };
     let (parts, body) = req.into_parts();
     // 1. parse
     let bytes = read_body(body, &parts.headers, config.server.max_body_bytes)
@@ -94,57 +98,184 @@ async fn handle(
     let chat = ChatRequest::parse(&bytes).map_err(|e| (None, e))?;
     // 2. identify + 3. decide
     let target = decide_target(live, &parts.headers, &chat).map_err(|e| (None, e))?;
-    recorder.route(target.route);
+    if let Some(r) = slot.as_mut() {
+        r.route(target.route);
+    }
     let here = Some((target.route, target.decision));
-    // 4. rewrite
-    let opts = RewriteOptions {
+    let fwd = ForwardCtx {
+        clients: &app.clients,
+        resilience: &app.resilience,
+        metrics: &app.metrics,
+        request_id,
+    };
+    let stream = chat.stream;
+    let include_usage = chat.include_usage;
+    let base_opts = RewriteOptions {
         prompt_mode: crate::flags::PromptMode::Replace,
         force_stream_usage: true,
     };
-    let (provider, upstream_body) = match target.route {
-        Route::Variation { flag, variation } => {
-            let flag = &config.flags[flag];
-            let v = &flag.variations[variation];
-            let opts = RewriteOptions {
-                prompt_mode: flag.system_prompt_mode,
-                ..opts
-            };
-            (v.provider.clone(), rewrite::rewrite(&chat, v, opts))
-        }
-        _ => match &config.passthrough {
-            Some(p) => (p.clone(), rewrite::rewrite_passthrough(&chat, opts)),
-            None => return Err((None, ApiError::ModelNotFound(chat.model.to_string()))),
-        },
+
+    let Route::Variation {
+        flag: flag_index,
+        variation: decided,
+    } = target.route
+    else {
+        // A model that is no flag: passthrough, no fallback.
+        let Some(provider) = config.passthrough.clone() else {
+            return Err((None, ApiError::ModelNotFound(chat.model.to_string())));
+        };
+        let body = Bytes::from(rewrite::rewrite_passthrough(&chat, base_opts));
+        drop(chat);
+        pause(slot);
+        let upstream = forward::forward(
+            &fwd,
+            &provider,
+            provider.timeouts,
+            body,
+            stream,
+            include_usage,
+        )
+        .await;
+        resume(slot);
+        let upstream = upstream.map_err(|f| (here, f.into_api_error(&provider)))?;
+        return Ok(respond(
+            slot,
+            upstream,
+            stream && !include_usage,
+            None,
+            provider.timeouts,
+        ));
     };
-    let stream = chat.stream;
-    let strip_usage = stream && !chat.include_usage;
-    drop(chat);
-    // 5. forward
-    recorder.pause();
-    let upstream =
-        forward::forward(&app.clients, &provider, upstream_body, stream, request_id).await;
-    recorder.resume();
-    let upstream = upstream.map_err(|e| (here, e))?;
-    // 7. respond (8. record happens as the answer completes)
+    let flag = &config.flags[flag_index];
+    let mut fallback: Option<FallbackReason> = None;
+    if target
+        .decision
+        .is_some_and(|d| d.reason == DecisionReason::FlagDisabled)
+    {
+        fallback = Some(FallbackReason::KillSwitch);
+        app.metrics.fallback(
+            &flag.key,
+            &flag.variations[decided].key,
+            FallbackReason::KillSwitch.as_str(),
+            "off_variation",
+        );
+    }
+    // Operator-forced rule-based answers.
+    if flag.force_fallback || flag.variations[decided].force_fallback {
+        app.metrics.fallback(
+            &flag.key,
+            &flag.variations[decided].key,
+            FallbackReason::Forced.as_str(),
+            "rule-based",
+        );
+        let resp = rule_based(slot, flag, &chat, FallbackReason::Forced);
+        return Ok(with_headers(resp, live, &target, None));
+    }
+    // 4. rewrite, 5. forward, 6. fall back — along the variation's fallback chain.
+    let opts = RewriteOptions {
+        prompt_mode: flag.system_prompt_mode,
+        ..base_opts
+    };
+    let mut current = decided;
+    for _hop in 0..=flag.variations.len() {
+        let v = &flag.variations[current];
+        let body = Bytes::from(rewrite::rewrite(&chat, v, opts));
+        pause(slot);
+        let upstream =
+            forward::forward(&fwd, &v.provider, v.timeouts, body, stream, include_usage).await;
+        resume(slot);
+        let failure = match upstream {
+            Ok(upstream) => {
+                let served = (current != decided).then_some(current);
+                let resp = respond(
+                    slot,
+                    upstream,
+                    stream && !include_usage,
+                    fallback,
+                    v.timeouts,
+                );
+                return Ok(with_headers(resp, live, &target, served));
+            }
+            Err(f) => f,
+        };
+        let Some(reason) = failure.fallback_reason() else {
+            return Err((here, failure.into_api_error(&v.provider)));
+        };
+        let behavior = &v.fallback_behavior;
+        app.metrics.fallback(
+            &flag.key,
+            &flag.variations[decided].key,
+            reason.as_str(),
+            &behavior.label(flag),
+        );
+        tracing::debug!(flag = %flag.key, variation = %v.key, reason = reason.as_str(), "fallback");
+        fallback = Some(reason);
+        current = match behavior {
+            FallbackBehavior::RuleBased => {
+                let resp = rule_based(slot, flag, &chat, reason);
+                return Ok(with_headers(resp, live, &target, None));
+            }
+            FallbackBehavior::Stable => flag.stable_variation,
+            FallbackBehavior::Variation(i) => *i,
+            FallbackBehavior::Error => return Err((here, failure.into_api_error(&v.provider))),
+        };
+    }
+    Err((
+        here,
+        ApiError::Internal("the fallback chain did not end".into()),
+    ))
+}
+
+fn pause(slot: &mut Option<Recorder>) {
+    if let Some(r) = slot.as_mut() {
+        r.pause();
+    }
+}
+
+fn resume(slot: &mut Option<Recorder>) {
+    if let Some(r) = slot.as_mut() {
+        r.resume();
+    }
+}
+
+/// 7. respond: a complete answer, or a relayed stream (8. record happens as it completes).
+fn respond(
+    slot: &mut Option<Recorder>,
+    upstream: Upstream,
+    strip_usage: bool,
+    fallback: Option<FallbackReason>,
+    timeouts: Timeouts,
+) -> Response<Body> {
+    let outcome = if fallback.is_some() {
+        Outcome::Fallback
+    } else {
+        Outcome::Success
+    };
     let mut resp = match upstream {
         Upstream::Complete(body) => {
-            if let Some(usage) = read_usage(&body) {
-                recorder.usage(usage);
+            if let Some(r) = slot.as_mut() {
+                if let Some(usage) = read_usage(&body) {
+                    r.usage(usage);
+                }
+                r.finish(outcome, None);
             }
             let mut resp = Response::new(full(body));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            recorder.finish(Outcome::Success, None);
             resp
         }
-        Upstream::Stream(body) => {
-            recorder.pause();
-            let Some(rec) = slot.take() else {
-                return Err((here, ApiError::Internal("request recorder missing".into())));
+        Upstream::Stream { first, rest } => {
+            let relay = match slot.take() {
+                Some(mut rec) => {
+                    rec.pause();
+                    stream::SseRelay::new(first, rest, strip_usage, rec, outcome, timeouts)
+                }
+                None => {
+                    return ApiError::Internal("request recorder missing".into()).into_response()
+                }
             };
-            let relay = stream::SseRelay::new(body, strip_usage, rec);
             let mut resp = Response::new(BodyExt::boxed(relay));
             let h = resp.headers_mut();
             h.insert(
@@ -155,8 +286,72 @@ async fn handle(
             resp
         }
     };
+    if let Some(reason) = fallback {
+        resp.headers_mut()
+            .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));
+    }
+    resp
+}
+
+/// A rule-based answer, in the shape the client asked for.
+fn rule_based(
+    slot: &mut Option<Recorder>,
+    flag: &Flag,
+    chat: &ChatRequest<'_>,
+    reason: FallbackReason,
+) -> Response<Body> {
+    let messages: Vec<&serde_json::value::RawValue> = chat.messages.iter().map(|m| m.raw).collect();
+    let text = crate::fallback::last_user_text(&messages);
+    let created = now_secs();
+    let mut resp = if chat.stream {
+        let mut r = Response::new(full(flag.responder.stream(
+            &text,
+            created,
+            chat.include_usage,
+        )));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r
+    } else {
+        let mut r = Response::new(full(flag.responder.completion(&text, created)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    if let Some(r) = slot.as_mut() {
+        r.finish(Outcome::Fallback, None);
+    }
+    resp.headers_mut()
+        .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));
+    resp
+}
+
+fn with_headers(
+    mut resp: Response<Body>,
+    live: &Live,
+    target: &Target,
+    served_by: Option<usize>,
+) -> Response<Body> {
     set_decision_headers(resp.headers_mut(), live, target.route, target.decision);
-    Ok(resp)
+    if let (Some(i), Route::Variation { flag, .. }) = (served_by, target.route) {
+        if let Some(v) = live.headers.get(flag).and_then(|h| h.variations.get(i)) {
+            resp.headers_mut().insert(SERVED_BY_HEADER, v.clone());
+        }
+    }
+    resp
+}
+
+/// Seconds since the epoch, for `created`.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Phases 2 and 3: who is asking, and which variation they get.

@@ -31,6 +31,43 @@ pub struct RawConfig {
     pub flags: BTreeMap<String, RawFlag>,
     #[serde(default)]
     pub alerts: Vec<RawAlert>,
+    pub fallback: Option<RawResponder>,
+}
+
+/// The rule-based responder: regex rules on the last user message, and a default reply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResponder {
+    pub default_reply: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawReplyRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplyRule {
+    pub pattern: String,
+    pub reply: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<i64>,
+    pub backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub retry_after_cap: Option<String>,
+    pub budget: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuit {
+    pub enabled: Option<bool>,
+    pub error_rate: Option<f64>,
+    pub min_requests: Option<i64>,
+    pub window: Option<String>,
+    pub cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +133,14 @@ pub struct RawProvider {
     pub headers: BTreeMap<String, String>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub retry: Option<RawRetry>,
+    pub circuit: Option<RawCircuit>,
+    /// Anthropic: `max_tokens` when the request sets none (the Messages API requires it).
+    pub default_max_tokens: Option<i64>,
+    /// Anthropic: the `anthropic-version` header.
+    pub api_version: Option<String>,
     // mock only
     pub latency: Option<String>,
     pub stream_chunks: Option<i64>,
@@ -118,6 +163,8 @@ pub struct RawFlag {
     pub off_variation: Option<String>,
     pub stable_variation: Option<String>,
     pub system_prompt_mode: Option<String>,
+    pub force_fallback: Option<bool>,
+    pub fallback: Option<RawResponder>,
     #[serde(default)]
     pub variations: BTreeMap<String, RawVariation>,
     #[serde(default)]
@@ -135,6 +182,10 @@ pub struct RawVariation {
     pub tool_policy: Option<String>,
     pub retrieval_profile: Option<String>,
     pub fallback_behavior: Option<String>,
+    pub force_fallback: Option<bool>,
+    pub timeout: Option<String>,
+    pub first_byte_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     #[serde(default)]
     pub variables: serde_json::Map<String, serde_json::Value>,
 }

@@ -97,6 +97,11 @@ impl Recorder {
         }
     }
 
+    /// A stream broke after part of it reached the client.
+    pub fn stream_interrupted(&self) {
+        self.handles().stream_interrupted.inc();
+    }
+
     /// Usage reported by the provider.
     pub fn usage(&mut self, usage: Usage) {
         self.usage = Some(usage);

@@ -1,5 +1,8 @@
 //! Phase 5, forward: the rewritten body goes to the variation's provider over a pooled
-//! connection, with the provider's timeout; failures become [`ApiError`]s.
+//! connection. Each attempt has its timeouts; failed attempts are retried (jittered backoff,
+//! `Retry-After`, a retry budget) only while nothing has reached the client; the provider's
+//! circuit breaker sees every outcome. Streams are held until their first chunk arrives, so a
+//! stream that fails before its first byte fails over like any other request.
 
 use std::time::{Duration, Instant};
 
@@ -7,10 +10,13 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
-use crate::body::Body;
+use crate::body::{Body, BodyError};
+use crate::fallback::FallbackReason;
+use crate::metrics::Metrics;
 use crate::openai::{is_openai_error, ApiError};
 use crate::providers::client::Clients;
-use crate::providers::{mock, Provider, ProviderKind};
+use crate::providers::{mock, Provider, ProviderKind, Timeouts};
+use crate::resilience::{backoff, Admission, Resilience};
 
 /// Largest non-streamed answer accepted from a provider.
 const MAX_UPSTREAM_BODY: usize = 64 * 1024 * 1024;
@@ -19,47 +25,232 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// A provider's successful answer.
 pub enum Upstream {
-    /// A complete JSON answer.
+    /// A complete JSON answer (OpenAI shape).
     Complete(Bytes),
-    /// An SSE stream, still arriving.
-    Stream(Body),
+    /// An SSE stream (OpenAI shape): its first chunk, and the rest still arriving.
+    Stream {
+        /// The first data received.
+        first: Bytes,
+        /// Everything after it.
+        rest: Body,
+    },
 }
 
-/// Sends `body` to `provider`. `stream` says whether the client asked for a stream.
+/// Why an upstream call failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection.
+    Connect(String),
+    /// A timeout fired.
+    Timeout(Duration),
+    /// An error status (with the body, and `Retry-After` when sent).
+    Status {
+        /// The status.
+        status: StatusCode,
+        /// The body (OpenAI-shaped when the provider is OpenAI-compatible).
+        body: Bytes,
+        /// `Retry-After`, in seconds form.
+        retry_after: Option<Duration>,
+    },
+    /// A 2xx answer that is not a valid completion or stream.
+    Invalid(String),
+    /// The circuit is open.
+    CircuitOpen,
+    /// The request cannot be expressed for this provider (a client error).
+    Untranslatable(String),
+}
+
+impl Failure {
+    /// The fallback trigger this failure is, or `None` when the client's request was at fault
+    /// (the provider's 4xx is passed through, no fallback).
+    pub fn fallback_reason(&self) -> Option<FallbackReason> {
+        match self {
+            Failure::Connect(_) => Some(FallbackReason::ConnectError),
+            Failure::Timeout(_) => Some(FallbackReason::Timeout),
+            Failure::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                Some(FallbackReason::RateLimited)
+            }
+            Failure::Status { status, .. } if status.is_server_error() => {
+                Some(FallbackReason::Upstream5xx)
+            }
+            Failure::Status { .. } | Failure::Untranslatable(_) => None,
+            Failure::Invalid(_) => Some(FallbackReason::InvalidResponse),
+            Failure::CircuitOpen => Some(FallbackReason::CircuitOpen),
+        }
+    }
+
+    /// The attempt-outcome label.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Failure::Connect(_) => "connect_error",
+            Failure::Timeout(_) => "timeout",
+            Failure::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
+                "rate_limited"
+            }
+            Failure::Status { status, .. } if status.is_server_error() => "upstream_5xx",
+            Failure::Status { .. } => "upstream_4xx",
+            Failure::Invalid(_) => "invalid_response",
+            Failure::CircuitOpen => "circuit_open",
+            Failure::Untranslatable(_) => "untranslatable",
+        }
+    }
+
+    /// Whether the provider looked unhealthy (what the breaker counts).
+    fn is_unhealthy(&self) -> bool {
+        matches!(
+            self,
+            Failure::Connect(_) | Failure::Timeout(_) | Failure::Invalid(_)
+        ) || matches!(self, Failure::Status { status, .. } if status.is_server_error())
+    }
+
+    /// Whether another attempt may help.
+    fn is_retryable(&self) -> bool {
+        matches!(self, Failure::Connect(_))
+            || matches!(self, Failure::Status { status, .. } if status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS)
+    }
+
+    /// The error the client receives when no fallback answers.
+    pub fn into_api_error(self, provider: &Provider) -> ApiError {
+        let name = provider.name.clone();
+        match self {
+            Failure::Connect(detail) => ApiError::UpstreamUnreachable {
+                provider: name,
+                detail,
+            },
+            Failure::Timeout(after) => ApiError::UpstreamTimeout {
+                provider: name,
+                after_ms: after.as_millis() as u64,
+            },
+            Failure::Status { status, body, .. } => {
+                let openai = is_openai_error(&body);
+                let excerpt = if openai {
+                    String::new()
+                } else {
+                    let text = String::from_utf8_lossy(&body[..body.len().min(512)])
+                        .trim()
+                        .to_owned();
+                    if text.is_empty() {
+                        "(empty body)".into()
+                    } else {
+                        text
+                    }
+                };
+                ApiError::UpstreamStatus {
+                    provider: name,
+                    status,
+                    openai_body: openai.then_some(body),
+                    excerpt,
+                }
+            }
+            Failure::Invalid(detail) => ApiError::UpstreamInvalid {
+                provider: name,
+                detail,
+            },
+            Failure::CircuitOpen => ApiError::CircuitOpen { provider: name },
+            Failure::Untranslatable(detail) => ApiError::field("messages", detail),
+        }
+    }
+}
+
+/// What one forward needs besides the body.
+pub struct ForwardCtx<'a> {
+    /// Upstream pools.
+    pub clients: &'a Clients,
+    /// Breakers and budgets.
+    pub resilience: &'a Resilience,
+    /// Attempt and retry counters.
+    pub metrics: &'a Metrics,
+    /// Propagated upstream.
+    pub request_id: &'a HeaderValue,
+}
+
+/// Sends `body` to `provider`, retrying as its policy allows. `stream` says whether the
+/// client asked for a stream; `include_usage` whether it asked for usage in it.
 pub async fn forward(
-    clients: &Clients,
+    ctx: &ForwardCtx<'_>,
     provider: &Provider,
-    body: Vec<u8>,
+    timeouts: Timeouts,
+    body: Bytes,
     stream: bool,
-    request_id: &HeaderValue,
-) -> Result<Upstream, ApiError> {
-    match &provider.kind {
+    _include_usage: bool,
+) -> Result<Upstream, Failure> {
+    let breaker = ctx.resilience.breaker(&provider.name, provider.circuit);
+    let budget = ctx.resilience.budget(&provider.name);
+    budget.request(Instant::now());
+    let mut retry = 0;
+    loop {
+        let admission = breaker.admit(Instant::now());
+        if admission == Admission::Rejected {
+            ctx.metrics.attempt(&provider.name, "circuit_open");
+            return Err(Failure::CircuitOpen);
+        }
+        let result = attempt(ctx, provider, timeouts, body.clone(), stream).await;
+        let failure = match result {
+            Ok(upstream) => {
+                breaker.record(Instant::now(), admission, true);
+                ctx.metrics.attempt(&provider.name, "success");
+                return Ok(upstream);
+            }
+            Err(f) => f,
+        };
+        breaker.record(Instant::now(), admission, !failure.is_unhealthy());
+        ctx.metrics.attempt(&provider.name, failure.outcome());
+        if !failure.is_retryable() || retry >= provider.retry.retries {
+            return Err(failure);
+        }
+        let wait = match &failure {
+            Failure::Status {
+                retry_after: Some(after),
+                ..
+            } => {
+                if *after > provider.retry.retry_after_cap {
+                    // Waiting that long would hold the client: fall back instead.
+                    return Err(failure);
+                }
+                *after
+            }
+            _ => backoff(&provider.retry, retry),
+        };
+        if !budget.try_retry(Instant::now(), provider.retry.budget) {
+            ctx.metrics.retry(&provider.name, "budget_exhausted");
+            return Err(failure);
+        }
+        ctx.metrics.retry(&provider.name, failure.outcome());
+        tokio::time::sleep(wait).await;
+        retry += 1;
+    }
+}
+
+/// One attempt.
+async fn attempt(
+    ctx: &ForwardCtx<'_>,
+    provider: &Provider,
+    timeouts: Timeouts,
+    body: Bytes,
+    stream: bool,
+) -> Result<Upstream, Failure> {
+    let started = Instant::now();
+    let deadline = started + timeouts.total;
+    let first_byte_deadline = started + timeouts.first_byte.min(timeouts.total);
+    let req = match &provider.kind {
         ProviderKind::Mock(settings) => {
             if !settings.latency.is_zero() {
+                if settings.latency > timeouts.first_byte.min(timeouts.total) {
+                    tokio::time::sleep(timeouts.first_byte.min(timeouts.total)).await;
+                    return Err(Failure::Timeout(timeouts.first_byte.min(timeouts.total)));
+                }
                 tokio::time::sleep(settings.latency).await;
             }
-            Ok(if stream {
-                Upstream::Stream(BodyExt::boxed(mock::stream(&body, settings)))
+            return if stream {
+                let mut s = BodyExt::boxed(mock::stream(&body, settings));
+                let first = first_chunk(&mut s, first_byte_deadline, timeouts).await?;
+                Ok(Upstream::Stream { first, rest: s })
             } else {
-                Upstream::Complete(mock::complete(&body))
-            })
+                Ok(Upstream::Complete(mock::complete(&body)))
+            };
         }
         ProviderKind::OpenAi(settings) => {
-            let mut req = Request::builder()
-                .method(Method::POST)
-                .uri(settings.chat_url.clone())
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(
-                    header::ACCEPT,
-                    if stream {
-                        "text/event-stream"
-                    } else {
-                        "application/json"
-                    },
-                )
-                .header("x-request-id", request_id.clone())
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| ApiError::Internal(format!("building the upstream request: {e}")))?;
+            let mut req = post(&settings.chat_url, body, stream, ctx.request_id)?;
             let headers = req.headers_mut();
             if let Some((name, secret)) = &settings.auth {
                 headers.insert(name.clone(), secret.header_value().clone());
@@ -67,84 +258,129 @@ pub async fn forward(
             for (k, v) in &settings.headers {
                 headers.insert(k.clone(), v.clone());
             }
-            let started = Instant::now();
-            let client = clients.get(provider.connect_timeout);
-            let resp = match tokio::time::timeout(provider.timeout, client.request(req)).await {
-                Err(_) => return Err(timeout(provider, provider.timeout)),
-                Ok(Err(e)) => {
-                    let detail = if e.is_connect() {
-                        "connection failed"
-                    } else {
-                        "the request failed"
-                    };
-                    let cause = std::error::Error::source(&e)
-                        .map(|s| format!(": {s}"))
-                        .unwrap_or_default();
-                    return Err(ApiError::UpstreamUnreachable {
-                        provider: provider.name.clone(),
-                        detail: format!("{detail}{cause}"),
-                    });
-                }
-                Ok(Ok(r)) => r,
-            };
-            let status = resp.status();
-            let is_sse = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|ct| ct.starts_with("text/event-stream"));
-            let remaining = provider.timeout.saturating_sub(started.elapsed());
-            if !status.is_success() {
-                let bytes = read_limited(resp.into_body(), MAX_ERROR_BODY, remaining)
-                    .await
-                    .unwrap_or_default();
-                return Err(upstream_status(provider, status, bytes));
-            }
-            if stream && is_sse {
-                return Ok(Upstream::Stream(
-                    resp.into_body()
-                        .map_err(|e| Box::new(e) as crate::body::BodyError)
-                        .boxed(),
-                ));
-            }
-            match read_limited(resp.into_body(), MAX_UPSTREAM_BODY, remaining).await {
-                Ok(bytes) => Ok(Upstream::Complete(bytes)),
-                Err(ReadError::Timeout) => Err(timeout(provider, provider.timeout)),
-                Err(ReadError::Failed(detail)) => Err(ApiError::UpstreamInvalid {
-                    provider: provider.name.clone(),
-                    detail,
-                }),
-            }
+            req
         }
-    }
-}
-
-fn timeout(provider: &Provider, after: Duration) -> ApiError {
-    ApiError::UpstreamTimeout {
-        provider: provider.name.clone(),
-        after_ms: after.as_millis() as u64,
-    }
-}
-
-fn upstream_status(provider: &Provider, status: StatusCode, body: Bytes) -> ApiError {
-    let openai = is_openai_error(&body);
-    let excerpt = if openai {
-        String::new()
-    } else {
-        let text = String::from_utf8_lossy(&body[..body.len().min(512)])
-            .trim()
-            .to_owned();
-        if text.is_empty() {
-            "(empty body)".into()
-        } else {
-            text
+        ProviderKind::Anthropic(_) => {
+            // ANTHROPIC-WIRING: replaced when the translation module lands.
+            return Err(Failure::Untranslatable(
+                "the anthropic provider is not available in this build".into(),
+            ));
         }
     };
-    ApiError::UpstreamStatus {
-        provider: provider.name.clone(),
-        status,
-        openai_body: openai.then_some(body),
-        excerpt,
+    let client = ctx.clients.get(timeouts.connect);
+    let resp = match tokio::time::timeout_at(first_byte_deadline.into(), client.request(req)).await
+    {
+        Err(_) => return Err(Failure::Timeout(first_byte_deadline - started)),
+        Ok(Err(e)) => {
+            let what = if e.is_connect() {
+                "connection failed"
+            } else {
+                "the request failed"
+            };
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            return Err(Failure::Connect(format!("{what}{cause}")));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if !status.is_success() {
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0)));
+        let body = read_limited(resp.into_body(), MAX_ERROR_BODY, deadline)
+            .await
+            .unwrap_or_default();
+        return Err(Failure::Status {
+            status,
+            body,
+            retry_after,
+        });
+    }
+    if stream && is_sse {
+        let raw = resp
+            .into_body()
+            .map_err(|e| Box::new(e) as BodyError)
+            .boxed();
+        let mut s = raw;
+        let first = first_chunk(&mut s, first_byte_deadline, timeouts).await?;
+        return Ok(Upstream::Stream { first, rest: s });
+    }
+    let bytes = match read_limited(resp.into_body(), MAX_UPSTREAM_BODY, deadline).await {
+        Ok(b) => b,
+        Err(ReadError::Timeout) => return Err(Failure::Timeout(timeouts.total)),
+        Err(ReadError::Failed(detail)) => return Err(Failure::Invalid(detail)),
+    };
+    if !crate::openai::is_completion(&bytes) {
+        return Err(Failure::Invalid(
+            "the answer is not a chat completion".into(),
+        ));
+    }
+    if stream {
+        // The client asked for a stream but the provider answered in one piece: not valid.
+        return Err(Failure::Invalid(
+            "a stream was requested but the provider sent a complete answer".into(),
+        ));
+    }
+    Ok(Upstream::Complete(bytes))
+}
+
+fn post(
+    url: &http::Uri,
+    body: Bytes,
+    stream: bool,
+    request_id: &HeaderValue,
+) -> Result<Request<Full<Bytes>>, Failure> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(url.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::ACCEPT,
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )
+        .header("x-request-id", request_id.clone())
+        .body(Full::new(body))
+        .map_err(|e| Failure::Invalid(format!("building the upstream request: {e}")))
+}
+
+/// Waits for a stream's first data (within the first-byte deadline).
+async fn first_chunk(
+    body: &mut Body,
+    deadline: Instant,
+    timeouts: Timeouts,
+) -> Result<Bytes, Failure> {
+    loop {
+        match tokio::time::timeout_at(deadline.into(), body.frame()).await {
+            Err(_) => return Err(Failure::Timeout(timeouts.first_byte.min(timeouts.total))),
+            Ok(None) => return Err(Failure::Invalid("the stream ended before any data".into())),
+            Ok(Some(Err(e))) => {
+                return Err(Failure::Invalid(format!(
+                    "the stream failed before any data: {e}"
+                )))
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        return Ok(data);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -156,9 +392,9 @@ enum ReadError {
 async fn read_limited(
     body: hyper::body::Incoming,
     limit: usize,
-    within: Duration,
+    deadline: Instant,
 ) -> Result<Bytes, ReadError> {
-    match tokio::time::timeout(within, Limited::new(body, limit).collect()).await {
+    match tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect()).await {
         Err(_) => Err(ReadError::Timeout),
         Ok(Err(e)) => Err(ReadError::Failed(format!("reading the body: {e}"))),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -3,40 +3,72 @@
 //! on the client's behalf, to remove it again so the client gets exactly the stream shape it
 //! asked for. Untouched events are passed on without copying.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame};
 use memchr::memmem;
 
-use crate::body::{Body, BodyError};
+use tokio::time::Sleep;
+
+use crate::body::{Body, BodyError, StreamFault};
 use crate::metrics::Outcome;
 use crate::openai::{read_usage, ErrorClass};
+use crate::providers::Timeouts;
 use crate::proxy::context::Recorder;
 use crate::proxy::request::RawObject;
 
 /// The relaying body.
 pub struct SseRelay {
+    first: Option<Bytes>,
     inner: Body,
     buf: BytesMut,
     strip_usage: bool,
     recorder: Recorder,
+    outcome: Outcome,
     finished: bool,
+    saw_done: bool,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    total_timer: Pin<Box<Sleep>>,
 }
 
 impl SseRelay {
-    /// Relays `inner`; `strip_usage` removes usage the client did not ask for.
-    pub fn new(inner: Body, strip_usage: bool, recorder: Recorder) -> SseRelay {
+    /// Relays `first` and then `rest`; `strip_usage` removes usage the client did not ask
+    /// for; `outcome` is recorded when the stream completes; `timeouts.idle` bounds the
+    /// silence between chunks and `timeouts.total` the whole stream.
+    pub fn new(
+        first: Bytes,
+        rest: Body,
+        strip_usage: bool,
+        recorder: Recorder,
+        outcome: Outcome,
+        timeouts: Timeouts,
+    ) -> SseRelay {
+        let now = tokio::time::Instant::now();
         SseRelay {
-            inner,
+            first: Some(first),
+            inner: rest,
             buf: BytesMut::new(),
             strip_usage,
             recorder,
+            outcome,
             finished: false,
+            saw_done: false,
+            idle: timeouts.idle,
+            idle_timer: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
+            total_timer: Box::pin(tokio::time::sleep_until(now + timeouts.total)),
         }
     }
+}
+
+/// An SSE error event in OpenAI's shape, ending a stream that cannot complete.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let v = serde_json::json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": code}});
+    Bytes::from(format!("data: {v}\n\n"))
 }
 
 /// The end of the first complete event in `buf` (after its blank line), if any.
@@ -71,6 +103,7 @@ impl SseRelay {
             return Edit::Keep;
         };
         if data == b"[DONE]" {
+            self.saw_done = true;
             return Edit::Keep;
         }
         self.recorder.first_token();
@@ -147,6 +180,19 @@ impl SseRelay {
         }
     }
 
+    /// Ends the stream with an error event: what the client has is all it gets, and it is
+    /// told so (no `[DONE]`, so it never mistakes a cut stream for a complete one).
+    fn interrupt(&mut self, message: &str, provider_error: Option<String>) -> Bytes {
+        // A half-received event is dropped rather than relayed broken.
+        self.buf.clear();
+        self.recorder.stream_interrupted();
+        self.finish(Outcome::UpstreamError, Some(ErrorClass::StreamInterrupted));
+        match provider_error {
+            Some(json) => Bytes::from(format!("data: {json}\n\n")),
+            None => error_event(message, "stream_interrupted"),
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome, error: Option<ErrorClass>) {
         if !self.finished {
             self.finished = true;
@@ -168,15 +214,32 @@ impl HttpBody for SseRelay {
             if this.finished {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+            let polled = match this.first.take() {
+                Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+                None => Pin::new(&mut this.inner).poll_frame(cx),
+            };
+            match polled {
+                Poll::Pending => {
+                    if this.total_timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Ok(Frame::data(
+                            this.interrupt("the stream exceeded its total timeout", None),
+                        ))));
+                    }
+                    if this.idle_timer.as_mut().poll(cx).is_ready() {
+                        let msg =
+                            format!("no data from the provider for {} ms", this.idle.as_millis());
+                        return Poll::Ready(Some(Ok(Frame::data(this.interrupt(&msg, None)))));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     let t = Instant::now();
+                    let deadline = tokio::time::Instant::now() + this.idle;
+                    this.idle_timer.as_mut().reset(deadline);
                     let out = if this.buf.is_empty()
-                        && event_end(&data).is_some()
                         && data.ends_with(b"\n\n")
                         && !this.needs_edit(&data)
                     {
@@ -193,12 +256,20 @@ impl HttpBody for SseRelay {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.finish(Outcome::UpstreamError, Some(ErrorClass::UpstreamInvalid));
-                    return Poll::Ready(Some(Err(e)));
+                    let fault = e.downcast_ref::<StreamFault>().map(|f| f.0.clone());
+                    let msg = format!("the provider's stream failed: {e}");
+                    return Poll::Ready(Some(Ok(Frame::data(this.interrupt(&msg, fault)))));
                 }
                 Poll::Ready(None) => {
+                    if !this.saw_done {
+                        return Poll::Ready(Some(Ok(Frame::data(this.interrupt(
+                            "the provider's stream ended before it was complete",
+                            None,
+                        )))));
+                    }
                     let rest = std::mem::take(&mut this.buf).freeze();
-                    this.finish(Outcome::Success, None);
+                    let outcome = this.outcome;
+                    this.finish(outcome, None);
                     return Poll::Ready(if rest.is_empty() {
                         None
                     } else {

@@ -21,22 +21,31 @@ pub struct TestProxy {
 impl TestProxy {
     /// Validates `toml` and serves it; panics (test code) on an invalid config.
     pub async fn start(toml: &str) -> TestProxy {
-        let config = Config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("invalid test config:\n{e}"));
+        let config = Config::parse(toml, "test.toml")
+            .unwrap_or_else(|e| panic!("invalid test config:\n{e}"));
         TestProxy::start_config(config).await
     }
 
     /// Serves a validated config.
     pub async fn start_config(config: Config) -> TestProxy {
-        let listeners = Listeners::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("bind");
+        let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .expect("bind");
         let addr = listeners.main.local_addr().unwrap();
         let admin_addr = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(switchyard::run(listeners, config, async move {
             let _ = rx.await;
         }));
-        TestProxy { addr, admin_addr, stop: Some(tx), task: Some(task) }
+        TestProxy {
+            addr,
+            admin_addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
