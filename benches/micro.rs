@@ -20,7 +20,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use switchyard::app::Live;
@@ -28,6 +29,7 @@ use switchyard::body::BodyError;
 use switchyard::flags::audience::{AttrValue, Attributes};
 use switchyard::metrics::{Metrics, Outcome};
 use switchyard::openai::Usage;
+use switchyard::providers::Timeouts;
 use switchyard::proxy::context::{Recorder, Route};
 use switchyard::proxy::request::ChatRequest;
 use switchyard::proxy::rewrite::{rewrite, RewriteOptions};
@@ -129,7 +131,7 @@ fn config() -> Config {
     }
 }
 
-fn short(c: &mut Criterion, name: &str) -> BenchmarkGroup<'_, criterion::measurement::WallTime> {
+fn short<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(name);
     g.warm_up_time(Duration::from_secs(1));
     g.measurement_time(Duration::from_secs(3));
@@ -256,16 +258,30 @@ fn routed(live: &Arc<Live>) -> Recorder {
     r
 }
 
-/// A relay over `frames`; each poll relays what one upstream frame completes.
+/// A relay over `frames` (the first one handed over as the already-read first chunk); each
+/// poll relays what one upstream frame completes. Call inside a Tokio runtime (timers).
 fn relay(live: &Arc<Live>, frames: &[&'static str], strip_usage: bool) -> SseRelay {
-    let source = Frames {
-        frames: frames
-            .iter()
-            .map(|f| Bytes::from_static(f.as_bytes()))
-            .collect(),
-        next: 0,
+    let frames: Vec<Bytes> = frames
+        .iter()
+        .map(|f| Bytes::from_static(f.as_bytes()))
+        .collect();
+    let first = frames[0].clone();
+    let next = 1 % frames.len();
+    let rest = Frames { frames, next };
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        first_byte: Duration::from_secs(60),
+        idle: Duration::from_secs(60),
+        total: Duration::from_secs(3600),
     };
-    SseRelay::new(BodyExt::boxed(source), strip_usage, routed(live))
+    SseRelay::new(
+        first,
+        BodyExt::boxed(rest),
+        strip_usage,
+        routed(live),
+        Outcome::Success,
+        timeouts,
+    )
 }
 
 fn poll_once(relay: &mut SseRelay, cx: &mut Context<'_>) -> usize {
@@ -277,6 +293,12 @@ fn poll_once(relay: &mut SseRelay, cx: &mut Context<'_>) -> usize {
 
 fn bench_sse_relay(c: &mut Criterion) {
     let live = live();
+    // The relay arms idle and total timers: they need a Tokio time driver.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
     let waker = Waker::from(Arc::new(NoopWaker));
     let mut cx = Context::from_waker(&waker);
 
@@ -337,17 +359,23 @@ fn bench_record(c: &mut Criterion) {
                 r.finish(Outcome::Success, None);
                 r
             },
-            criterion::BatchSize::SmallInput,
+            BatchSize::SmallInput,
         )
     });
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    bench_decide,
-    bench_rewrite,
-    bench_sse_relay,
-    bench_record
-);
-criterion_main!(benches);
+/// The groups, in the order they run (a private module: the generated function needs no docs).
+mod suite {
+    use super::{bench_decide, bench_record, bench_rewrite, bench_sse_relay};
+
+    criterion::criterion_group!(
+        benches,
+        bench_decide,
+        bench_rewrite,
+        bench_sse_relay,
+        bench_record
+    );
+}
+
+criterion_main!(suite::benches);

@@ -15,12 +15,17 @@ use http::{HeaderName, HeaderValue, Uri};
 
 pub use locate::KeyPath;
 use locate::SourceMap;
-use raw::{RawCircuit, RawConfig, RawFlag, RawProvider, RawResponder, RawRetry, RawVariation};
+use raw::{
+    RawCircuit, RawConfig, RawFlag, RawGate, RawProvider, RawResponder, RawRetry, RawRollout,
+    RawVariation,
+};
 
 use crate::fallback::Responder;
 use crate::flags::audience::Condition;
 use crate::flags::bucket::BUCKETS;
-use crate::flags::{FallbackBehavior, Flag, PromptMode, Range, Rule, ToolPolicy, Variation};
+use crate::flags::{
+    FallbackBehavior, Flag, Gate, PromptMode, Range, Rollout, Rule, ToolPolicy, Variation,
+};
 use crate::providers::mock::MockSettings;
 use crate::providers::{
     AnthropicSettings, CircuitPolicy, OpenAiSettings, Provider, ProviderKind, RetryPolicy, Secret,
@@ -48,6 +53,10 @@ pub struct Config {
     pub audience_count: usize,
     /// `[flags.*]`, in key order.
     pub flags: Vec<Arc<Flag>>,
+    /// `[state] url`: where runtime state and the audit log live.
+    pub state_url: String,
+    /// `[admin] tokens`.
+    pub admin_tokens: Vec<AdminToken>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -62,6 +71,21 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// How often rollout gates are evaluated.
+    pub gate_interval: Duration,
+    /// How often the config file is checked for changes (zero: never).
+    pub reload_check_interval: Duration,
+}
+
+/// A named admin bearer token; the name is the audit actor.
+#[derive(Debug, Clone)]
+pub struct AdminToken {
+    /// The actor name.
+    pub name: String,
+    /// The token, or `None` when its source was not set (the token is then disabled).
+    pub token: Option<Secret>,
+    /// Where it was to come from, for messages.
+    pub source: String,
 }
 
 /// `[identity]`: where the bucketing id and attributes come from.
@@ -312,6 +336,16 @@ impl Validator<'_> {
                 raw.server.drain_timeout.as_deref(),
                 Duration::from_secs(30),
             ),
+            gate_interval: self.duration(
+                &s.key("gate_interval"),
+                raw.server.gate_interval.as_deref(),
+                Duration::from_secs(5),
+            ),
+            reload_check_interval: self.duration(
+                &s.key("reload_check_interval"),
+                raw.server.reload_check_interval.as_deref(),
+                Duration::from_secs(2),
+            ),
         };
         let identity = self.identity(&raw);
         let mut providers = BTreeMap::new();
@@ -380,7 +414,7 @@ impl Validator<'_> {
             }
         }
         self.alerts(&raw, &flag_index);
-        self.admin(&raw);
+        let admin_tokens = self.admin(&raw);
         Config {
             origin: self.origin.to_owned(),
             hash: short_hash(src),
@@ -392,6 +426,12 @@ impl Validator<'_> {
             audience_count: audiences.len(),
             flags,
             flag_index,
+            state_url: raw
+                .state
+                .url
+                .clone()
+                .unwrap_or_else(|| "sqlite:switchyard-state.db".into()),
+            admin_tokens,
         }
     }
 
@@ -912,10 +952,20 @@ impl Validator<'_> {
             if i + 1 == f.rules.len() && r.audience.is_some() {
                 self.err(&rp.key("audience"), "the last rule is \"everyone else\" and must not have an audience: add a final rule without one");
             }
-            if r.allocation.is_empty() {
+            let rollout = r
+                .rollout
+                .as_ref()
+                .and_then(|ro| self.rollout(&rp.key("rollout"), ro, index_of));
+            if r.rollout.is_some() && !r.allocation.is_empty() {
+                self.err(
+                    &rp.key("rollout"),
+                    "a rule has either an allocation or a rollout, not both",
+                );
+            }
+            if r.allocation.is_empty() && r.rollout.is_none() {
                 self.err(
                     &rp.key("allocation"),
-                    "an allocation needs at least one range",
+                    "an allocation needs at least one range (or give the rule a rollout)",
                 );
             }
             let mut allocation = Vec::new();
@@ -958,9 +1008,120 @@ impl Validator<'_> {
                 id: r.id.clone(),
                 audience,
                 allocation,
+                rollout,
             });
         }
         rules
+    }
+
+    fn rollout(
+        &mut self,
+        path: &KeyPath,
+        r: &RawRollout,
+        index_of: &dyn Fn(&str) -> Option<usize>,
+    ) -> Option<Rollout> {
+        let variation = match index_of(&r.variation) {
+            Some(v) => v,
+            None => {
+                self.err(
+                    &path.key("variation"),
+                    format!("unknown variation {:?}", r.variation),
+                );
+                return None;
+            }
+        };
+        if r.stages.is_empty() {
+            self.err(
+                &path.key("stages"),
+                "a rollout needs at least one stage (percent of traffic)",
+            );
+            return None;
+        }
+        let mut stages = Vec::new();
+        let mut prev = -1.0;
+        for (i, pct) in r.stages.iter().enumerate() {
+            if !(0.0..=100.0).contains(pct) {
+                self.err(
+                    &path.key("stages").index(i),
+                    format!("{pct} is out of range (0 ..= 100 percent)"),
+                );
+                return None;
+            }
+            if *pct <= prev {
+                self.err(
+                    &path.key("stages").index(i),
+                    "stages must grow: each one larger than the one before",
+                );
+                return None;
+            }
+            prev = *pct;
+            stages.push((pct * 100.0).round() as u32);
+        }
+        let initial_stage = match r.initial_stage {
+            None => 0,
+            Some(n) if n >= 0 && (n as usize) < stages.len() => n as u32,
+            Some(n) => {
+                self.err(
+                    &path.key("initial_stage"),
+                    format!("{n} is not a stage index (0 ..= {})", stages.len() - 1),
+                );
+                0
+            }
+        };
+        let g = r.gate.as_ref();
+        let gp = path.key("gate");
+        let default = RawGate::default();
+        let g = g.unwrap_or(&default);
+        let rate = |v: &mut Self, key: &str, x: Option<f64>| -> Option<f64> {
+            match x {
+                Some(x) if !(0.0..=1.0).contains(&x) => {
+                    v.err(&gp.key(key), format!("{x} is out of range (0 ..= 1)"));
+                    None
+                }
+                other => other,
+            }
+        };
+        let count = |v: &mut Self, key: &str, x: Option<i64>, default: u64| -> u64 {
+            match x {
+                None => default,
+                Some(n) if n >= 0 => n as u64,
+                Some(n) => {
+                    v.err(&gp.key(key), format!("{n} must not be negative"));
+                    default
+                }
+            }
+        };
+        let gate = Gate {
+            min_requests: count(self, "min_requests", g.min_requests, 100),
+            hold: self.duration(&gp.key("hold"), g.hold.as_deref(), Duration::from_secs(600)),
+            max_error_rate: rate(self, "max_error_rate", g.max_error_rate),
+            max_fallback_rate: rate(self, "max_fallback_rate", g.max_fallback_rate),
+            max_p95_seconds: g.max_p95_seconds,
+            max_p95_ratio: g.max_p95_ratio,
+            rollback_error_rate: rate(self, "rollback_error_rate", g.rollback_error_rate),
+            rollback_fallback_rate: rate(self, "rollback_fallback_rate", g.rollback_fallback_rate),
+            rollback_min_requests: count(
+                self,
+                "rollback_min_requests",
+                g.rollback_min_requests,
+                20,
+            ),
+        };
+        for (key, v) in [
+            ("max_p95_seconds", gate.max_p95_seconds),
+            ("max_p95_ratio", gate.max_p95_ratio),
+        ] {
+            if v.is_some_and(|x| !(x > 0.0 && x.is_finite())) {
+                self.err(&gp.key(key), "must be a positive number");
+            }
+        }
+        Some(Rollout {
+            variation,
+            stages,
+            initial_stage,
+            auto_advance: r.auto_advance.unwrap_or(false),
+            gate,
+        })
     }
 
     fn variation(
@@ -1238,14 +1399,34 @@ impl Validator<'_> {
         }
     }
 
-    fn admin(&mut self, raw: &RawConfig) {
+    fn admin(&mut self, raw: &RawConfig) -> Vec<AdminToken> {
+        let mut tokens = Vec::new();
         for (i, t) in raw.admin.tokens.iter().enumerate() {
-            if t.token_env.is_some() == t.token_file.is_some() {
-                self.err(
-                    &KeyPath::root().key("admin").key("tokens").index(i),
-                    "a token needs exactly one of token_env or token_file",
-                );
+            let path = KeyPath::root().key("admin").key("tokens").index(i);
+            if t.name.trim().is_empty() {
+                self.err(&path.key("name"), "a token needs a name (the audit actor)");
             }
+            let (value, source) = match (&t.token_env, &t.token_file) {
+                (Some(var), None) => ((self.env)(var), format!("environment variable {var}")),
+                (None, Some(file)) => (std::fs::read_to_string(file).ok(), format!("file {file}")),
+                _ => {
+                    self.err(
+                        &path,
+                        "a token needs exactly one of token_env or token_file",
+                    );
+                    continue;
+                }
+            };
+            let token = value
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .and_then(|v| HeaderValue::from_str(&v).ok())
+                .map(Secret::new);
+            tokens.push(AdminToken {
+                name: t.name.clone(),
+                token,
+                source,
+            });
         }
         if let Some(url) = &raw.state.url {
             if !(url.starts_with("sqlite:")
@@ -1258,6 +1439,7 @@ impl Validator<'_> {
                 );
             }
         }
+        tokens
     }
 }
 

@@ -141,8 +141,56 @@ pub struct Rule {
     pub id: String,
     /// The audience by name and conditions; `None` matches everyone.
     pub audience: Option<(String, Arc<Condition>)>,
-    /// Ranges of the 10,000 buckets, ordered by `end`.
+    /// Ranges of the 10,000 buckets, ordered by `end` (empty for a rollout rule).
     pub allocation: Vec<Range>,
+    /// A progressive rollout of one variation, whose allocation is the current stage's.
+    pub rollout: Option<Rollout>,
+}
+
+/// A progressive rollout: one variation through growing stages, each passed through a gate.
+#[derive(Debug, Clone)]
+pub struct Rollout {
+    /// The variation rolled out.
+    pub variation: usize,
+    /// Each stage's share as a bucket end (percent × 100), ascending.
+    pub stages: Vec<u32>,
+    /// The stage used while no runtime state says otherwise.
+    pub initial_stage: u32,
+    /// Advance on its own when the gate holds.
+    pub auto_advance: bool,
+    /// What a stage must show.
+    pub gate: Gate,
+}
+
+/// Thresholds a rollout stage must meet before it advances, and the ones that roll it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    /// Requests the rolled-out variation must have served in this stage.
+    pub min_requests: u64,
+    /// How long the stage must have run.
+    pub hold: std::time::Duration,
+    /// Highest error rate allowed to advance.
+    pub max_error_rate: Option<f64>,
+    /// Highest fallback rate allowed to advance.
+    pub max_fallback_rate: Option<f64>,
+    /// Highest p95 latency (seconds) allowed to advance.
+    pub max_p95_seconds: Option<f64>,
+    /// Highest p95 relative to the stable variation's allowed to advance.
+    pub max_p95_ratio: Option<f64>,
+    /// An error rate at or above this rolls the rollout back on its own.
+    pub rollback_error_rate: Option<f64>,
+    /// A fallback rate at or above this rolls the rollout back on its own.
+    pub rollback_fallback_rate: Option<f64>,
+    /// Requests needed before a rollback threshold is trusted.
+    pub rollback_min_requests: u64,
+}
+
+impl Rollout {
+    /// The bucket end of `stage` (clamped to the last stage).
+    pub fn end_at(&self, stage: u32) -> u32 {
+        let i = (stage as usize).min(self.stages.len().saturating_sub(1));
+        self.stages.get(i).copied().unwrap_or(0)
+    }
 }
 
 /// One entry of an allocation: buckets below `end` (and at or above the previous entry's end).
@@ -200,6 +248,18 @@ impl Flag {
     /// goes straight to the last rule, as Optimizely's delivery rules do. `enabled` is the
     /// effective kill switch (config plus runtime state).
     pub fn decide(&self, enabled: bool, bucketing_id: &str, attributes: &Attributes) -> Decision {
+        self.decide_at(enabled, None, bucketing_id, attributes)
+    }
+
+    /// Decides with the rollout stage of each rule (`stages[i]` for rule `i`; `None` uses
+    /// each rollout's initial stage).
+    pub fn decide_at(
+        &self,
+        enabled: bool,
+        stages: Option<&[u32]>,
+        bucketing_id: &str,
+        attributes: &Attributes,
+    ) -> Decision {
         if !enabled {
             return Decision {
                 variation: self.off_variation,
@@ -218,7 +278,8 @@ impl Flag {
             };
             if audience_ok {
                 let b = bucket::bucket(bucketing_id, &rule.id);
-                if let Some(variation) = rule.variation_for(b) {
+                let stage = stages.and_then(|s| s.get(index).copied());
+                if let Some(variation) = rule.variation_at(b, stage) {
                     let reason = if index == last {
                         DecisionReason::EveryoneElse
                     } else {
@@ -254,8 +315,17 @@ impl Flag {
 }
 
 impl Rule {
-    /// The variation whose range holds `bucket`, if any.
+    /// The variation whose range holds `bucket`, if any (rollouts at their initial stage).
     pub fn variation_for(&self, bucket: u32) -> Option<usize> {
+        self.variation_at(bucket, None)
+    }
+
+    /// The variation whose range holds `bucket` with a rollout at `stage`.
+    pub fn variation_at(&self, bucket: u32, stage: Option<u32>) -> Option<usize> {
+        if let Some(r) = &self.rollout {
+            let end = r.end_at(stage.unwrap_or(r.initial_stage));
+            return (bucket < end).then_some(r.variation);
+        }
         self.allocation
             .iter()
             .find(|r| bucket < r.end)

@@ -119,6 +119,24 @@ impl VariationMetrics {
         self.outcomes[i].inc();
     }
 
+    /// Totals since the process started: (requests, errors, fallbacks, client_errors).
+    /// Requests exclude the client's own bad requests.
+    pub fn totals(&self) -> VariationTotals {
+        let get = |o: Outcome| {
+            let i = Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0);
+            self.outcomes[i].get()
+        };
+        let errors = get(Outcome::UpstreamError);
+        let fallbacks = get(Outcome::Fallback);
+        VariationTotals {
+            requests: get(Outcome::Success) + fallbacks + errors + get(Outcome::Cancelled),
+            errors,
+            fallbacks,
+            tokens_in: self.tokens_in.get(),
+            tokens_out: self.tokens_out.get(),
+        }
+    }
+
     /// Counts one error of a class.
     pub fn error(&self, class: ErrorClass) {
         let i = ErrorClass::ALL
@@ -140,6 +158,21 @@ impl VariationMetrics {
     pub fn quantiles(&self) -> Option<(u64, [f64; 3])> {
         self.rolling.lock().ok().map(|mut r| r.quantiles())
     }
+}
+
+/// A variation's counters, read back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VariationTotals {
+    /// Requests that reached a decision (answered, fell back, failed, or cancelled).
+    pub requests: u64,
+    /// Requests that ended in an upstream error.
+    pub errors: u64,
+    /// Requests answered by a fallback.
+    pub fallbacks: u64,
+    /// Prompt tokens.
+    pub tokens_in: u64,
+    /// Completion tokens.
+    pub tokens_out: u64,
 }
 
 /// Handles of every variation of a config, indexed `[flag][variation]`, plus the

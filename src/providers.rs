@@ -2,6 +2,8 @@
 //! vLLM, Ollama and friends (they differ only in data: URL, auth header, query); the built-in
 //! [`mock`] answers in-process for demos and tests.
 
+pub mod anthropic;
+pub mod anthropic_stream;
 pub mod client;
 pub mod mock;
 

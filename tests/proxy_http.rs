@@ -890,8 +890,15 @@ async fn streaming_is_relayed_incrementally_and_usage_is_counted_but_hidden() {
     assert!(String::from_utf8_lossy(&first).contains("FIRST-PIECE"));
     gate.notify_one();
     let rest = String::from_utf8_lossy(&stream.rest(WAIT).await).into_owned();
-    assert!(
-        rest.contains(r#""usage":{"prompt_tokens":11,"completion_tokens":7"#),
+    let usage: Vec<Value> = sse_data(&rest)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["usage"].is_object())
+        .map(|v| v["usage"].clone())
+        .collect();
+    assert_eq!(
+        usage,
+        vec![json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18})],
         "{rest}"
     );
     assert!(rest.ends_with("data: [DONE]\n\n"));
@@ -930,6 +937,61 @@ async fn streaming_is_relayed_incrementally_and_usage_is_counted_but_hidden() {
             &[("flag", "f"), ("outcome", "success")]
         ),
         2.0
+    );
+}
+
+#[tokio::test]
+async fn events_split_across_writes_or_crlf_framed_are_relayed_whole() {
+    let usage = usage_chunk();
+    let (u1, u2) = usage.split_at(usage.len() / 2);
+    let first = chunk(Some("PIECE-ONE"), None);
+    let (c1, c2) = first.split_at(20);
+    let up = MockUpstream::builder()
+        .sse(vec![
+            SseStep::Raw(format!("data: {c1}")),
+            SseStep::Raw(format!("{c2}\n\n")),
+            SseStep::Raw(format!("data: {}\r\n\r\n", chunk(Some("CRLF-PIECE"), None))),
+            SseStep::Raw(": keep-alive\n\n".to_owned()),
+            SseStep::Raw(format!("data: {u1}")),
+            SseStep::Raw(format!("{u2}\n\ndata: [DONE]\n\n")),
+        ])
+        .start()
+        .await;
+    let proxy = TestProxy::start(&basic_config(&up.base_url())).await;
+    let body = json!({
+        "model": "f", "user": "s-3", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}],
+    })
+    .to_string();
+    let stream = client::post_stream(&proxy.url(CHAT), &body, &[]).await;
+    assert_eq!(stream.status, StatusCode::OK);
+    let all = String::from_utf8_lossy(&stream.rest(WAIT).await).into_owned();
+    assert!(!all.contains("\"usage\""), "{all}");
+    let data: Vec<String> = all
+        .split("\n\n")
+        .flat_map(|e| e.split("\r\n\r\n"))
+        .filter_map(|e| {
+            e.trim_start()
+                .strip_prefix("data:")
+                .map(|d| d.trim().to_owned())
+        })
+        .collect();
+    assert_eq!(data.len(), 3, "two chunks and [DONE]: {all:?}");
+    for d in &data[..2] {
+        let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}"));
+        assert_eq!(v["object"], "chat.completion.chunk");
+    }
+    assert!(data[0].contains("PIECE-ONE") && data[1].contains("CRLF-PIECE"));
+    assert_eq!(data[2], "[DONE]");
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        sum(
+            &m,
+            "switchyard_tokens_total",
+            &[("flag", "f"), ("direction", "out")]
+        ),
+        7.0,
+        "usage read from an event split across writes"
     );
 }
 

@@ -73,6 +73,10 @@ pub struct RawCircuit {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    /// How often rollout gates are evaluated (auto-advance, auto-rollback).
+    pub gate_interval: Option<String>,
+    /// How often the config file is checked for changes (0s disables the watch).
+    pub reload_check_interval: Option<String>,
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
@@ -197,6 +201,34 @@ pub struct RawRule {
     pub audience: Option<String>,
     #[serde(default)]
     pub allocation: Vec<RawRange>,
+    pub rollout: Option<RawRollout>,
+}
+
+/// A progressive rollout of one variation through stages (percent of the rule's audience).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    pub variation: String,
+    pub stages: Vec<f64>,
+    pub initial_stage: Option<i64>,
+    pub auto_advance: Option<bool>,
+    pub gate: Option<RawGate>,
+}
+
+/// What a stage must show before the next one: samples, hold time, thresholds; and what rolls
+/// it back on its own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub min_requests: Option<i64>,
+    pub hold: Option<String>,
+    pub max_error_rate: Option<f64>,
+    pub max_fallback_rate: Option<f64>,
+    pub max_p95_seconds: Option<f64>,
+    pub max_p95_ratio: Option<f64>,
+    pub rollback_error_rate: Option<f64>,
+    pub rollback_fallback_rate: Option<f64>,
+    pub rollback_min_requests: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

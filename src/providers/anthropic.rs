@@ -366,11 +366,8 @@ fn system_texts(
 ) -> Result<(), TranslateError> {
     match content {
         None => {}
-        Some(Value::String(s)) => {
-            if !s.is_empty() {
-                system.push(s.clone());
-            }
-        }
+        Some(Value::String(s)) if s.is_empty() => {}
+        Some(Value::String(s)) => system.push(s.clone()),
         Some(Value::Array(parts)) => {
             for part in parts {
                 if part.get("type").and_then(Value::as_str) == Some("text") {
@@ -398,7 +395,7 @@ fn text_block(text: &str) -> Option<Block> {
     })
 }
 
-fn part_type<'a>(part: &'a Value, i: usize, j: usize) -> Result<&'a str, TranslateError> {
+fn part_type(part: &Value, i: usize, j: usize) -> Result<&str, TranslateError> {
     part.get("type")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid(format!("messages[{i}].content[{j}].type must be a string")))
@@ -444,8 +441,8 @@ fn user_blocks(content: &Value, i: usize) -> Result<Vec<Block>, TranslateError> 
             "file" => blocks.push(file_block(part, i, j)?),
             "input_audio" => {
                 return Err(invalid(format!(
-                    "messages[{i}].content[{j}]: audio input is not supported by this model's provider"
-                )))
+                "messages[{i}].content[{j}]: audio input is not supported by this model's provider"
+            )))
             }
             other => {
                 return Err(invalid(format!(
@@ -541,7 +538,9 @@ fn assistant_blocks(content: &Value, i: usize) -> Result<Vec<Block>, TranslateEr
 /// An assistant message's `tool_calls` → `tool_use` blocks.
 fn tool_use_blocks(calls: &Value, i: usize, out: &mut Vec<Block>) -> Result<(), TranslateError> {
     let Value::Array(calls) = calls else {
-        return Err(invalid(format!("messages[{i}].tool_calls must be an array")));
+        return Err(invalid(format!(
+            "messages[{i}].tool_calls must be an array"
+        )));
     };
     for (k, call) in calls.iter().enumerate() {
         let at = format!("messages[{i}].tool_calls[{k}]");
@@ -566,16 +565,9 @@ fn tool_use_blocks(calls: &Value, i: usize, out: &mut Vec<Block>) -> Result<(), 
         let input = match function.get("arguments") {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
-            Some(Value::String(s)) => serde_json::from_str::<Value>(s).map_err(|e| {
-                invalid(format!(
-                    "{at}.function.arguments is not valid JSON: {e}"
-                ))
-            })?,
-            Some(_) => {
-                return Err(invalid(format!(
-                    "{at}.function.arguments must be a string"
-                )))
-            }
+            Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+                .map_err(|e| invalid(format!("{at}.function.arguments is not valid JSON: {e}")))?,
+            Some(_) => return Err(invalid(format!("{at}.function.arguments must be a string"))),
         };
         if !input.is_object() {
             return Err(invalid(format!(
@@ -644,7 +636,10 @@ fn translate_tools(req: &Map<String, Value>) -> Result<Vec<Tool>, TranslateError
         .iter()
         .enumerate()
         .map(|(k, tool)| {
-            let kind = tool.get("type").and_then(Value::as_str).unwrap_or("function");
+            let kind = tool
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("function");
             if kind != "function" {
                 return Err(invalid(format!(
                     "tools[{k}]: tool type `{kind}` is not supported"
@@ -700,7 +695,10 @@ fn translate_tool_choice(
             other => return Err(invalid(format!("`tool_choice` `{other}` is not supported"))),
         }),
         Some(obj @ Value::Object(_)) => {
-            let kind = obj.get("type").and_then(Value::as_str).unwrap_or("function");
+            let kind = obj
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("function");
             let name = obj
                 .get("function")
                 .and_then(|f| f.get("name"))
@@ -1069,6 +1067,8 @@ pub struct StreamTranslator {
     /// The current event's `data:` lines, joined by `\n`.
     data: Vec<u8>,
     has_data: bool,
+    /// The last line ended in a `\r` that was the last byte fed so far.
+    after_cr: bool,
     /// Anthropic content block index → OpenAI tool call index.
     tool_calls: HashMap<u64, u32>,
     next_tool_call: u32,
@@ -1153,6 +1153,7 @@ impl StreamTranslator {
             event: String::new(),
             data: Vec::new(),
             has_data: false,
+            after_cr: false,
             tool_calls: HashMap::new(),
             next_tool_call: 0,
             tokens: Tokens::default(),
@@ -1178,6 +1179,16 @@ impl StreamTranslator {
         let mut pos = 0;
         let mut result = Ok(());
         while !self.done {
+            if self.after_cr {
+                // The previous line ended in a `\r` at the end of a feed: a `\n` now
+                // belongs to it.
+                match buf.get(pos) {
+                    None => break,
+                    Some(b'\n') => pos += 1,
+                    Some(_) => {}
+                }
+                self.after_cr = false;
+            }
             let rest = &buf[pos..];
             let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
                 break;
@@ -1185,8 +1196,7 @@ impl StreamTranslator {
             let mut next = end + 1;
             if rest[end] == b'\r' {
                 match rest.get(end + 1) {
-                    // A `\r` at the very end may be half of a `\r\n`: wait for more.
-                    None => break,
+                    None => self.after_cr = true,
                     Some(b'\n') => next += 1,
                     Some(_) => {}
                 }
@@ -1482,13 +1492,16 @@ mod tests {
     }
 
     fn resp(v: Value) -> Value {
-        serde_json::from_slice(&from_anthropic_response(v.to_string().as_bytes(), 1700000000).unwrap())
-            .unwrap()
+        serde_json::from_slice(
+            &from_anthropic_response(v.to_string().as_bytes(), 1700000000).unwrap(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn minimal_request_gets_default_max_tokens() {
-        let out = req(json!({"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}));
+        let out =
+            req(json!({"model": "claude-x", "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(
             out,
             json!({
@@ -1510,11 +1523,18 @@ mod tests {
         };
         assert_eq!(base(json!({"max_tokens": 50})), 50);
         assert_eq!(base(json!({"max_completion_tokens": 70})), 70);
-        assert_eq!(base(json!({"max_tokens": 50, "max_completion_tokens": 70})), 70);
+        assert_eq!(
+            base(json!({"max_tokens": 50, "max_completion_tokens": 70})),
+            70
+        );
         assert_eq!(base(json!({"max_tokens": null})), 1024);
-        let e = req_err(json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}));
+        let e = req_err(
+            json!({"model": "m", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}),
+        );
         assert!(e.contains("max_tokens"), "{e}");
-        let e = req_err(json!({"model": "m", "max_tokens": "9", "messages": [{"role": "user", "content": "x"}]}));
+        let e = req_err(
+            json!({"model": "m", "max_tokens": "9", "messages": [{"role": "user", "content": "x"}]}),
+        );
         assert!(e.contains("max_tokens"), "{e}");
     }
 
@@ -1553,14 +1573,20 @@ mod tests {
                 {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}}
             ])
         );
-        let e = req_err(json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]}));
+        let e = req_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]}),
+        );
         assert!(e.contains("http"), "{e}");
-        let e = req_err(json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}]}));
+        let e = req_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png,notbase64"}}]}]}),
+        );
         assert!(e.contains("base64"), "{e}");
-        let e = req_err(json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]}]}));
+        let e = req_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "x", "format": "wav"}}]}]}),
+        );
         assert!(e.contains("audio"), "{e}");
     }
 
@@ -1602,7 +1628,8 @@ mod tests {
             "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 7}
         }));
         let call = &back["choices"][0]["message"]["tool_calls"][0];
-        let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert_eq!(args, json!({"city": "Oslo", "days": 2}));
         // … and fed back as history, it becomes the same tool_use again.
         let again = req(json!({"model": "m", "messages": [
@@ -1657,8 +1684,10 @@ mod tests {
             {"type": "function", "function": {"name": "now"}}
         ]);
         let with = |choice: Value, parallel: Value| {
-            req(json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                "tools": tools, "tool_choice": choice, "parallel_tool_calls": parallel}))
+            req(
+                json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "tools": tools, "tool_choice": choice, "parallel_tool_calls": parallel}),
+            )
         };
         let out = with(Value::Null, Value::Null);
         assert_eq!(
@@ -1670,11 +1699,23 @@ mod tests {
             ])
         );
         assert!(out.get("tool_choice").is_none());
-        assert_eq!(with(json!("auto"), Value::Null)["tool_choice"], json!({"type": "auto"}));
-        assert_eq!(with(json!("required"), Value::Null)["tool_choice"], json!({"type": "any"}));
-        assert_eq!(with(json!("none"), Value::Null)["tool_choice"], json!({"type": "none"}));
         assert_eq!(
-            with(json!({"type": "function", "function": {"name": "now"}}), Value::Null)["tool_choice"],
+            with(json!("auto"), Value::Null)["tool_choice"],
+            json!({"type": "auto"})
+        );
+        assert_eq!(
+            with(json!("required"), Value::Null)["tool_choice"],
+            json!({"type": "any"})
+        );
+        assert_eq!(
+            with(json!("none"), Value::Null)["tool_choice"],
+            json!({"type": "none"})
+        );
+        assert_eq!(
+            with(
+                json!({"type": "function", "function": {"name": "now"}}),
+                Value::Null
+            )["tool_choice"],
             json!({"type": "tool", "name": "now"})
         );
         assert_eq!(
@@ -1685,16 +1726,30 @@ mod tests {
             with(json!("required"), json!(false))["tool_choice"],
             json!({"type": "any", "disable_parallel_tool_use": true})
         );
-        assert_eq!(with(json!("none"), json!(false))["tool_choice"], json!({"type": "none"}));
-        assert!(with(json!("auto"), json!(true)).get("tool_choice").is_some());
-        assert_eq!(with(json!("auto"), json!(true))["tool_choice"], json!({"type": "auto"}));
+        assert_eq!(
+            with(json!("none"), json!(false))["tool_choice"],
+            json!({"type": "none"})
+        );
+        assert!(with(json!("auto"), json!(true))
+            .get("tool_choice")
+            .is_some());
+        assert_eq!(
+            with(json!("auto"), json!(true))["tool_choice"],
+            json!({"type": "auto"})
+        );
 
         // Without tools, a choice that cannot matter is dropped and one that would is refused.
-        let no_tools = req(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"}));
+        let no_tools = req(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "auto"}),
+        );
         assert!(no_tools.get("tool_choice").is_none());
-        let e = req_err(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}));
+        let e = req_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}),
+        );
         assert!(e.contains("requires `tools`"), "{e}");
-        let e = req_err(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "sometimes"}));
+        let e = req_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "sometimes"}),
+        );
         assert!(e.contains("sometimes"), "{e}");
     }
 
@@ -1707,7 +1762,10 @@ mod tests {
             req(b)
         };
         assert_eq!(with("stop", json!("END"))["stop_sequences"], json!(["END"]));
-        assert_eq!(with("stop", json!(["a", "b"]))["stop_sequences"], json!(["a", "b"]));
+        assert_eq!(
+            with("stop", json!(["a", "b"]))["stop_sequences"],
+            json!(["a", "b"])
+        );
         assert!(with("stop", json!([])).get("stop_sequences").is_none());
         assert!(with("stop", Value::Null).get("stop_sequences").is_none());
         assert_eq!(with("temperature", json!(1.7))["temperature"], json!(1.0));
@@ -1715,8 +1773,13 @@ mod tests {
         assert_eq!(with("temperature", json!(-1))["temperature"], json!(0.0));
         assert_eq!(with("top_p", json!(0.9))["top_p"], json!(0.9));
         assert_eq!(with("stream", json!(true))["stream"], json!(true));
-        assert_eq!(with("user", json!("u-42"))["metadata"], json!({"user_id": "u-42"}));
-        let e = req_err(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": 3}));
+        assert_eq!(
+            with("user", json!("u-42"))["metadata"],
+            json!({"user_id": "u-42"})
+        );
+        let e = req_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": 3}),
+        );
         assert!(e.contains("stop"), "{e}");
     }
 
@@ -1728,9 +1791,15 @@ mod tests {
             "seed": 7, "logprobs": true, "top_logprobs": 2, "response_format": {"type": "json_object"},
             "stream_options": {"include_usage": true}, "store": true, "metadata": {"a": "b"}
         }));
-        let keys: Vec<&str> = out.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = out
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, ["max_tokens", "messages", "model"]);
-        let e = req_err(json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]}));
+        let e =
+            req_err(json!({"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]}));
         assert!(e.contains("`n`"), "{e}");
     }
 
@@ -1759,15 +1828,23 @@ mod tests {
         assert!(req_err(json!([1])).contains("object"));
         assert!(req_err(json!({"messages": []})).contains("model"));
         assert!(req_err(json!({"model": "m"})).contains("messages"));
-        assert!(req_err(json!({"model": "m", "messages": [{"role": "system", "content": "s"}]}))
-            .contains("at least one"));
-        assert!(req_err(json!({"model": "m", "messages": [{"role": "function", "name": "f", "content": "x"}]}))
-            .contains("function"));
-        assert!(req_err(json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
-            "functions": [{"name": "f"}]}))
+        assert!(
+            req_err(json!({"model": "m", "messages": [{"role": "system", "content": "s"}]}))
+                .contains("at least one")
+        );
+        assert!(req_err(
+            json!({"model": "m", "messages": [{"role": "function", "name": "f", "content": "x"}]})
+        )
+        .contains("function"));
+        assert!(req_err(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "functions": [{"name": "f"}]})
+        )
         .contains("functions"));
-        assert!(req_err(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
-            .contains("tool_call_id"));
+        assert!(
+            req_err(json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}))
+                .contains("tool_call_id")
+        );
         assert!(to_anthropic_request(b"{not json", 1).is_err());
     }
 
@@ -1871,7 +1948,11 @@ mod tests {
 
     #[test]
     fn non_messages_are_refused() {
-        assert!(from_anthropic_response(b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"x\"}}", 0).is_err());
+        assert!(from_anthropic_response(
+            b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"x\"}}",
+            0
+        )
+        .is_err());
         assert!(from_anthropic_response(b"nope", 0).is_err());
     }
 
@@ -1890,15 +1971,27 @@ mod tests {
             json!({"error": {"message": "Something happened", "type": "server_error", "param": null, "code": "overloaded"}})
         );
         let e = mapped("rate_limit_error");
-        assert_eq!((e["error"]["type"].as_str(), e["error"]["code"].as_str()), (Some("rate_limit_error"), Some("rate_limit_exceeded")));
+        assert_eq!(
+            (e["error"]["type"].as_str(), e["error"]["code"].as_str()),
+            (Some("rate_limit_error"), Some("rate_limit_exceeded"))
+        );
         let e = mapped("invalid_request_error");
-        assert_eq!((e["error"]["type"].as_str(), e["error"]["code"].as_str()), (Some("invalid_request_error"), Some("invalid_request")));
+        assert_eq!(
+            (e["error"]["type"].as_str(), e["error"]["code"].as_str()),
+            (Some("invalid_request_error"), Some("invalid_request"))
+        );
         let e = mapped("authentication_error");
-        assert_eq!((e["error"]["type"].as_str(), e["error"]["code"].as_str()), (Some("invalid_request_error"), Some("invalid_api_key")));
+        assert_eq!(
+            (e["error"]["type"].as_str(), e["error"]["code"].as_str()),
+            (Some("invalid_request_error"), Some("invalid_api_key"))
+        );
         let e = mapped("api_error");
         assert_eq!(e["error"]["type"], "server_error");
         let e = mapped("brand_new_error");
-        assert_eq!((e["error"]["type"].as_str(), e["error"]["code"].as_str()), (Some("upstream_error"), Some("brand_new_error")));
+        assert_eq!(
+            (e["error"]["type"].as_str(), e["error"]["code"].as_str()),
+            (Some("upstream_error"), Some("brand_new_error"))
+        );
     }
 
     #[test]
@@ -1970,7 +2063,12 @@ mod tests {
         let deltas: Vec<Value> = chunks
             .iter()
             .filter(|c| !c["choices"].as_array().unwrap().is_empty())
-            .map(|c| json!([c["choices"][0]["delta"].clone(), c["choices"][0]["finish_reason"].clone()]))
+            .map(|c| {
+                json!([
+                    c["choices"][0]["delta"].clone(),
+                    c["choices"][0]["finish_reason"].clone()
+                ])
+            })
             .collect();
         assert_eq!(
             deltas,
@@ -1994,14 +2092,22 @@ mod tests {
                 "prompt_tokens_details": {"cached_tokens": 2048}})
         );
         // Every non-usage chunk has exactly the OpenAI chunk keys.
-        let keys: Vec<&str> = chunks[0].as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = chunks[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, ["choices", "created", "id", "model", "object"]);
         // The arguments reassemble into the tool input.
         let args: String = deltas
             .iter()
             .filter_map(|d| d[0]["tool_calls"][0]["function"]["arguments"].as_str())
             .collect();
-        assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"location": "Zürich, CH", "unit": "celsius"}));
+        assert_eq!(
+            serde_json::from_str::<Value>(&args).unwrap(),
+            json!({"location": "Zürich, CH", "unit": "celsius"})
+        );
     }
 
     #[test]
@@ -2013,7 +2119,10 @@ mod tests {
         assert!(t.finished());
         assert_eq!(whole, by_byte);
         for seed in 1..200u64 {
-            let (split, t) = run(&random_splits(data, seed * 0x9E37_79B9_7F4A_7C15), true);
+            let (split, t) = run(
+                &random_splits(data, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                true,
+            );
             assert!(t.finished());
             assert_eq!(whole, split, "seed {seed}");
         }
@@ -2061,7 +2170,10 @@ mod tests {
         );
         assert_eq!(events(&err.preceding).len(), 3);
         assert!(!t.finished());
-        assert!(t.feed(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n").unwrap().is_empty());
+        assert!(t
+            .feed(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+            .unwrap()
+            .is_empty());
         assert!(!t.finished());
 
         // Fed byte by byte: everything before arrives as Ok, then the Err.
@@ -2085,7 +2197,9 @@ mod tests {
     #[test]
     fn invalid_event_data_is_an_error() {
         let mut t = StreamTranslator::new(1, false);
-        let err = t.feed(b"event: message_start\ndata: {oops\n\n").unwrap_err();
+        let err = t
+            .feed(b"event: message_start\ndata: {oops\n\n")
+            .unwrap_err();
         assert!(err.openai_error_json.contains("upstream_invalid_response"));
     }
 

@@ -14,8 +14,9 @@ use crate::body::{Body, BodyError};
 use crate::fallback::FallbackReason;
 use crate::metrics::Metrics;
 use crate::openai::{is_openai_error, ApiError};
+use crate::providers::anthropic_stream::AnthropicSse;
 use crate::providers::client::Clients;
-use crate::providers::{mock, Provider, ProviderKind, Timeouts};
+use crate::providers::{anthropic, mock, Provider, ProviderKind, Timeouts};
 use crate::resilience::{backoff, Admission, Resilience};
 
 /// Largest non-streamed answer accepted from a provider.
@@ -172,7 +173,7 @@ pub async fn forward(
     timeouts: Timeouts,
     body: Bytes,
     stream: bool,
-    _include_usage: bool,
+    include_usage: bool,
 ) -> Result<Upstream, Failure> {
     let breaker = ctx.resilience.breaker(&provider.name, provider.circuit);
     let budget = ctx.resilience.budget(&provider.name);
@@ -184,7 +185,7 @@ pub async fn forward(
             ctx.metrics.attempt(&provider.name, "circuit_open");
             return Err(Failure::CircuitOpen);
         }
-        let result = attempt(ctx, provider, timeouts, body.clone(), stream).await;
+        let result = attempt(ctx, provider, timeouts, body.clone(), stream, include_usage).await;
         let failure = match result {
             Ok(upstream) => {
                 breaker.record(Instant::now(), admission, true);
@@ -228,11 +229,12 @@ async fn attempt(
     timeouts: Timeouts,
     body: Bytes,
     stream: bool,
+    include_usage: bool,
 ) -> Result<Upstream, Failure> {
     let started = Instant::now();
     let deadline = started + timeouts.total;
     let first_byte_deadline = started + timeouts.first_byte.min(timeouts.total);
-    let req = match &provider.kind {
+    let (req, translate) = match &provider.kind {
         ProviderKind::Mock(settings) => {
             if !settings.latency.is_zero() {
                 if settings.latency > timeouts.first_byte.min(timeouts.total) {
@@ -258,13 +260,26 @@ async fn attempt(
             for (k, v) in &settings.headers {
                 headers.insert(k.clone(), v.clone());
             }
-            req
+            (req, false)
         }
-        ProviderKind::Anthropic(_) => {
-            // ANTHROPIC-WIRING: replaced when the translation module lands.
-            return Err(Failure::Untranslatable(
-                "the anthropic provider is not available in this build".into(),
-            ));
+        ProviderKind::Anthropic(settings) => {
+            let translated = anthropic::to_anthropic_request(&body, settings.default_max_tokens)
+                .map_err(|e| Failure::Untranslatable(e.to_string()))?;
+            let mut req = post(
+                &settings.messages_url,
+                Bytes::from(translated),
+                stream,
+                ctx.request_id,
+            )?;
+            let headers = req.headers_mut();
+            if let Some(secret) = &settings.api_key {
+                headers.insert("x-api-key", secret.header_value().clone());
+            }
+            headers.insert("anthropic-version", settings.version.clone());
+            for (k, v) in &settings.headers {
+                headers.insert(k.clone(), v.clone());
+            }
+            (req, true)
         }
     };
     let client = ctx.clients.get(timeouts.connect);
@@ -312,7 +327,11 @@ async fn attempt(
             .into_body()
             .map_err(|e| Box::new(e) as BodyError)
             .boxed();
-        let mut s = raw;
+        let mut s = if translate {
+            AnthropicSse::new(raw, crate::proxy::now_secs(), include_usage).boxed()
+        } else {
+            raw
+        };
         let first = first_chunk(&mut s, first_byte_deadline, timeouts).await?;
         return Ok(Upstream::Stream { first, rest: s });
     }
@@ -320,6 +339,14 @@ async fn attempt(
         Ok(b) => b,
         Err(ReadError::Timeout) => return Err(Failure::Timeout(timeouts.total)),
         Err(ReadError::Failed(detail)) => return Err(Failure::Invalid(detail)),
+    };
+    let bytes = if translate {
+        Bytes::from(
+            anthropic::from_anthropic_response(&bytes, crate::proxy::now_secs())
+                .map_err(|e| Failure::Invalid(e.to_string()))?,
+        )
+    } else {
+        bytes
     };
     if !crate::openai::is_completion(&bytes) {
         return Err(Failure::Invalid(
