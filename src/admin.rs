@@ -1,20 +1,55 @@
-//! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/readyz`.
+//! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and the
+//! admin API under `/admin/` (bearer tokens, compared in constant time).
+
+pub mod api;
+pub mod openapi;
 
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::app::App;
 use crate::body::{full, Body};
 use crate::openai::ApiError;
 use crate::proxy::json_response;
 
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// The actor behind a bearer token, if it is one of the configured tokens.
+fn authenticate(app: &App, headers: &http::HeaderMap) -> Option<String> {
+    let presented = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let presented = presented.strip_prefix(b"Bearer ")?;
+    let live = app.live.load();
+    let mut actor = None;
+    // Every token is compared (in constant time), so timing tells nothing about which matched.
+    for t in &live.config.admin_tokens {
+        if let Some(secret) = &t.token {
+            let expected = secret.header_value().as_bytes();
+            if bool::from(expected.ct_eq(presented)) {
+                actor = Some(t.name.clone());
+            }
+        }
+    }
+    actor
+}
+
+fn unauthorized() -> Response<Body> {
+    let v = json!({"error": {"message": "a valid admin token is required: send Authorization: Bearer <token>", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+    let mut resp = json_response(StatusCode::UNAUTHORIZED, &v);
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
 /// Routes a request on the admin listener.
 pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path();
-    match (path, req.method()) {
+    let path = req.uri().path().to_owned();
+    match (path.as_str(), req.method()) {
         ("/metrics", &Method::GET) => {
             let mut resp = Response::new(full(app.render_metrics()));
             resp.headers_mut().insert(
@@ -32,17 +67,44 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
                 )
             } else {
                 let live = app.live.load();
+                let last_reload_error = app.last_reload_error.lock().ok().and_then(|e| e.clone());
                 json_response(
                     StatusCode::OK,
-                    &json!({"status": "ready", "config": live.config.hash, "flags": live.config.flags.len()}),
+                    &json!({"status": "ready", "config": live.config.hash, "flags": live.config.flags.len(), "state_store": app.store.kind(), "last_reload_error": last_reload_error}),
                 )
             }
         }
-        ("/metrics", m) | ("/healthz", m) | ("/readyz", m) => ApiError::MethodNotAllowed {
-            method: m.to_string(),
-            path: path.to_owned(),
+        ("/admin/openapi.json", &Method::GET) => {
+            json_response(StatusCode::OK, &openapi::document())
         }
-        .into_response(),
-        _ => ApiError::NotFound(path.to_owned()).into_response(),
+        ("/metrics" | "/healthz" | "/readyz" | "/admin/openapi.json", m) => {
+            ApiError::MethodNotAllowed {
+                method: m.to_string(),
+                path: path.clone(),
+            }
+            .into_response()
+        }
+        (p, _) if p == "/admin" || p.starts_with("/admin/") => {
+            let Some(actor) = authenticate(&app, req.headers()) else {
+                return unauthorized();
+            };
+            let method = req.method().clone();
+            let query = req.uri().query().map(str::to_owned);
+            let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return ApiError::BodyTooLarge {
+                        limit: MAX_ADMIN_BODY,
+                    }
+                    .into_response()
+                }
+            };
+            let sub = p.trim_start_matches("/admin");
+            api::handle(&app, &actor, &method, sub, query.as_deref(), body).await
+        }
+        _ => ApiError::NotFound(path.clone()).into_response(),
     }
 }

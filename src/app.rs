@@ -1,23 +1,33 @@
-//! The state every request shares: the live configuration (swapped atomically), metrics,
-//! upstream clients.
+//! The state every request shares: the live configuration and runtime overrides (swapped
+//! atomically as one [`Live`]), the state store, metrics, upstream clients, and resilience
+//! state.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use dashmap::DashMap;
 use http::HeaderValue;
+use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::config::{Config, ConfigErrors};
+use crate::metrics::{Metrics, RouteMetrics, VariationTotals};
 use crate::providers::client::Clients;
 use crate::resilience::Resilience;
+use crate::runtime::FlagRuntime;
+use crate::state::{AuditEntry, Change, RuntimeState, StateError, Store};
 
-/// A configuration with everything derived from it that requests need: metric handles and
-/// response header values, resolved once per load.
+/// A configuration with the runtime overrides in force and everything derived from them that
+/// requests need: effective flag views, metric handles, response header values.
 #[derive(Debug)]
 pub struct Live {
     /// The validated configuration.
     pub config: Arc<Config>,
+    /// The runtime overrides this view was built from.
+    pub state: Arc<RuntimeState>,
+    /// Each flag's effective view (config + overrides), by flag index.
+    pub runtime: Vec<FlagRuntime>,
     /// Metric handles per flag and variation.
     pub routes: RouteMetrics,
     /// Header values per flag: the flag key, each variation key, each rule id.
@@ -40,8 +50,12 @@ fn header_value(s: &str) -> HeaderValue {
 }
 
 impl Live {
-    /// Resolves what requests need from `config`.
-    pub fn new(config: Arc<Config>, metrics: &Metrics) -> Result<Live, prometheus::Error> {
+    /// Resolves what requests need from `config` under `state`.
+    pub fn new(
+        config: Arc<Config>,
+        state: Arc<RuntimeState>,
+        metrics: &Metrics,
+    ) -> Result<Live, prometheus::Error> {
         let routes = metrics.routes(&config)?;
         let headers = config
             .flags
@@ -52,45 +66,207 @@ impl Live {
                 rules: f.rules.iter().map(|r| header_value(&r.id)).collect(),
             })
             .collect();
+        let runtime = FlagRuntime::all(&config.flags, &state);
+        metrics.flag_states(&config, &runtime);
         Ok(Live {
             config,
+            state,
+            runtime,
             routes,
             headers,
         })
     }
 }
 
+/// Counters of a rollout's variation when its current stage began.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline {
+    /// The counters then.
+    pub totals: VariationTotals,
+    /// When (unix ms) this process first saw the stage.
+    pub since_ms: u64,
+}
+
 /// Shared by every connection.
-#[derive(Debug)]
 pub struct App {
-    /// The configuration in force.
+    /// The configuration and overrides in force.
     pub live: ArcSwap<Live>,
+    /// Runtime state and the audit log.
+    pub store: Store,
     /// Every metric family.
     pub metrics: Arc<Metrics>,
     /// Upstream connection pools.
     pub clients: Clients,
     /// Circuit breakers and retry budgets per provider.
     pub resilience: Resilience,
+    /// The file the config came from (reloads read it again).
+    pub config_path: Option<PathBuf>,
+    /// The last reload failure, for the admin API.
+    pub last_reload_error: Mutex<Option<String>>,
+    baselines: DashMap<(String, String), (u32, Baseline)>,
+    swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
 }
 
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store.kind())
+            .finish_non_exhaustive()
+    }
+}
+
 impl App {
-    /// Builds the shared state for `config`.
-    pub fn new(config: Config) -> Result<Arc<App>, prometheus::Error> {
+    /// Builds the shared state for `config`, with the state store already open.
+    pub fn new(
+        config: Config,
+        store: Store,
+        state: RuntimeState,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<App>, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
-        let live = Live::new(Arc::new(config), &metrics)?;
+        let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(live),
+            store,
             metrics,
             clients: Clients::default(),
             resilience: Resilience::default(),
+            config_path,
+            last_reload_error: Mutex::new(None),
+            baselines: DashMap::new(),
+            swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
         }))
     }
 
-    /// Marks the proxy as shutting down (`/readyz` turns 503).
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+    /// Swaps in a view built from `config` (or the current one) and `state` (or the current).
+    async fn rebuild(
+        &self,
+        config: Option<Arc<Config>>,
+        state: Option<RuntimeState>,
+    ) -> Result<(), prometheus::Error> {
+        let _guard = self.swap.lock().await;
+        let current = self.live.load_full();
+        let config = config.unwrap_or_else(|| current.config.clone());
+        let state = match state {
+            // Never go back to an older state (a slow load racing a newer one).
+            Some(s)
+                if s.version >= current.state.version || !Arc::ptr_eq(&config, &current.config) =>
+            {
+                Arc::new(s)
+            }
+            Some(_) => current.state.clone(),
+            None => current.state.clone(),
+        };
+        let live = Live::new(config, state, &self.metrics)?;
+        self.live.store(Arc::new(live));
+        Ok(())
+    }
+
+    /// Applies an operator's change: durable and audited in the store first, then in force
+    /// here. Other replicas pick it up from the store's notifications.
+    pub async fn change(
+        &self,
+        change: &Change,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<AuditEntry, StateError> {
+        let entry = self
+            .store
+            .apply(change, actor, reason)
+            .await
+            .inspect_err(|_| self.metrics.state_error())?;
+        self.resync().await;
+        tracing::info!(
+            actor,
+            action = change.action(),
+            flag = change.flag().unwrap_or("-"),
+            "state changed"
+        );
+        Ok(entry)
+    }
+
+    /// Reloads the runtime state from the store (after a notification or periodically).
+    pub async fn resync(&self) {
+        match self.store.load().await {
+            Ok(state) => {
+                if let Err(e) = self.rebuild(None, Some(state)).await {
+                    tracing::error!(error = %e, "cannot rebuild the live view");
+                }
+            }
+            Err(e) => {
+                self.metrics.state_error();
+                tracing::warn!(error = %e, "state store unavailable: serving on the last known state");
+            }
+        }
+    }
+
+    /// Reads the config file again; swaps it in if valid. Requests in flight finish on the
+    /// config they started with (they hold their own `Arc<Live>`).
+    pub async fn reload(&self, actor: &str) -> Result<Value, ConfigErrors> {
+        let Some(path) = &self.config_path else {
+            return Err(ConfigErrors(vec![crate::config::ConfigError {
+                origin: "(in-memory)".into(),
+                line: None,
+                key: String::new(),
+                message: "this proxy was not started from a file".into(),
+            }]));
+        };
+        let old_hash = self.live.load().config.hash.clone();
+        match Config::load(path) {
+            Ok(config) => {
+                let hash = config.hash.clone();
+                let changed = hash != old_hash;
+                if changed {
+                    if let Err(e) = self.rebuild(Some(Arc::new(config)), None).await {
+                        tracing::error!(error = %e, "cannot rebuild after reload");
+                    }
+                    let note = Change::Note {
+                        flag: None,
+                        action: "reload".into(),
+                        detail: json!({"from": old_hash, "to": hash}),
+                    };
+                    if let Err(e) = self.store.apply(&note, actor, None).await {
+                        tracing::warn!(error = %e, "reload not audited: state store unavailable");
+                    }
+                    tracing::info!(actor, from = %old_hash, to = %hash, "configuration reloaded");
+                }
+                self.metrics.reload(true);
+                if let Ok(mut last) = self.last_reload_error.lock() {
+                    *last = None;
+                }
+                Ok(json!({"reloaded": true, "changed": changed, "hash": hash}))
+            }
+            Err(errors) => {
+                self.metrics.reload(false);
+                tracing::error!(errors = %errors, "configuration reload rejected: the old configuration keeps serving");
+                if let Ok(mut last) = self.last_reload_error.lock() {
+                    *last = Some(errors.to_string());
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// The counters of a rollout's variation when `stage` began (first seen by this process).
+    pub fn stage_baseline(
+        &self,
+        flag: &str,
+        rule: &str,
+        stage: u32,
+        now: VariationTotals,
+    ) -> Baseline {
+        let key = (flag.to_owned(), rule.to_owned());
+        let fresh = Baseline {
+            totals: now,
+            since_ms: crate::admin::api::now_ms(),
+        };
+        let mut entry = self.baselines.entry(key).or_insert((stage, fresh));
+        if entry.0 != stage {
+            *entry = (stage, fresh);
+        }
+        entry.1
     }
 
     /// The Prometheus exposition, with gauges that are read on demand refreshed first.
@@ -99,6 +275,11 @@ impl App {
             self.metrics.circuit_state(&provider, state.code());
         }
         self.metrics.render()
+    }
+
+    /// Marks the proxy as shutting down (`/readyz` turns 503).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Whether shutdown has begun.

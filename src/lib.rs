@@ -26,6 +26,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod control;
 pub mod fallback;
 pub mod flags;
 pub mod metrics;
@@ -33,7 +34,10 @@ pub mod openai;
 pub mod providers;
 pub mod proxy;
 pub mod resilience;
+pub mod rollout;
+pub mod runtime;
 pub mod server;
+pub mod state;
 
 use std::future::Future;
 
@@ -49,6 +53,9 @@ pub enum StartError {
     /// The metric registry refused a family (a bug).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The state store could not be opened or read.
+    #[error("{0}")]
+    State(#[from] state::StateError),
 }
 
 /// Serves `config` on `listeners` until `shutdown` resolves, then drains requests in flight
@@ -58,7 +65,30 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let app = app::App::new(config)?;
+    run_with(listeners, config, None, shutdown).await
+}
+
+/// Like [`run`], with the file the config came from so it can be reloaded (on change, on
+/// SIGHUP, and through `POST /admin/reload`).
+pub async fn run_with(
+    listeners: Listeners,
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    for t in &config.admin_tokens {
+        if t.token.is_none() {
+            tracing::warn!(token = %t.name, source = %t.source, "admin token disabled: its source is not set");
+        }
+    }
+    let store = state::Store::open(&config.state_url).await?;
+    let state = store.load().await?;
+    tracing::info!(
+        store = store.kind(),
+        version = state.version,
+        "runtime state loaded"
+    );
+    let app = app::App::new(config, store, state, config_path)?;
     server::run_app(listeners, app, shutdown).await?;
     Ok(())
 }

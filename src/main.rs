@@ -129,7 +129,7 @@ fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketA
         println!("switchyard listening on http://{main_bound}");
         println!("switchyard admin listening on http://{admin_bound}");
         tracing::info!(config = %path.display(), flags = config.flags.len(), hash = %config.hash, "serving");
-        match switchyard::run(listeners, config, shutdown_signal()).await {
+        match switchyard::run_with(listeners, config, Some(path.clone()), shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
@@ -219,7 +219,31 @@ fn check(path: PathBuf) -> ExitCode {
                     )
                 })
                 .collect();
-            println!("    rule {} ({audience}): {}", r.id, ranges.join(" "));
+            let ranges = match &r.rollout {
+                Some(ro) => {
+                    let stages: Vec<String> = ro
+                        .stages
+                        .iter()
+                        .map(|e| format!("{}%", f64::from(*e) / 100.0))
+                        .collect();
+                    format!(
+                        "rollout of {} through [{}], initial stage {} ({}%){}",
+                        flag.variations
+                            .get(ro.variation)
+                            .map_or("?", |v| v.key.as_str()),
+                        stages.join(", "),
+                        ro.initial_stage,
+                        f64::from(ro.end_at(ro.initial_stage)) / 100.0,
+                        if ro.auto_advance {
+                            ", auto-advance"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                None => ranges.join(" "),
+            };
+            println!("    rule {} ({audience}): {ranges}", r.id);
         }
     }
     ExitCode::SUCCESS

@@ -83,6 +83,16 @@ pub struct Metrics {
     attempts: IntCounterVec,
     retries: IntCounterVec,
     circuit: IntGaugeVec,
+    flag_enabled: IntGaugeVec,
+    flag_forced: IntGaugeVec,
+    rollout_stage: IntGaugeVec,
+    rollout_percent: GaugeVec,
+    /// `switchyard_rollout_gate_met{flag,rule}`: 1 when the current stage's gate holds.
+    pub gate_met: IntGaugeVec,
+    /// `switchyard_rollout_rollbacks_total{flag,rule,actor_kind}`.
+    pub rollbacks: IntCounterVec,
+    state_errors: IntCounter,
+    reloads: IntCounterVec,
     rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
 }
 
@@ -343,6 +353,63 @@ impl Metrics {
             ),
             &["provider"],
         )?;
+        let flag_enabled = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_flag_enabled",
+                "Effective kill switch per flag: 1 on, 0 off (config plus runtime override).",
+            ),
+            &["flag"],
+        )?;
+        let flag_forced = IntGaugeVec::new(
+            Opts::new("switchyard_forced_fallback", "1 when rule-based answers are forced for the flag's variation (variation=\"_all\": the whole flag)."),
+            &["flag", "variation"],
+        )?;
+        let rollout_stage = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rollout_stage",
+                "Current stage index of each rollout rule.",
+            ),
+            &["flag", "rule"],
+        )?;
+        let rollout_percent = GaugeVec::new(
+            Opts::new(
+                "switchyard_rollout_percent",
+                "Share of the rule's audience the rollout's variation gets, in percent.",
+            ),
+            &["flag", "rule"],
+        )?;
+        let gate_met = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_rollout_gate_met",
+                "1 when the current rollout stage's gate holds, else 0.",
+            ),
+            &["flag", "rule"],
+        )?;
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rollout_rollbacks_total",
+                "Rollout rollbacks (by = gate: automatic; operator: through the admin API).",
+            ),
+            &["flag", "rule", "by"],
+        )?;
+        let state_errors = IntCounter::new(
+            "switchyard_state_store_errors_total",
+            "State store operations that failed (serving continues on the last known state).",
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Configuration reloads by result (ok, rejected).",
+            ),
+            &["result"],
+        )?;
+        for c in [&flag_enabled, &flag_forced, &rollout_stage, &gate_met] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(rollout_percent.clone()))?;
+        registry.register(Box::new(rollbacks.clone()))?;
+        registry.register(Box::new(state_errors.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(attempts.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(circuit.clone()))?;
@@ -369,6 +436,14 @@ impl Metrics {
             attempts,
             retries,
             circuit,
+            flag_enabled,
+            flag_forced,
+            rollout_stage,
+            rollout_percent,
+            gate_met,
+            rollbacks,
+            state_errors,
+            reloads,
             rolling: DashMap::new(),
         })
     }
@@ -386,6 +461,50 @@ impl Metrics {
     /// Sets the circuit state gauge of a provider.
     pub fn circuit_state(&self, provider: &str, code: i64) {
         self.circuit.with_label_values(&[provider]).set(code);
+    }
+
+    /// Sets the per-flag state gauges from a live view.
+    pub fn flag_states(&self, config: &Config, runtime: &[crate::runtime::FlagRuntime]) {
+        self.flag_enabled.reset();
+        self.flag_forced.reset();
+        self.rollout_stage.reset();
+        self.rollout_percent.reset();
+        for (flag, rt) in config.flags.iter().zip(runtime) {
+            self.flag_enabled
+                .with_label_values(&[&flag.key])
+                .set(i64::from(rt.enabled));
+            self.flag_forced
+                .with_label_values(&[flag.key.as_str(), "_all"])
+                .set(i64::from(rt.force_fallback));
+            for (i, v) in flag.variations.iter().enumerate() {
+                self.flag_forced
+                    .with_label_values(&[&flag.key, &v.key])
+                    .set(i64::from(rt.forced(i)));
+            }
+            for (i, rule) in flag.rules.iter().enumerate() {
+                if let Some(ro) = &rule.rollout {
+                    let stage = rt.stages.get(i).copied().unwrap_or(0);
+                    self.rollout_stage
+                        .with_label_values(&[&flag.key, &rule.id])
+                        .set(i64::from(stage));
+                    self.rollout_percent
+                        .with_label_values(&[&flag.key, &rule.id])
+                        .set(f64::from(ro.end_at(stage)) / 100.0);
+                }
+            }
+        }
+    }
+
+    /// Counts a failed state store operation.
+    pub fn state_error(&self) {
+        self.state_errors.inc();
+    }
+
+    /// Counts a reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "rejected" }])
+            .inc();
     }
 
     /// Counts one fallback trigger.

@@ -161,7 +161,7 @@ async fn handle(
         );
     }
     // Operator-forced rule-based answers.
-    if flag.force_fallback || flag.variations[decided].force_fallback {
+    if live.runtime[flag_index].forced(decided) {
         app.metrics.fallback(
             &flag.key,
             &flag.variations[decided].key,
@@ -371,7 +371,13 @@ fn decide_target(
         };
     };
     let identity = identify::identify(&config.identity, headers, chat)?;
-    let decision = flag.decide(flag.enabled, &identity.bucketing_id, &identity.attributes);
+    let rt = &live.runtime[flag_index];
+    let decision = flag.decide_at(
+        rt.enabled,
+        Some(&rt.stages),
+        &identity.bucketing_id,
+        &identity.attributes,
+    );
     Ok(Target {
         route: Route::Variation {
             flag: flag_index,

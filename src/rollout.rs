@@ -57,7 +57,10 @@ pub struct Verdict {
 pub fn evaluate(gate: &Gate, f: &StageFigures) -> Verdict {
     let mut reasons = Vec::new();
     if f.requests < gate.min_requests {
-        reasons.push(format!("{} requests in this stage, the gate needs {}", f.requests, gate.min_requests));
+        reasons.push(format!(
+            "{} requests in this stage, the gate needs {}",
+            f.requests, gate.min_requests
+        ));
     }
     if f.held_for < gate.hold {
         reasons.push(format!(
@@ -73,7 +76,10 @@ pub fn evaluate(gate: &Gate, f: &StageFigures) -> Verdict {
     }
     if let Some(max) = gate.max_fallback_rate {
         if f.fallback_rate() > max {
-            reasons.push(format!("fallback rate {:.4} is above {max}", f.fallback_rate()));
+            reasons.push(format!(
+                "fallback rate {:.4} is above {max}",
+                f.fallback_rate()
+            ));
         }
     }
     if let Some(max) = gate.max_p95_seconds {
@@ -85,27 +91,40 @@ pub fn evaluate(gate: &Gate, f: &StageFigures) -> Verdict {
     }
     if let Some(max) = gate.max_p95_ratio {
         match (f.p95_seconds, f.stable_p95_seconds) {
-            (Some(p), Some(s)) if s > 0.0 && p / s > max => {
-                reasons.push(format!("p95 latency is {:.2}× the stable variation's, above {max}×", p / s))
-            }
+            (Some(p), Some(s)) if s > 0.0 && p / s > max => reasons.push(format!(
+                "p95 latency is {:.2}× the stable variation's, above {max}×",
+                p / s
+            )),
             (Some(_), Some(_)) => {}
-            _ => reasons.push("p95 latency of this or the stable variation not measured yet".into()),
+            _ => {
+                reasons.push("p95 latency of this or the stable variation not measured yet".into())
+            }
         }
     }
     let mut rollback = Vec::new();
     if f.requests >= gate.rollback_min_requests {
         if let Some(max) = gate.rollback_error_rate {
             if f.error_rate() >= max {
-                rollback.push(format!("error rate {:.4} reached the rollback threshold {max}", f.error_rate()));
+                rollback.push(format!(
+                    "error rate {:.4} reached the rollback threshold {max}",
+                    f.error_rate()
+                ));
             }
         }
         if let Some(max) = gate.rollback_fallback_rate {
             if f.fallback_rate() >= max {
-                rollback.push(format!("fallback rate {:.4} reached the rollback threshold {max}", f.fallback_rate()));
+                rollback.push(format!(
+                    "fallback rate {:.4} reached the rollback threshold {max}",
+                    f.fallback_rate()
+                ));
             }
         }
     }
-    Verdict { pass: reasons.is_empty() && rollback.is_empty(), reasons, rollback }
+    Verdict {
+        pass: reasons.is_empty() && rollback.is_empty(),
+        reasons,
+        rollback,
+    }
 }
 
 #[cfg(test)]
@@ -146,25 +165,77 @@ mod tests {
     #[test]
     fn each_threshold_gives_its_reason() {
         let cases: Vec<(StageFigures, &str)> = vec![
-            (StageFigures { requests: 10, errors: 0, fallbacks: 0, ..good() }, "requests in this stage"),
-            (StageFigures { held_for: Duration::from_secs(5), ..good() }, "holds it 60s"),
-            (StageFigures { errors: 10, ..good() }, "error rate"),
-            (StageFigures { fallbacks: 20, ..good() }, "fallback rate"),
-            (StageFigures { p95_seconds: Some(3.0), stable_p95_seconds: Some(2.5), ..good() }, "p95 latency 3.000s"),
-            (StageFigures { p95_seconds: Some(1.9), stable_p95_seconds: Some(1.0), ..good() }, "× the stable"),
+            (
+                StageFigures {
+                    requests: 10,
+                    errors: 0,
+                    fallbacks: 0,
+                    ..good()
+                },
+                "requests in this stage",
+            ),
+            (
+                StageFigures {
+                    held_for: Duration::from_secs(5),
+                    ..good()
+                },
+                "holds it 60s",
+            ),
+            (
+                StageFigures {
+                    errors: 10,
+                    ..good()
+                },
+                "error rate",
+            ),
+            (
+                StageFigures {
+                    fallbacks: 20,
+                    ..good()
+                },
+                "fallback rate",
+            ),
+            (
+                StageFigures {
+                    p95_seconds: Some(3.0),
+                    stable_p95_seconds: Some(2.5),
+                    ..good()
+                },
+                "p95 latency 3.000s",
+            ),
+            (
+                StageFigures {
+                    p95_seconds: Some(1.9),
+                    stable_p95_seconds: Some(1.0),
+                    ..good()
+                },
+                "× the stable",
+            ),
         ];
         for (f, needle) in cases {
             let v = evaluate(&gate(), &f);
             assert!(!v.pass);
-            assert!(v.reasons.iter().any(|r| r.contains(needle)), "{needle}: {:?}", v.reasons);
+            assert!(
+                v.reasons.iter().any(|r| r.contains(needle)),
+                "{needle}: {:?}",
+                v.reasons
+            );
         }
     }
 
     #[test]
     fn rollback_needs_its_minimum_sample() {
-        let few = StageFigures { requests: 10, errors: 5, ..good() };
+        let few = StageFigures {
+            requests: 10,
+            errors: 5,
+            ..good()
+        };
         assert!(evaluate(&gate(), &few).rollback.is_empty());
-        let many = StageFigures { requests: 40, errors: 10, ..good() };
+        let many = StageFigures {
+            requests: 40,
+            errors: 10,
+            ..good()
+        };
         assert!(!evaluate(&gate(), &many).rollback.is_empty());
     }
 }

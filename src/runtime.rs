@@ -38,7 +38,9 @@ impl FlagRuntime {
                     .rollout_stage
                     .get(&r.id)
                     .copied()
-                    .map_or(ro.initial_stage, |s| s.min(ro.stages.len().saturating_sub(1) as u32)),
+                    .map_or(ro.initial_stage, |s| {
+                        s.min(ro.stages.len().saturating_sub(1) as u32)
+                    }),
                 None => 0,
             })
             .collect();
@@ -52,14 +54,25 @@ impl FlagRuntime {
                 .map(|v| v.force_fallback || o.forced_variations.contains(&v.key))
                 .collect(),
             stages,
-            held: flag.rules.iter().map(|r| o.rollout_held.contains(&r.id)).collect(),
-            stage_started_at_ms: flag.rules.iter().map(|r| o.stage_started_at_ms.get(&r.id).copied()).collect(),
+            held: flag
+                .rules
+                .iter()
+                .map(|r| o.rollout_held.contains(&r.id))
+                .collect(),
+            stage_started_at_ms: flag
+                .rules
+                .iter()
+                .map(|r| o.stage_started_at_ms.get(&r.id).copied())
+                .collect(),
         }
     }
 
     /// Views of every flag of a config.
     pub fn all(flags: &[std::sync::Arc<Flag>], state: &RuntimeState) -> Vec<FlagRuntime> {
-        flags.iter().map(|f| FlagRuntime::new(f, state.flags.get(&f.key))).collect()
+        flags
+            .iter()
+            .map(|f| FlagRuntime::new(f, state.flags.get(&f.key)))
+            .collect()
     }
 
     /// Whether answers for variation `v` are forced to the rule-based responder.

@@ -54,7 +54,7 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
         }
         ("/v1/decide", &Method::GET) => {
             let live = app.live.load();
-            match proxy::decide::decide(&live.config, req.uri().query(), req.headers()) {
+            match proxy::decide::decide(&live, req.uri().query(), req.headers()) {
                 Ok((status, v)) => proxy::json_response(status, &v),
                 Err(e) => e.into_response(),
             }
@@ -136,9 +136,10 @@ pub async fn run_app(
         listeners.admin,
         app.clone(),
         admin::route_admin,
-        stop_rx,
+        stop_rx.clone(),
         graceful_admin.clone(),
     ));
+    crate::control::spawn(&app, stop_rx);
     shutdown.await;
     app.start_draining();
     tracing::info!("shutting down: no new connections, draining requests in flight");

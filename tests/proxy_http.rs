@@ -1664,6 +1664,49 @@ async fn metrics_count_requests_per_variation_with_bounded_labels() {
     assert_eq!(resp.status, StatusCode::NOT_FOUND);
 }
 
+#[tokio::test]
+async fn fallback_triggers_are_a_registered_family_counting_fallbacks() {
+    // The prometheus crate renders no HELP/TYPE for a family without children, so the family
+    // is checked once a fallback has happened.
+    let base = format!("http://127.0.0.1:{}/v1", closed_port());
+    let config = basic_config(&base)
+        .replace(
+            "model_id = \"model-a\"",
+            "model_id = \"model-a\"\nfallback_behavior = \"rule-based\"",
+        )
+        .replace(
+            "model_id = \"model-b\"",
+            "model_id = \"model-b\"\nfallback_behavior = \"rule-based\"",
+        );
+    let proxy = TestProxy::start(&config).await;
+    let resp = client::post_json(&proxy.url(CHAT), &chat("f", "u-1"), &[]).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert!(
+        resp.header("x-switchyard-fallback").is_some(),
+        "a fallback answer says so"
+    );
+    let text = metrics_text(&proxy).await;
+    assert!(text.contains("# HELP switchyard_fallback_triggers_total "));
+    assert!(text.contains("# TYPE switchyard_fallback_triggers_total counter"));
+    let m = parse_metrics(&text);
+    assert_eq!(
+        sum(
+            &m,
+            "switchyard_fallback_triggers_total",
+            &[("flag", "f"), ("behavior", "rule-based")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "switchyard_requests_total",
+            &[("flag", "f"), ("outcome", "fallback")]
+        ),
+        1.0
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 12. Graceful shutdown
 // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 
+use crate::app::Live;
 use crate::config::Config;
 use crate::flags::audience::{AttrValue, Attributes};
 use crate::flags::{Decision, Flag};
@@ -55,10 +56,11 @@ pub fn percent_decode(s: &str) -> Result<String, ApiError> {
 
 /// `GET /v1/decide?flag=F&user=U[&attr.k=v]…`.
 pub fn decide(
-    config: &Config,
+    live: &Live,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(StatusCode, Value), ApiError> {
+    let config = &live.config;
     let mut flag_key = None;
     let mut user = None;
     let mut attrs = crate::proxy::identify::attributes(&config.identity, headers, None);
@@ -86,10 +88,11 @@ pub fn decide(
     let user = user
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ApiError::field("user", "the query parameter `user` is required"))?;
-    let (_, flag) = config
+    let (i, flag) = config
         .flag(&flag_key)
         .ok_or(ApiError::UnknownFlag(flag_key))?;
-    let decision = flag.decide(flag.enabled, &user, &attrs);
+    let rt = &live.runtime[i];
+    let decision = flag.decide_at(rt.enabled, Some(&rt.stages), &user, &attrs);
     Ok((StatusCode::OK, decision_json(flag, &decision)))
 }
 

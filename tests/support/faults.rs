@@ -76,8 +76,11 @@ pub enum Fault {
     /// A stream: `k` chunks, then a clean end of the body without `[DONE]`. A non-streamed
     /// request is answered like [`Fault::Ok`].
     StreamEndWithoutDone(usize),
-    /// An Anthropic-style stream carrying an `event: error` (overloaded).
+    /// An Anthropic Messages stream that is only an `event: error` (overloaded).
     AnthropicErrorEvent,
+    /// An Anthropic Messages stream: `message_start`, a text block with `k` text deltas, then
+    /// an `event: error` (overloaded) instead of `message_stop`.
+    AnthropicErrorAfter(usize),
     /// A stream sending one chunk every interval, never ending (until the peer closes, or
     /// after 10 000 chunks). A non-streamed request is never answered, like [`Fault::Hang`].
     Trickle(Duration),
@@ -124,7 +127,7 @@ impl Fault {
             Fault::StreamCutAfter(_) => "stream_cut".into(),
             Fault::StreamStallAfter(_) => "stream_stall".into(),
             Fault::StreamEndWithoutDone(_) => "stream_no_done".into(),
-            Fault::AnthropicErrorEvent => "anthropic_error".into(),
+            Fault::AnthropicErrorEvent | Fault::AnthropicErrorAfter(_) => "anthropic_error".into(),
             Fault::Trickle(_) => "trickle".into(),
             Fault::SlowStream { .. } => "slow_stream".into(),
         }
@@ -710,28 +713,15 @@ async fn serve_one(
             if !answer.stream {
                 return ok(conn, answer, kind, shared).await;
             }
-            if stream_prefix(conn, answer, k).await.is_err() || conn.write(b"0\r\n\r\n").await.is_err() {
+            if stream_prefix(conn, answer, k).await.is_err()
+                || conn.write(b"0\r\n\r\n").await.is_err()
+            {
                 return After::Close;
             }
             After::KeepAlive
         }
-        Fault::AnthropicErrorEvent => {
-            let events = [
-                "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
-            ];
-            if conn.write(SSE_HEAD.as_bytes()).await.is_err() {
-                return After::Close;
-            }
-            for e in events {
-                if conn.chunk(e).await.is_err() {
-                    return After::Close;
-                }
-            }
-            match conn.write(b"0\r\n\r\n").await {
-                Ok(()) => After::KeepAlive,
-                Err(_) => After::Close,
-            }
-        }
+        Fault::AnthropicErrorEvent => anthropic_error(conn, answer, None).await,
+        Fault::AnthropicErrorAfter(k) => anthropic_error(conn, answer, Some(k)).await,
         Fault::Trickle(every) => {
             if answer.stream && conn.write(SSE_HEAD.as_bytes()).await.is_ok() {
                 let template = answer.events();
@@ -780,6 +770,44 @@ async fn serve_one(
                 Err(_) => After::Close,
             }
         }
+    }
+}
+
+/// Anthropic's overloaded error, as a stream event.
+pub const ANTHROPIC_OVERLOADED: &str = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+
+/// An Anthropic stream ending in an error event: with `Some(k)`, a message with `k` text
+/// deltas comes first.
+async fn anthropic_error(conn: &mut Conn, answer: &Answer, deltas: Option<usize>) -> After {
+    let mut events = Vec::new();
+    if let Some(k) = deltas {
+        let start = json!({"type": "message_start", "message": {
+            "id": "msg_fault", "type": "message", "role": "assistant", "model": answer.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 5, "output_tokens": 1}
+        }});
+        events.push(format!("event: message_start\ndata: {start}\n\n"));
+        let block = json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}});
+        events.push(format!("event: content_block_start\ndata: {block}\n\n"));
+        for i in 0..k {
+            let delta = json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": format!("c{i} ")}});
+            events.push(format!("event: content_block_delta\ndata: {delta}\n\n"));
+        }
+    }
+    events.push(ANTHROPIC_OVERLOADED.to_owned());
+    if conn.write(SSE_HEAD.as_bytes()).await.is_err() {
+        return After::Close;
+    }
+    for e in &events {
+        if conn.chunk(e).await.is_err() {
+            return After::Close;
+        }
+    }
+    match conn.write(b"0\r\n\r\n").await {
+        Ok(()) => After::KeepAlive,
+        Err(_) => After::Close,
     }
 }
 

@@ -1,0 +1,612 @@
+//! The admin API under `/admin/`: effective flag state, kill switch, forced fallback,
+//! rollouts, audit log, reload. Every change goes through the state store (durable, audited
+//! with the token's name as actor) before it is acknowledged.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::app::{App, Live};
+use crate::body::Body;
+use crate::flags::Flag;
+use crate::openai::ApiError;
+use crate::proxy::json_response;
+use crate::rollout::{self, StageFigures, Verdict};
+use crate::runtime::FlagRuntime;
+use crate::state::{Change, StateError};
+
+/// An admin error: OpenAI's error shape, plus extra top-level members (e.g. `reasons`).
+pub struct AdminError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Option<(&'static str, Value)>,
+}
+
+impl AdminError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AdminError {
+        AdminError {
+            status,
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> AdminError {
+        AdminError::new(StatusCode::BAD_REQUEST, "invalid_value", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> AdminError {
+        AdminError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response<Body> {
+        let kind = if self.status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        let mut v = json!({"error": {"message": self.message, "type": kind, "param": null, "code": self.code}});
+        if let (Some((k, extra)), Some(obj)) = (self.extra, v.as_object_mut()) {
+            obj.insert(k.to_owned(), extra);
+        }
+        json_response(self.status, &v)
+    }
+}
+
+impl From<StateError> for AdminError {
+    fn from(e: StateError) -> AdminError {
+        AdminError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "state_unavailable",
+            format!("{e}; serving continues on the last known state"),
+        )
+    }
+}
+
+impl From<ApiError> for AdminError {
+    fn from(e: ApiError) -> AdminError {
+        AdminError::new(e.status(), e.code(), e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, AdminError>;
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| AdminError::bad(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnabledBody {
+    enabled: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FallbackBody {
+    forced: bool,
+    #[serde(default)]
+    variation: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AdvanceBody {
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RuleBody {
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageBody {
+    stage: u32,
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldBody {
+    held: bool,
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn optional<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        Ok(T::default())
+    } else {
+        parse(body)
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Routes an authenticated admin request (`path` below `/admin`).
+pub async fn handle(
+    app: &Arc<App>,
+    actor: &str,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> Response<Body> {
+    match dispatch(app, actor, method, path, query, &body).await {
+        Ok((status, v)) => json_response(status, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    actor: &str,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<(StatusCode, Value)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ok = |v: Value| Ok((StatusCode::OK, v));
+    match (method, segs.as_slice()) {
+        (&Method::GET, ["flags"]) => {
+            let live = app.live.load();
+            let flags: Vec<Value> = live
+                .config
+                .flags
+                .iter()
+                .enumerate()
+                .map(|(i, f)| flag_json(app, &live, i, f))
+                .collect();
+            ok(json!({"flags": flags}))
+        }
+        (&Method::GET, ["flags", key]) => {
+            let live = app.live.load();
+            let (i, f) = flag(&live, key)?;
+            ok(flag_json(app, &live, i, f))
+        }
+        (&Method::PUT, ["flags", key, "enabled"]) => {
+            let b: EnabledBody = parse(body)?;
+            let live = app.live.load_full();
+            flag(&live, key)?;
+            let entry = app
+                .change(
+                    &Change::SetEnabled {
+                        flag: (*key).to_owned(),
+                        enabled: b.enabled,
+                    },
+                    actor,
+                    b.reason.as_deref(),
+                )
+                .await?;
+            let live = app.live.load();
+            let (i, f) = flag(&live, key)?;
+            ok(json!({"flag": flag_json(app, &live, i, f), "audit": entry}))
+        }
+        (&Method::PUT, ["flags", key, "fallback"]) => {
+            let b: FallbackBody = parse(body)?;
+            let live = app.live.load_full();
+            let (_, f) = flag(&live, key)?;
+            if let Some(v) = &b.variation {
+                if f.variation_index(v).is_none() {
+                    return Err(AdminError::not_found(format!(
+                        "flag `{key}` has no variation `{v}`"
+                    )));
+                }
+            }
+            let change = Change::SetForcedFallback {
+                flag: (*key).to_owned(),
+                variation: b.variation.clone(),
+                forced: b.forced,
+            };
+            let entry = app.change(&change, actor, b.reason.as_deref()).await?;
+            let live = app.live.load();
+            let (i, f) = flag(&live, key)?;
+            ok(json!({"flag": flag_json(app, &live, i, f), "audit": entry}))
+        }
+        (&Method::GET, ["flags", key, "rollout"]) => {
+            let live = app.live.load();
+            let (i, f) = flag(&live, key)?;
+            let rules: Vec<Value> = rollout_rules(f)
+                .map(|r| rollout_json(app, &live, i, f, r))
+                .collect();
+            if rules.is_empty() {
+                return Err(AdminError::not_found(format!(
+                    "flag `{key}` has no rollout rule"
+                )));
+            }
+            ok(json!({"flag": f.key, "rollouts": rules}))
+        }
+        (&Method::POST, ["flags", key, "rollout", "advance"]) => {
+            let b: AdvanceBody = optional(body)?;
+            advance(app, actor, key, b).await
+        }
+        (&Method::POST, ["flags", key, "rollout", "rollback"]) => {
+            let b: RuleBody = optional(body)?;
+            let live = app.live.load_full();
+            let (i, f) = flag(&live, key)?;
+            let r = rollout_rule(f, b.rule.as_deref())?;
+            let stage = live.runtime[i].stages[r];
+            if stage == 0 {
+                return Err(AdminError::new(
+                    StatusCode::CONFLICT,
+                    "at_first_stage",
+                    "the rollout is at its first stage already",
+                ));
+            }
+            set_stage(
+                app,
+                actor,
+                key,
+                &f.rules[r].id,
+                stage - 1,
+                b.reason.as_deref(),
+            )
+            .await
+        }
+        (&Method::PUT, ["flags", key, "rollout"]) => {
+            let b: StageBody = parse(body)?;
+            let live = app.live.load_full();
+            let (_, f) = flag(&live, key)?;
+            let r = rollout_rule(f, b.rule.as_deref())?;
+            let stages = f.rules[r].rollout.as_ref().map_or(0, |ro| ro.stages.len());
+            if b.stage as usize >= stages {
+                return Err(AdminError::bad(format!(
+                    "unknown stage {}: the rollout has stages 0 ..= {}",
+                    b.stage,
+                    stages.saturating_sub(1)
+                )));
+            }
+            set_stage(
+                app,
+                actor,
+                key,
+                &f.rules[r].id,
+                b.stage,
+                b.reason.as_deref(),
+            )
+            .await
+        }
+        (&Method::PUT, ["flags", key, "rollout", "hold"]) => {
+            let b: HoldBody = parse(body)?;
+            let live = app.live.load_full();
+            let (_, f) = flag(&live, key)?;
+            let r = rollout_rule(f, b.rule.as_deref())?;
+            let change = Change::SetRolloutHeld {
+                flag: (*key).to_owned(),
+                rule: f.rules[r].id.clone(),
+                held: b.held,
+            };
+            let entry = app.change(&change, actor, b.reason.as_deref()).await?;
+            let live = app.live.load();
+            let (i, f) = flag(&live, key)?;
+            ok(json!({"rollout": rollout_json(app, &live, i, f, r), "audit": entry}))
+        }
+        (&Method::GET, ["audit"]) => {
+            let mut flag_filter = None;
+            let mut limit = 50u32;
+            for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let v = crate::proxy::decide::percent_decode(v)?;
+                match k {
+                    "flag" => flag_filter = Some(v),
+                    "limit" => {
+                        limit = v
+                            .parse()
+                            .ok()
+                            .filter(|n| (1..=1000).contains(n))
+                            .ok_or_else(|| {
+                                AdminError::bad("limit must be an integer in 1 ..= 1000")
+                            })?
+                    }
+                    other => {
+                        return Err(AdminError::bad(format!(
+                            "unknown query parameter `{other}` (flag, limit)"
+                        )))
+                    }
+                }
+            }
+            let entries = app.store.audit(flag_filter.as_deref(), limit).await?;
+            ok(json!({"entries": entries}))
+        }
+        (&Method::POST, ["reload"]) => {
+            match app.reload(actor).await {
+                Ok(outcome) => ok(outcome),
+                Err(errors) => {
+                    let list: Vec<String> = errors.0.iter().map(|e| e.to_string()).collect();
+                    Err(AdminError {
+                    status: StatusCode::UNPROCESSABLE_ENTITY,
+                    code: "invalid_config",
+                    message: format!("the new configuration is invalid; the old one keeps serving:\n{errors}"),
+                    extra: Some(("errors", json!(list))),
+                })
+                }
+            }
+        }
+        (
+            _,
+            ["flags"]
+            | ["flags", _]
+            | ["flags", _, "enabled" | "fallback" | "rollout"]
+            | ["flags", _, "rollout", "advance" | "rollback" | "hold"]
+            | ["audit"]
+            | ["reload"],
+        ) => Err(AdminError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "method {method} is not allowed on /admin/{}",
+                path.trim_matches('/')
+            ),
+        )),
+        _ => Err(AdminError::not_found(format!(
+            "unknown admin path /admin/{}",
+            path.trim_matches('/')
+        ))),
+    }
+}
+
+fn flag<'l>(live: &'l Live, key: &str) -> Result<(usize, &'l Arc<Flag>)> {
+    live.config
+        .flag(key)
+        .ok_or_else(|| AdminError::not_found(format!("unknown flag `{key}`")))
+}
+
+fn rollout_rules(f: &Flag) -> impl Iterator<Item = usize> + '_ {
+    f.rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.rollout.is_some())
+        .map(|(i, _)| i)
+}
+
+fn rollout_rule(f: &Flag, rule: Option<&str>) -> Result<usize> {
+    match rule {
+        Some(id) => f
+            .rules
+            .iter()
+            .position(|r| r.id == id && r.rollout.is_some())
+            .ok_or_else(|| {
+                AdminError::not_found(format!("flag `{}` has no rollout rule `{id}`", f.key))
+            }),
+        None => rollout_rules(f)
+            .next()
+            .ok_or_else(|| AdminError::not_found(format!("flag `{}` has no rollout rule", f.key))),
+    }
+}
+
+async fn set_stage(
+    app: &Arc<App>,
+    actor: &str,
+    key: &str,
+    rule: &str,
+    stage: u32,
+    reason: Option<&str>,
+) -> Result<(StatusCode, Value)> {
+    let change = Change::SetRolloutStage {
+        flag: key.to_owned(),
+        rule: rule.to_owned(),
+        stage,
+        at_ms: now_ms(),
+    };
+    let entry = app.change(&change, actor, reason).await?;
+    let live = app.live.load();
+    let (i, f) = flag(&live, key)?;
+    let r = rollout_rule(f, Some(rule))?;
+    Ok((
+        StatusCode::OK,
+        json!({"rollout": rollout_json(app, &live, i, f, r), "audit": entry}),
+    ))
+}
+
+async fn advance(
+    app: &Arc<App>,
+    actor: &str,
+    key: &str,
+    b: AdvanceBody,
+) -> Result<(StatusCode, Value)> {
+    let live = app.live.load_full();
+    let (i, f) = flag(&live, key)?;
+    let r = rollout_rule(f, b.rule.as_deref())?;
+    let Some(ro) = f.rules[r].rollout.as_ref() else {
+        return Err(AdminError::not_found("no rollout"));
+    };
+    let stage = live.runtime[i].stages[r];
+    if stage as usize + 1 >= ro.stages.len() {
+        return Err(AdminError::new(
+            StatusCode::CONFLICT,
+            "at_last_stage",
+            "the rollout is at its last stage already",
+        ));
+    }
+    let verdict = gate_verdict(app, &live, i, f, r);
+    if !verdict.pass && !b.force {
+        let mut reasons = verdict.reasons.clone();
+        reasons.extend(verdict.rollback.iter().cloned());
+        return Err(AdminError {
+            status: StatusCode::CONFLICT,
+            code: "gate_not_met",
+            message: format!(
+                "the gate of stage {stage} is not met: {}",
+                reasons.join("; ")
+            ),
+            extra: Some(("reasons", json!(reasons))),
+        });
+    }
+    let reason = match (b.force && !verdict.pass, b.reason) {
+        (true, Some(r)) => Some(format!("forced past the gate: {r}")),
+        (true, None) => Some("forced past the gate".to_owned()),
+        (false, r) => r,
+    };
+    set_stage(
+        app,
+        actor,
+        key,
+        &f.rules[r].id,
+        stage + 1,
+        reason.as_deref(),
+    )
+    .await
+}
+
+/// The gate's verdict on rule `r` of flag `i` as things stand.
+pub fn gate_verdict(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Verdict {
+    let Some(ro) = f.rules[r].rollout.as_ref() else {
+        return Verdict {
+            pass: false,
+            reasons: vec!["not a rollout".into()],
+            rollback: Vec::new(),
+        };
+    };
+    rollout::evaluate(&ro.gate, &stage_figures(app, live, i, f, r))
+}
+
+/// What the rolled-out variation showed since its stage began.
+pub fn stage_figures(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> StageFigures {
+    let Some(ro) = f.rules[r].rollout.as_ref() else {
+        return StageFigures::default();
+    };
+    let rt = &live.runtime[i];
+    let handles = &live.routes.flags[i];
+    let now = handles[ro.variation].totals();
+    let stage = rt.stages[r];
+    let base = app.stage_baseline(&f.key, &f.rules[r].id, stage, now);
+    let started_ms = rt.stage_started_at_ms[r].unwrap_or(base.since_ms);
+    let p95 = |v: usize| {
+        handles
+            .get(v)
+            .and_then(|h| h.quantiles())
+            .filter(|(n, _)| *n > 0)
+            .map(|(_, q)| q[1])
+    };
+    StageFigures {
+        requests: now.requests.saturating_sub(base.totals.requests),
+        errors: now.errors.saturating_sub(base.totals.errors),
+        fallbacks: now.fallbacks.saturating_sub(base.totals.fallbacks),
+        p95_seconds: p95(ro.variation),
+        stable_p95_seconds: p95(f.stable_variation),
+        held_for: Duration::from_millis(now_ms().saturating_sub(started_ms)),
+    }
+}
+
+fn rollout_json(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Value {
+    let rule = &f.rules[r];
+    let Some(ro) = rule.rollout.as_ref() else {
+        return Value::Null;
+    };
+    let rt = &live.runtime[i];
+    let stage = rt.stages[r];
+    let figures = stage_figures(app, live, i, f, r);
+    let verdict = rollout::evaluate(&ro.gate, &figures);
+    let pct: Vec<f64> = ro.stages.iter().map(|e| f64::from(*e) / 100.0).collect();
+    json!({
+        "flag": f.key,
+        "rule": rule.id,
+        "variation": f.variations[ro.variation].key,
+        "stage": stage,
+        "percent": f64::from(ro.end_at(stage)) / 100.0,
+        "stages": pct,
+        "last_stage": ro.stages.len() - 1,
+        "held": rt.held[r],
+        "auto_advance": ro.auto_advance,
+        "gate": {
+            "min_requests": ro.gate.min_requests,
+            "hold_seconds": ro.gate.hold.as_secs_f64(),
+            "max_error_rate": ro.gate.max_error_rate,
+            "max_fallback_rate": ro.gate.max_fallback_rate,
+            "max_p95_seconds": ro.gate.max_p95_seconds,
+            "max_p95_ratio": ro.gate.max_p95_ratio,
+            "rollback_error_rate": ro.gate.rollback_error_rate,
+            "rollback_fallback_rate": ro.gate.rollback_fallback_rate,
+        },
+        "figures": {
+            "requests": figures.requests,
+            "errors": figures.errors,
+            "fallbacks": figures.fallbacks,
+            "error_rate": figures.error_rate(),
+            "fallback_rate": figures.fallback_rate(),
+            "p95_seconds": figures.p95_seconds,
+            "stable_p95_seconds": figures.stable_p95_seconds,
+            "stage_age_seconds": figures.held_for.as_secs_f64(),
+        },
+        "gate_met": verdict.pass,
+        "reasons": verdict.reasons,
+        "rollback_reasons": verdict.rollback,
+    })
+}
+
+fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
+    let rt: &FlagRuntime = &live.runtime[i];
+    let variations: Vec<Value> = f
+        .variations
+        .iter()
+        .enumerate()
+        .map(|(vi, v)| {
+            let h = &live.routes.flags[i][vi];
+            let t = h.totals();
+            let q = h.quantiles().filter(|(n, _)| *n > 0).map(|(_, q)| q);
+            json!({
+                "variation": v.key,
+                "provider": v.provider.name,
+                "model_id": v.model_id,
+                "forced_fallback": rt.forced(vi),
+                "requests": t.requests,
+                "errors": t.errors,
+                "fallbacks": t.fallbacks,
+                "error_rate": if t.requests == 0 { 0.0 } else { t.errors as f64 / t.requests as f64 },
+                "fallback_rate": if t.requests == 0 { 0.0 } else { t.fallbacks as f64 / t.requests as f64 },
+                "tokens_in": t.tokens_in,
+                "tokens_out": t.tokens_out,
+                "latency_seconds": q.map(|q| json!({"p50": q[0], "p95": q[1], "p99": q[2]})),
+            })
+        })
+        .collect();
+    let rollouts: Vec<Value> = rollout_rules(f)
+        .map(|r| rollout_json(app, live, i, f, r))
+        .collect();
+    json!({
+        "flag": f.key,
+        "description": f.description,
+        "enabled": rt.enabled,
+        "enabled_source": if rt.enabled_overridden { "runtime" } else { "config" },
+        "config_enabled": f.enabled,
+        "force_fallback": rt.force_fallback,
+        "off_variation": f.variations[f.off_variation].key,
+        "stable_variation": f.variations[f.stable_variation].key,
+        "variations": variations,
+        "rules": f.rules.iter().map(|r| json!({"rule": r.id, "audience": r.audience.as_ref().map(|(n, _)| n), "rollout": r.rollout.is_some()})).collect::<Vec<_>>(),
+        "rollouts": rollouts,
+    })
+}

@@ -1,0 +1,135 @@
+//! The admin API's OpenAPI 3 document, served at `/admin/openapi.json`. The test suite runs
+//! schemathesis against it, so every documented response is what the server really sends.
+
+use serde_json::{json, Value};
+
+fn error_responses() -> Value {
+    json!({
+        "400": {"$ref": "#/components/responses/Error"},
+        "401": {"$ref": "#/components/responses/Error"},
+        "404": {"$ref": "#/components/responses/Error"},
+        "405": {"$ref": "#/components/responses/Error"},
+        "413": {"$ref": "#/components/responses/Error"},
+        "503": {"$ref": "#/components/responses/Error"},
+        "default": {"$ref": "#/components/responses/Error"}
+    })
+}
+
+fn op(summary: &str, ok: Value, body: Option<&str>, extra: &[(&str, Value)]) -> Value {
+    let mut responses = error_responses();
+    if let Some(obj) = responses.as_object_mut() {
+        obj.insert(
+            "200".into(),
+            json!({"description": "OK", "content": {"application/json": {"schema": ok}}}),
+        );
+        for (code, v) in extra {
+            obj.insert((*code).into(), v.clone());
+        }
+    }
+    let mut o = json!({"summary": summary, "security": [{"bearer": []}], "responses": responses});
+    if let (Some(schema), Some(obj)) = (body, o.as_object_mut()) {
+        obj.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}}),
+        );
+    }
+    o
+}
+
+fn optional_body(mut o: Value) -> Value {
+    if let Some(rb) = o.get_mut("requestBody").and_then(|b| b.as_object_mut()) {
+        rb.insert("required".into(), json!(false));
+    }
+    o
+}
+
+fn flag_param() -> Value {
+    json!({"name": "flag", "in": "path", "required": true, "schema": {"type": "string"}})
+}
+
+fn reason() -> Value {
+    json!({"type": ["string", "null"], "description": "Free text, kept in the audit log."})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let conflict = json!({"$ref": "#/components/responses/Conflict"});
+    let invalid_config = json!({"$ref": "#/components/responses/InvalidConfig"});
+    let with_flag = |mut o: Value| {
+        if let Some(obj) = o.as_object_mut() {
+            obj.insert("parameters".into(), json!([flag_param()]));
+        }
+        o
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Switchyard admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Operators' control of flags: kill switch, forced fallback, rollouts, audit log, reload. Every change is durable and audited with the token's name as actor."
+        },
+        "servers": [{"url": "/"}],
+        "paths": {
+            "/admin/flags": {"get": op("Every flag's effective state and live figures", json!({"type": "object", "required": ["flags"], "properties": {"flags": {"type": "array", "items": {"$ref": "#/components/schemas/FlagState"}}}}), None, &[])},
+            "/admin/flags/{flag}": {"get": with_flag(op("One flag's effective state and live figures", json!({"$ref": "#/components/schemas/FlagState"}), None, &[]))},
+            "/admin/flags/{flag}/enabled": {"put": with_flag(op("Flip the kill switch", json!({"$ref": "#/components/schemas/FlagChange"}), Some("EnabledRequest"), &[]))},
+            "/admin/flags/{flag}/fallback": {"put": with_flag(op("Force rule-based answers for the flag or one variation, or lift it", json!({"$ref": "#/components/schemas/FlagChange"}), Some("FallbackRequest"), &[]))},
+            "/admin/flags/{flag}/rollout": {
+                "get": with_flag(op("The flag's rollouts: stage, gate, figures", json!({"type": "object", "required": ["flag", "rollouts"], "properties": {"flag": {"type": "string"}, "rollouts": {"type": "array", "items": {"$ref": "#/components/schemas/Rollout"}}}}), None, &[])),
+                "put": with_flag(op("Set a rollout's stage", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("StageRequest"), &[]))
+            },
+            "/admin/flags/{flag}/rollout/advance": {"post": with_flag(optional_body(op("Advance to the next stage if the gate holds (409 with reasons if not; `force` overrides, audited)", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("AdvanceRequest"), &[("409", conflict.clone())])))},
+            "/admin/flags/{flag}/rollout/rollback": {"post": with_flag(optional_body(op("Go back one stage", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("RuleRequest"), &[("409", conflict)])))},
+            "/admin/flags/{flag}/rollout/hold": {"put": with_flag(op("Freeze or unfreeze a rollout (no automatic advance while held)", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("HoldRequest"), &[]))},
+            "/admin/audit": {"get": {
+                "summary": "The audit log, newest first",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "flag", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+                ],
+                "responses": {
+                    "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}}}}}},
+                    "400": {"$ref": "#/components/responses/Error"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "503": {"$ref": "#/components/responses/Error"},
+                    "default": {"$ref": "#/components/responses/Error"}
+                }
+            }},
+            "/admin/reload": {"post": op("Reload proxy.toml (422 with the errors if invalid; the old config keeps serving)", json!({"type": "object", "required": ["reloaded", "changed", "hash"], "properties": {"reloaded": {"type": "boolean"}, "changed": {"type": "boolean"}, "hash": {"type": "string"}}}), None, &[("422", invalid_config)])}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Error": {"description": "An error in OpenAI's shape", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "Conflict": {"description": "The gate is not met, or the rollout cannot move that way", "content": {"application/json": {"schema": {"allOf": [{"$ref": "#/components/schemas/Error"}, {"type": "object", "properties": {"reasons": {"type": "array", "items": {"type": "string"}}}}]}}}},
+                "InvalidConfig": {"description": "The new configuration is invalid", "content": {"application/json": {"schema": {"allOf": [{"$ref": "#/components/schemas/Error"}, {"type": "object", "required": ["errors"], "properties": {"errors": {"type": "array", "items": {"type": "string"}}}}]}}}}
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["message", "type", "code"], "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["string", "null"]}, "param": {"type": ["string", "null"]}}}}},
+                "EnabledRequest": {"type": "object", "required": ["enabled"], "additionalProperties": false, "properties": {"enabled": {"type": "boolean"}, "reason": reason()}},
+                "FallbackRequest": {"type": "object", "required": ["forced"], "additionalProperties": false, "properties": {"forced": {"type": "boolean"}, "variation": {"type": ["string", "null"]}, "reason": reason()}},
+                "AdvanceRequest": {"type": "object", "additionalProperties": false, "properties": {"force": {"type": "boolean"}, "rule": {"type": ["string", "null"]}, "reason": reason()}},
+                "RuleRequest": {"type": "object", "additionalProperties": false, "properties": {"rule": {"type": ["string", "null"]}, "reason": reason()}},
+                "StageRequest": {"type": "object", "required": ["stage"], "additionalProperties": false, "properties": {"stage": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}, "rule": {"type": ["string", "null"]}, "reason": reason()}},
+                "HoldRequest": {"type": "object", "required": ["held"], "additionalProperties": false, "properties": {"held": {"type": "boolean"}, "rule": {"type": ["string", "null"]}, "reason": reason()}},
+                "AuditEntry": {"type": "object", "required": ["id", "at", "actor", "action", "flag", "before", "after", "reason"], "properties": {
+                    "id": {"type": "integer"}, "at": {"type": "string"}, "actor": {"type": "string"}, "action": {"type": "string"},
+                    "flag": {"type": ["string", "null"]}, "before": {}, "after": {}, "reason": {"type": ["string", "null"]}}},
+                "FlagState": {"type": "object", "required": ["flag", "enabled", "enabled_source", "force_fallback", "off_variation", "stable_variation", "variations", "rules", "rollouts"], "properties": {
+                    "flag": {"type": "string"}, "enabled": {"type": "boolean"}, "enabled_source": {"type": "string", "enum": ["config", "runtime"]},
+                    "force_fallback": {"type": "boolean"}, "off_variation": {"type": "string"}, "stable_variation": {"type": "string"},
+                    "variations": {"type": "array", "items": {"type": "object", "required": ["variation", "provider", "model_id", "requests", "errors", "fallbacks"], "properties": {
+                        "variation": {"type": "string"}, "provider": {"type": "string"}, "model_id": {"type": "string"},
+                        "requests": {"type": "integer"}, "errors": {"type": "integer"}, "fallbacks": {"type": "integer"}}}},
+                    "rules": {"type": "array"}, "rollouts": {"type": "array", "items": {"$ref": "#/components/schemas/Rollout"}}}},
+                "FlagChange": {"type": "object", "required": ["flag", "audit"], "properties": {"flag": {"$ref": "#/components/schemas/FlagState"}, "audit": {"$ref": "#/components/schemas/AuditEntry"}}},
+                "Rollout": {"type": "object", "required": ["flag", "rule", "variation", "stage", "percent", "stages", "held", "gate_met", "reasons"], "properties": {
+                    "flag": {"type": "string"}, "rule": {"type": "string"}, "variation": {"type": "string"}, "stage": {"type": "integer"},
+                    "percent": {"type": "number"}, "stages": {"type": "array", "items": {"type": "number"}}, "held": {"type": "boolean"},
+                    "gate_met": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}},
+                "RolloutChange": {"type": "object", "required": ["rollout", "audit"], "properties": {"rollout": {"$ref": "#/components/schemas/Rollout"}, "audit": {"$ref": "#/components/schemas/AuditEntry"}}}
+            }
+        }
+    })
+}
