@@ -27,6 +27,7 @@ pub mod app;
 pub mod body;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod fallback;
 pub mod flags;
 pub mod metrics;

@@ -39,6 +39,17 @@ enum Command {
         #[arg(long, default_value = "proxy.toml")]
         config: PathBuf,
     },
+    /// Operate a running proxy through its admin API (SWITCHYARD_ADMIN_URL, SWITCHYARD_ADMIN_TOKEN).
+    Ctl {
+        #[command(subcommand)]
+        action: CtlCommand,
+        /// Why (kept in the audit log).
+        #[arg(long, global = true)]
+        reason: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Show which variation a user gets, and why.
     Decide {
         /// The configuration file.
@@ -59,6 +70,125 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every flag: effective state and live figures.
+    Flags,
+    /// One flag in detail.
+    Flag { flag: String },
+    /// Kill switch off: the flag serves its variations again.
+    Enable { flag: String },
+    /// Kill switch on: everyone gets the off variation.
+    Disable { flag: String },
+    /// Force rule-based answers for a flag (or one variation); --off lifts it.
+    Fallback {
+        flag: String,
+        /// Only this variation.
+        #[arg(long)]
+        variation: Option<String>,
+        /// Lift the forced fallback.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Rollout status: stage, gate, figures.
+    Rollout { flag: String },
+    /// Advance the rollout one stage if its gate holds.
+    Advance {
+        flag: String,
+        /// Advance even if the gate is not met (audited).
+        #[arg(long)]
+        force: bool,
+        /// The rollout rule, when the flag has several.
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Roll the rollout back one stage.
+    Rollback {
+        flag: String,
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Set the rollout's stage.
+    Stage {
+        flag: String,
+        stage: u32,
+        #[arg(long)]
+        rule: Option<String>,
+    },
+    /// Freeze the rollout (no automatic advance).
+    Hold {
+        flag: String,
+        #[arg(long)]
+        rule: Option<String>,
+        /// Unfreeze instead.
+        #[arg(long)]
+        release: bool,
+    },
+    /// The audit log, newest first.
+    Audit {
+        #[arg(long)]
+        flag: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Reload proxy.toml on the running proxy.
+    Reload,
+    /// Experiment results of a flag.
+    Results {
+        flag: String,
+        #[arg(long)]
+        metric: Option<String>,
+    },
+}
+
+fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
+    use switchyard::ctl::Action;
+    let action = match action {
+        CtlCommand::Flags => Action::Flags,
+        CtlCommand::Flag { flag } => Action::Flag(flag),
+        CtlCommand::Enable { flag } => Action::SetEnabled(flag, true),
+        CtlCommand::Disable { flag } => Action::SetEnabled(flag, false),
+        CtlCommand::Fallback {
+            flag,
+            variation,
+            off,
+        } => Action::Fallback {
+            flag,
+            forced: !off,
+            variation,
+        },
+        CtlCommand::Rollout { flag } => Action::Rollout(flag),
+        CtlCommand::Advance { flag, force, rule } => Action::Advance { flag, force, rule },
+        CtlCommand::Rollback { flag, rule } => Action::Rollback { flag, rule },
+        CtlCommand::Stage { flag, stage, rule } => Action::Stage { flag, stage, rule },
+        CtlCommand::Hold {
+            flag,
+            rule,
+            release,
+        } => Action::Hold {
+            flag,
+            held: !release,
+            rule,
+        },
+        CtlCommand::Audit { flag, limit } => Action::Audit { flag, limit },
+        CtlCommand::Reload => Action::Reload,
+        CtlCommand::Results { flag, metric } => Action::Results { flag, metric },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let target = switchyard::ctl::Target::from_env();
+    let code = runtime.block_on(switchyard::ctl::run(&target, &action, reason, json));
+    ExitCode::from(code as u8)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -68,6 +198,11 @@ fn main() -> ExitCode {
             admin_listen,
         } => serve(config, listen, admin_listen),
         Command::Check { config } => check(config),
+        Command::Ctl {
+            action,
+            reason,
+            json,
+        } => ctl(action, reason, json),
         Command::Decide {
             config,
             flag,
