@@ -28,6 +28,7 @@ pub mod body;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod experiments;
 pub mod fallback;
 pub mod flags;
 pub mod metrics;

@@ -1,0 +1,4 @@
+//! Experiments: exposures, feedback events, per-variation business metrics and results with
+//! always-valid statistics ([`stats`]).
+
+pub mod stats;
