@@ -356,7 +356,7 @@ impl Validator<'_> {
         }
         let passthrough = raw.passthrough.as_ref().and_then(|p| {
             let found = providers.get(&p.provider).cloned();
-            if found.is_none() && raw.providers.get(&p.provider).is_none() {
+            if found.is_none() && !raw.providers.contains_key(&p.provider) {
                 self.err(
                     &root.key("passthrough").key("provider"),
                     format!(

@@ -303,6 +303,8 @@ async fn connect_error_is_retried_then_answered_rule_based() {
     let resp = post(&proxy, &chat("f", "I want a refund", false)).await;
     assert_rule_based(&resp, "connect_error", "GLOBAL-REFUND");
     assert_eq!(resp.header(VARIATION_HEADER).as_deref(), Some("a"));
+    assert_eq!(resp.header("x-switchyard-flag").as_deref(), Some("f"));
+    assert!(resp.header("x-request-id").is_some());
     assert_eq!(resp.header(SERVED_BY_HEADER), None);
 
     let m = scrape(&proxy).await;
@@ -1230,6 +1232,38 @@ async fn a_stream_failing_before_its_first_byte_fails_over_like_a_complete_answe
     m.expect(ATTEMPTS, &[("outcome", "upstream_5xx")], 1.0);
     m.expect(ATTEMPTS, &[("outcome", "timeout")], 2.0);
     m.expect(REQUESTS, &[("outcome", "fallback")], 3.0);
+}
+
+#[tokio::test]
+async fn a_stream_failing_before_its_first_byte_is_retried() {
+    let up = FaultServer::start(Fault::Ok).await;
+    up.push(Fault::status(500));
+    up.push(Fault::Reset);
+    let cfg = format!(
+        "{GLOBAL_FALLBACK}{}{}",
+        provider("up", &up.base_url(), FAST_RETRY),
+        flag(
+            "f",
+            "off_variation = \"a\"",
+            &[("a", "up", "fallback_behavior = \"rule-based\"")]
+        )
+    );
+    let proxy = TestProxy::start(&cfg).await;
+    let resp = post(&proxy, &chat("f", "hello", true)).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert_eq!(resp.header(FALLBACK_HEADER), None);
+    let text = resp.text();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(stream_text(&sse_data(&text)), "c0 c1 c2 c3 ");
+    assert_eq!(up.request_count(), 3);
+
+    let m = scrape(&proxy).await;
+    m.expect(RETRIES, &[("reason", "upstream_5xx")], 1.0);
+    m.expect(RETRIES, &[("reason", "connect_error")], 1.0);
+    m.expect(ATTEMPTS, &[("outcome", "success")], 1.0);
+    m.expect(ATTEMPTS, &[], 3.0);
+    m.expect(TRIGGERS, &[], 0.0);
+    m.expect(REQUESTS, &[("outcome", "success")], 1.0);
 }
 
 /// A stream interrupted after `chunks` content chunks: what the client must see.

@@ -742,11 +742,9 @@ async fn serve_one(
             After::Close
         }
         Fault::SlowStream { chunks, gate } => {
-            if answer.stream {
-                if stream_prefix(conn, answer, chunks).await.is_err() {
-                    shared.closed_early(kind);
-                    return After::Close;
-                }
+            if answer.stream && stream_prefix(conn, answer, chunks).await.is_err() {
+                shared.closed_early(kind);
+                return After::Close;
             }
             let opened = tokio::select! {
                 _ = gate.notified() => true,
