@@ -246,7 +246,7 @@ impl HttpBody for Frames {
 
 fn live() -> Arc<Live> {
     let metrics = Metrics::new().unwrap();
-    Arc::new(Live::new(Arc::new(config()), &metrics).unwrap())
+    Arc::new(Live::new(Arc::new(config()), Arc::default(), &metrics).unwrap())
 }
 
 fn routed(live: &Arc<Live>) -> Recorder {
@@ -281,6 +281,7 @@ fn relay(live: &Arc<Live>, frames: &[&'static str], strip_usage: bool) -> SseRel
         routed(live),
         Outcome::Success,
         timeouts,
+        std::time::Instant::now() + timeouts.total,
     )
 }
 

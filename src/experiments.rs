@@ -1,4 +1,5 @@
 //! Experiments: exposures, feedback events, per-variation business metrics and results with
 //! always-valid statistics ([`stats`]).
 
+pub mod catalog;
 pub mod stats;

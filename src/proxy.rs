@@ -266,11 +266,23 @@ fn respond(
             );
             resp
         }
-        Upstream::Stream { first, rest } => {
+        Upstream::Stream {
+            first,
+            rest,
+            deadline,
+        } => {
             let relay = match slot.take() {
                 Some(mut rec) => {
                     rec.pause();
-                    stream::SseRelay::new(first, rest, strip_usage, rec, outcome, timeouts)
+                    stream::SseRelay::new(
+                        first,
+                        rest,
+                        strip_usage,
+                        rec,
+                        outcome,
+                        timeouts,
+                        deadline,
+                    )
                 }
                 None => {
                     return ApiError::Internal("request recorder missing".into()).into_response()

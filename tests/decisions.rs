@@ -1,5 +1,6 @@
 //! Decision properties, through the public API on parsed configs: stickiness, monotonic
 //! rollouts, allocation accuracy, audience fall-through and the kill switch.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
 use switchyard::flags::audience::{AttrValue, Attributes};

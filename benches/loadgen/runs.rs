@@ -428,7 +428,7 @@ pub async fn streams(plan: StreamPlan) -> Result<(), String> {
         + plan.stall
         + Duration::from_secs(60);
     let mut ttft = histogram();
-    let (mut ok, mut failed, mut stalled, mut unfinished) = (0u64, 0u64, 0u64, 0u64);
+    let (mut ok, mut failed, mut stalled, mut bad, mut unfinished) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut max_gap = Duration::ZERO;
     let mut first_error: Option<String> = None;
     let expected_events = plan.chunks + 3; // role, content chunks, stop, [DONE]
@@ -447,8 +447,12 @@ pub async fn streams(plan: StreamPlan) -> Result<(), String> {
         }
         max_gap = max_gap.max(seen.max_gap);
         let complete = seen.done && seen.events >= expected_events;
-        if seen.max_gap > plan.stall || !matches!(seen.ttft, Some(t) if t <= plan.stall) {
+        let stall = seen.max_gap > plan.stall || !matches!(seen.ttft, Some(t) if t <= plan.stall);
+        if stall {
             stalled += 1;
+        }
+        if stall || seen.error.is_some() || !complete {
+            bad += 1;
         }
         match (&seen.error, complete) {
             (None, true) => ok += 1,
@@ -469,6 +473,7 @@ pub async fn streams(plan: StreamPlan) -> Result<(), String> {
     }
     failed += unfinished;
     stalled += unfinished;
+    bad += unfinished;
     let q = |p: f64| {
         if ttft.is_empty() {
             0
@@ -477,7 +482,7 @@ pub async fn streams(plan: StreamPlan) -> Result<(), String> {
         }
     };
     println!(
-        "result mode=streams streams={} ok={ok} failed={failed} stalled={stalled} peak_open={} \
+        "result mode=streams streams={} ok={ok} failed={failed} stalled={stalled} bad={bad} peak_open={} \
          ttft_p50_us={} ttft_p99_us={} ttft_max_us={} max_gap_ms={} seconds={:.1}",
         plan.streams,
         peak.load(Ordering::SeqCst),

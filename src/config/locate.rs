@@ -124,50 +124,73 @@ impl<'a> SourceMap<'a> {
         best.map(|offset| self.line_of(offset))
     }
 
-    /// The innermost key path whose key or value spans `offset` (for serde's errors).
+    /// The key path of the key at `offset` (for serde's errors, which point at the key), or
+    /// else of the last key written before it.
     pub fn path_at(&self, offset: usize) -> KeyPath {
-        let mut path = KeyPath::root();
         let Some(doc) = self.doc.as_ref() else {
-            return path;
+            return KeyPath::root();
         };
-        let mut current: &DeTable<'_> = doc.get_ref();
-        loop {
-            let mut next: Option<&DeValue<'_>> = None;
-            for (key, v) in current.iter() {
-                let ks = key.span();
-                let vs = v.span();
-                if ks.contains(&offset) || vs.contains(&offset) {
-                    path.0.push(Seg::Key(key.get_ref().to_string()));
-                    if ks.contains(&offset) {
-                        return path;
-                    }
-                    next = Some(v.get_ref());
-                    break;
+        let mut best: Option<(usize, KeyPath)> = None;
+        let mut exact: Option<KeyPath> = None;
+        collect(
+            doc.get_ref(),
+            &KeyPath::root(),
+            offset,
+            &mut best,
+            &mut exact,
+        );
+        exact.or(best.map(|(_, p)| p)).unwrap_or_default()
+    }
+}
+
+fn consider(
+    span: std::ops::Range<usize>,
+    path: &KeyPath,
+    offset: usize,
+    best: &mut Option<(usize, KeyPath)>,
+    exact: &mut Option<KeyPath>,
+) {
+    if span.contains(&offset) {
+        // Deeper keys are visited later, so the innermost one wins.
+        *exact = Some(path.clone());
+    }
+    if span.start <= offset && best.as_ref().is_none_or(|(start, _)| span.start >= *start) {
+        *best = Some((span.start, path.clone()));
+    }
+}
+
+fn collect(
+    table: &DeTable<'_>,
+    at: &KeyPath,
+    offset: usize,
+    best: &mut Option<(usize, KeyPath)>,
+    exact: &mut Option<KeyPath>,
+) {
+    for (key, value) in table.iter() {
+        let path = at.key(key.get_ref());
+        consider(key.span(), &path, offset, best, exact);
+        collect_value(value.get_ref(), &path, offset, best, exact);
+    }
+}
+
+fn collect_value(
+    value: &DeValue<'_>,
+    at: &KeyPath,
+    offset: usize,
+    best: &mut Option<(usize, KeyPath)>,
+    exact: &mut Option<KeyPath>,
+) {
+    match value {
+        DeValue::Table(t) => collect(t, at, offset, best, exact),
+        DeValue::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                let path = at.index(i);
+                if item.span().contains(&offset) && !matches!(item.get_ref(), DeValue::Table(_)) {
+                    *exact = Some(path.clone());
                 }
-            }
-            let mut value = match next {
-                Some(v) => v,
-                None => return path,
-            };
-            // Descend through arrays (arrays of tables, inline arrays) to the element.
-            loop {
-                match value {
-                    DeValue::Table(t) => {
-                        current = t;
-                        break;
-                    }
-                    DeValue::Array(a) => {
-                        match a.iter().position(|item| item.span().contains(&offset)) {
-                            Some(i) => {
-                                path.0.push(Seg::Index(i));
-                                value = a[i].get_ref();
-                            }
-                            None => return path,
-                        }
-                    }
-                    _ => return path,
-                }
+                collect_value(item.get_ref(), &path, offset, best, exact);
             }
         }
+        _ => {}
     }
 }

@@ -25,11 +25,19 @@ impl Arm {
     /// From the sum and sum of squares of `n` per-user values.
     pub fn from_sums(n: u64, sum: f64, sum_sq: f64) -> Arm {
         if n == 0 {
-            return Arm { n, mean: 0.0, variance: 0.0 };
+            return Arm {
+                n,
+                mean: 0.0,
+                variance: 0.0,
+            };
         }
         let nf = n as f64;
         let mean = sum / nf;
-        let variance = if n > 1 { ((sum_sq - nf * mean * mean) / (nf - 1.0)).max(0.0) } else { 0.0 };
+        let variance = if n > 1 {
+            ((sum_sq - nf * mean * mean) / (nf - 1.0)).max(0.0)
+        } else {
+            0.0
+        };
         Arm { n, mean, variance }
     }
 }
@@ -51,7 +59,9 @@ pub struct Comparison {
 /// detect fastest, `relative_effect × |control mean|`, floored by a small fraction of the
 /// control's standard deviation so a metric whose mean is near zero still gets a sane prior.
 pub fn mixture_tau2(control: &Arm, relative_effect: f64) -> f64 {
-    let tau = (relative_effect * control.mean.abs()).max(0.01 * control.variance.sqrt()).max(1e-9);
+    let tau = (relative_effect * control.mean.abs())
+        .max(0.01 * control.variance.sqrt())
+        .max(1e-9);
     tau * tau
 }
 
@@ -71,12 +81,23 @@ pub fn msprt(control: &Arm, treatment: &Arm, tau2: f64, alpha: f64) -> Compariso
         0.0
     };
     if v <= 0.0 || !v.is_finite() || tau2 <= 0.0 {
-        return Comparison { diff, p_value: 1.0, ci_low: f64::NEG_INFINITY, ci_high: f64::INFINITY };
+        return Comparison {
+            diff,
+            p_value: 1.0,
+            ci_low: f64::NEG_INFINITY,
+            ci_high: f64::INFINITY,
+        };
     }
     let log_lambda = 0.5 * (v / (v + tau2)).ln() + diff * diff * tau2 / (2.0 * v * (v + tau2));
     let p_value = (-log_lambda).exp().min(1.0);
-    let half = (2.0 * v * (v + tau2) / tau2 * ((1.0 / alpha).ln() + 0.5 * ((v + tau2) / v).ln())).sqrt();
-    Comparison { diff, p_value, ci_low: diff - half, ci_high: diff + half }
+    let half =
+        (2.0 * v * (v + tau2) / tau2 * ((1.0 / alpha).ln() + 0.5 * ((v + tau2) / v).ln())).sqrt();
+    Comparison {
+        diff,
+        p_value,
+        ci_low: diff - half,
+        ci_high: diff + half,
+    }
 }
 
 /// Benjamini–Hochberg adjusted p-values (same order as given): significant at FDR `q` when
@@ -101,7 +122,11 @@ pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
 pub fn srm(observed: &[u64], expected_shares: &[f64]) -> (f64, f64) {
     let total: u64 = observed.iter().sum();
     let share_sum: f64 = expected_shares.iter().sum();
-    if observed.len() < 2 || observed.len() != expected_shares.len() || total == 0 || share_sum <= 0.0 {
+    if observed.len() < 2
+        || observed.len() != expected_shares.len()
+        || total == 0
+        || share_sum <= 0.0
+    {
         return (0.0, 1.0);
     }
     let mut chi2 = 0.0;
@@ -159,7 +184,12 @@ mod tests {
     #[test]
     fn bh_matches_a_hand_computed_example() {
         let adj = benjamini_hochberg(&[0.01, 0.04, 0.03, 0.2]);
-        let expect = [0.04, 0.053_333_333_333_333_33, 0.053_333_333_333_333_33, 0.2];
+        let expect = [
+            0.04,
+            0.053_333_333_333_333_33,
+            0.053_333_333_333_333_33,
+            0.2,
+        ];
         for (a, e) in adj.iter().zip(expect) {
             assert!((a - e).abs() < 1e-12, "{adj:?}");
         }

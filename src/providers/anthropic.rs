@@ -184,7 +184,7 @@ pub fn to_anthropic_request(
         }
     }
     for legacy in ["functions", "function_call"] {
-        if present(&req, legacy).is_some_and(|v| v.as_array().map_or(true, |a| !a.is_empty())) {
+        if present(&req, legacy).is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty())) {
             return Err(invalid(format!(
                 "`{legacy}` is not supported by this model's provider; use `tools` and `tool_choice`"
             )));

@@ -34,6 +34,8 @@ pub enum Upstream {
         first: Bytes,
         /// Everything after it.
         rest: Body,
+        /// When the whole call must be over (the attempt's start + the total timeout).
+        deadline: Instant,
     },
 }
 
@@ -246,7 +248,11 @@ async fn attempt(
             return if stream {
                 let mut s = BodyExt::boxed(mock::stream(&body, settings));
                 let first = first_chunk(&mut s, first_byte_deadline, timeouts).await?;
-                Ok(Upstream::Stream { first, rest: s })
+                Ok(Upstream::Stream {
+                    first,
+                    rest: s,
+                    deadline,
+                })
             } else {
                 Ok(Upstream::Complete(mock::complete(&body)))
             };
@@ -333,7 +339,11 @@ async fn attempt(
             raw
         };
         let first = first_chunk(&mut s, first_byte_deadline, timeouts).await?;
-        return Ok(Upstream::Stream { first, rest: s });
+        return Ok(Upstream::Stream {
+            first,
+            rest: s,
+            deadline,
+        });
     }
     let bytes = match read_limited(resp.into_body(), MAX_UPSTREAM_BODY, deadline).await {
         Ok(b) => b,

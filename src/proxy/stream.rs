@@ -47,6 +47,7 @@ impl SseRelay {
         recorder: Recorder,
         outcome: Outcome,
         timeouts: Timeouts,
+        deadline: Instant,
     ) -> SseRelay {
         let now = tokio::time::Instant::now();
         SseRelay {
@@ -60,7 +61,7 @@ impl SseRelay {
             saw_done: false,
             idle: timeouts.idle,
             idle_timer: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
-            total_timer: Box::pin(tokio::time::sleep_until(now + timeouts.total)),
+            total_timer: Box::pin(tokio::time::sleep_until(deadline.into())),
         }
     }
 }
