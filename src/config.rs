@@ -57,6 +57,8 @@ pub struct Config {
     pub state_url: String,
     /// `[admin] tokens`.
     pub admin_tokens: Vec<AdminToken>,
+    /// `[[alerts]]`.
+    pub alerts: Vec<AlertRule>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -75,6 +77,54 @@ pub struct ServerSettings {
     pub gate_interval: Duration,
     /// How often the config file is checked for changes (zero: never).
     pub reload_check_interval: Duration,
+}
+
+/// A tiered alert on a per-variation metric (`[[alerts]]`).
+#[derive(Debug, Clone)]
+pub struct AlertRule {
+    /// Unique name; actions are audited as `alert:<name>`.
+    pub name: String,
+    /// The flag watched.
+    pub flag: String,
+    /// One variation, or every variation of the flag.
+    pub variation: Option<String>,
+    /// The per-variation metric (`error_rate`, `fallback_rate`, `p95_latency_seconds`,
+    /// `conversion`, `hallucination`, …).
+    pub metric: String,
+    /// Whether high or low values are bad.
+    pub direction: AlertDirection,
+    /// Thresholds of the info, warning and critical tiers.
+    pub tiers: [Option<f64>; 3],
+    /// Compare the variation's value divided by the control's (the flag's stable variation).
+    pub relative_to_control: bool,
+    /// The window the metric is measured over.
+    pub window: Duration,
+    /// Samples needed in the window before the alert may fire.
+    pub min_samples: u64,
+    /// Actions per tier (info, warning, critical); notify is implied for every tier.
+    pub actions: [Vec<AlertAction>; 3],
+    /// Webhooks notified on every change of level.
+    pub webhooks: Vec<Uri>,
+}
+
+/// Which side of the thresholds is bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertDirection {
+    /// Values above the thresholds are bad.
+    Above,
+    /// Values below the thresholds are bad.
+    Below,
+}
+
+/// What an alert tier does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertAction {
+    /// Log, webhook, gauge (always done).
+    Notify,
+    /// Freeze the flag's rollouts.
+    HoldRollout,
+    /// Flip the flag's kill switch.
+    Kill,
 }
 
 /// A named admin bearer token; the name is the audit actor.
@@ -413,7 +463,7 @@ impl Validator<'_> {
                 flags.push(Arc::new(flag));
             }
         }
-        self.alerts(&raw, &flag_index);
+        let alerts = self.alerts(&raw, &flag_index);
         let admin_tokens = self.admin(&raw);
         Config {
             origin: self.origin.to_owned(),
@@ -432,6 +482,7 @@ impl Validator<'_> {
                 .clone()
                 .unwrap_or_else(|| "sqlite:switchyard-state.db".into()),
             admin_tokens,
+            alerts,
         }
     }
 
@@ -1366,37 +1417,129 @@ impl Validator<'_> {
         }
     }
 
-    fn alerts(&mut self, raw: &RawConfig, flags: &HashMap<String, usize>) {
+    fn alerts(&mut self, raw: &RawConfig, flags: &HashMap<String, usize>) -> Vec<AlertRule> {
+        let mut out = Vec::new();
+        let mut names = Vec::new();
         for (i, a) in raw.alerts.iter().enumerate() {
             let path = KeyPath::root().key("alerts").index(i);
-            if !flags.contains_key(&a.flag) && !raw.flags.contains_key(&a.flag) {
+            let before = self.errors.len();
+            if a.name.trim().is_empty() {
+                self.err(&path.key("name"), "an alert needs a name");
+            } else if names.contains(&a.name) {
+                self.err(
+                    &path.key("name"),
+                    format!("duplicate alert name {:?}", a.name),
+                );
+            }
+            names.push(a.name.clone());
+            let flag_known = flags.contains_key(&a.flag) || raw.flags.contains_key(&a.flag);
+            if !flag_known {
                 self.err(&path.key("flag"), format!("unknown flag {:?}", a.flag));
             }
-            if a.above.is_some() == a.below.is_some() {
-                self.err(&path, "an alert needs exactly one of `above` or `below`");
-            }
-            if let Some(w) = &a.window {
-                if let Err(m) = parse_duration(w) {
-                    self.err(&path.key("window"), m);
+            if let (Some(v), Some(f)) = (&a.variation, raw.flags.get(&a.flag)) {
+                if !f.variations.contains_key(v) {
+                    self.err(
+                        &path.key("variation"),
+                        format!("unknown variation {v:?} of flag {:?}", a.flag),
+                    );
                 }
             }
-            for (tier, actions) in &a.actions {
-                if !["info", "warning", "critical"].contains(&tier.as_str()) {
+            if a.metric.trim().is_empty() {
+                self.err(&path.key("metric"), "an alert needs a metric");
+            }
+            let (direction, tiers_raw, tiers_key) = match (&a.above, &a.below) {
+                (Some(t), None) => (AlertDirection::Above, Some(t), "above"),
+                (None, Some(t)) => (AlertDirection::Below, Some(t), "below"),
+                _ => {
+                    self.err(&path, "an alert needs exactly one of `above` or `below`");
+                    (AlertDirection::Above, None, "above")
+                }
+            };
+            let tiers = tiers_raw.map_or([None; 3], |t| [t.info, t.warning, t.critical]);
+            if tiers_raw.is_some() && tiers.iter().all(Option::is_none) {
+                self.err(
+                    &path.key(tiers_key),
+                    "give at least one of info, warning, critical",
+                );
+            }
+            // Tiers must be ordered: above → info ≤ warning ≤ critical; below → the reverse.
+            let set: Vec<f64> = tiers.iter().flatten().copied().collect();
+            let ordered = set.windows(2).all(|w| match direction {
+                AlertDirection::Above => w[0] <= w[1],
+                AlertDirection::Below => w[0] >= w[1],
+            });
+            if !ordered || set.iter().any(|x| !x.is_finite()) {
+                self.err(&path.key(tiers_key), "thresholds must be finite and ordered info → warning → critical (increasing for `above`, decreasing for `below`)");
+            }
+            let window = self.duration(
+                &path.key("window"),
+                a.window.as_deref(),
+                Duration::from_secs(300),
+            );
+            let min_samples = match a.min_samples {
+                None => 100,
+                Some(n) if n >= 0 => n as u64,
+                Some(n) => {
+                    self.err(
+                        &path.key("min_samples"),
+                        format!("{n} must not be negative"),
+                    );
+                    100
+                }
+            };
+            let mut actions: [Vec<AlertAction>; 3] = Default::default();
+            for (tier, list) in &a.actions {
+                let Some(t) = ["info", "warning", "critical"]
+                    .iter()
+                    .position(|x| x == tier)
+                else {
                     self.err(
                         &path.key("actions").key(tier),
                         "tiers are info, warning and critical",
                     );
-                }
-                for action in actions {
-                    if !["notify", "hold_rollout", "kill"].contains(&action.as_str()) {
-                        self.err(
+                    continue;
+                };
+                for action in list {
+                    match action.as_str() {
+                        "notify" => actions[t].push(AlertAction::Notify),
+                        "hold_rollout" => actions[t].push(AlertAction::HoldRollout),
+                        "kill" => actions[t].push(AlertAction::Kill),
+                        other => self.err(
                             &path.key("actions").key(tier),
-                            format!("unknown action {action:?} (notify, hold_rollout, kill)"),
-                        );
+                            format!("unknown action {other:?} (notify, hold_rollout, kill)"),
+                        ),
                     }
                 }
             }
+            let mut webhooks = Vec::new();
+            for (j, w) in a.webhooks.iter().enumerate() {
+                match w.parse::<Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http") | Some("https"))
+                            && u.host().is_some() =>
+                    {
+                        webhooks.push(u)
+                    }
+                    _ => self.err(&path.key("webhooks").index(j), format!("invalid URL {w:?}")),
+                }
+            }
+            if self.errors.len() == before {
+                out.push(AlertRule {
+                    name: a.name.clone(),
+                    flag: a.flag.clone(),
+                    variation: a.variation.clone(),
+                    metric: a.metric.clone(),
+                    direction,
+                    tiers,
+                    relative_to_control: a.relative_to_control.unwrap_or(false),
+                    window,
+                    min_samples,
+                    actions,
+                    webhooks,
+                });
+            }
         }
+        out
     }
 
     fn admin(&mut self, raw: &RawConfig) -> Vec<AdminToken> {
