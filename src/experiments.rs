@@ -2,4 +2,5 @@
 //! always-valid statistics ([`stats`]).
 
 pub mod catalog;
+pub mod results;
 pub mod stats;
