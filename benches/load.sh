@@ -25,6 +25,7 @@
 #   CHUNK_MS=100       time between the provider's chunks
 #   SERVER_CPUS=0      CPUs for Switchyard, nginx and the fake provider (taskset -c)
 #   LOAD_CPUS=1        CPUs for the load generator
+#   NICE=-10           priority of every process started (as root; NICE=0 leaves it alone)
 #   INSTALL_NGINX=1    apt-get install nginx first when it is missing
 #   SKIP_BUILD=1       use the binaries already built
 #
@@ -71,19 +72,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --- CPU pinning ----------------------------------------------------------------------------
+# --- CPU pinning and priority --------------------------------------------------------------
+# Commands are prefixed by arrays rather than wrapped in functions, so that `$!` is the
+# server's own PID (nice and taskset exec into it): RSS is read from it and it is stopped by it.
 NPROC="$(nproc)"
+ON_SERVER=()
+ON_LOAD=()
+PRIORITY=0
+if (($(id -u) == 0)) && [[ "${NICE:--10}" != 0 ]]; then
+  # Raised priority, so that other work on the machine disturbs the figures less.
+  PRIORITY="${NICE:--10}"
+  ON_SERVER+=(nice -n "${PRIORITY}")
+  ON_LOAD+=(nice -n "${PRIORITY}")
+fi
 if ((NPROC >= 2)) && command -v taskset >/dev/null 2>&1; then
   SERVER_CPUS="${SERVER_CPUS:-0}"
   LOAD_CPUS="${LOAD_CPUS:-1}"
-  on_server() { taskset -c "${SERVER_CPUS}" "$@"; }
-  on_load() { taskset -c "${LOAD_CPUS}" "$@"; }
+  ON_SERVER+=(taskset -c "${SERVER_CPUS}")
+  ON_LOAD+=(taskset -c "${LOAD_CPUS}")
   PINNING="servers (switchyard, nginx, fake provider) on CPU ${SERVER_CPUS}, load generator on CPU ${LOAD_CPUS}"
 else
-  on_server() { "$@"; }
-  on_load() { "$@"; }
   PINNING="not pinned (${NPROC} CPU, or no taskset)"
 fi
+PINNING="${PINNING}; nice ${PRIORITY}"
 
 # Streams need a descriptor per client connection and, in the proxy, two.
 want_fds=$((STREAMS * 2 + 4096))
@@ -133,7 +144,7 @@ calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 # measure NAME ARGS…: runs loadgen on the load CPUs, returns its result line.
 measure() {
   local out
-  out="$(on_load "${LOADGEN}" "$@" 2>>"${WORK}/loadgen.err" | grep '^result ' | tail -1 || true)"
+  out="$("${ON_LOAD[@]}" "${LOADGEN}" "$@" 2>>"${WORK}/loadgen.err" | grep '^result ' | tail -1 || true)"
   [[ -n "${out}" ]] || {
     cat "${WORK}/loadgen.err" >&2
     die "loadgen $1 gave no result"
@@ -145,7 +156,7 @@ measure() {
 # Long enough streams that every stream is open at once: the ramp, plus 3 s held.
 STREAM_CHUNKS=$(awk -v n="${STREAMS}" -v r="${STREAM_RAMP}" -v c="${CHUNK_MS}" \
   'BEGIN { k = int(((n / r) + 3) * 1000 / c) + 1; if (k < 20) k = 20; print k }')
-on_server "${LOADGEN}" upstream --listen 127.0.0.1:0 --chunks "${STREAM_CHUNKS}" \
+"${ON_SERVER[@]}" "${LOADGEN}" upstream --listen 127.0.0.1:0 --chunks "${STREAM_CHUNKS}" \
   --interval-ms "${CHUNK_MS}" >"${WORK}/upstream.out" 2>"${WORK}/upstream.err" &
 UP_PID=$!
 PIDS+=("${UP_PID}")
@@ -204,7 +215,7 @@ allocation = [{ variation = "control", end = 5000 }, { variation = "treatment", 
 id = "everyone-else"
 allocation = [{ variation = "control", end = 10000 }]
 EOF
-SWITCHYARD_LOG=warn on_server "${SWITCHYARD}" serve --config "${WORK}/switchyard.toml" \
+SWITCHYARD_LOG=warn "${ON_SERVER[@]}" "${SWITCHYARD}" serve --config "${WORK}/switchyard.toml" \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"${WORK}/switchyard.out" 2>"${WORK}/switchyard.err" &
 SY_PID=$!
 PIDS+=("${SY_PID}")
@@ -255,7 +266,7 @@ http {
   }
 }
 EOF
-  on_server nginx -e "${WORK}/nginx/error.log" -p "${WORK}/nginx" -c "${WORK}/nginx/nginx.conf" \
+  "${ON_SERVER[@]}" nginx -e "${WORK}/nginx/error.log" -p "${WORK}/nginx" -c "${WORK}/nginx/nginx.conf" \
     >"${WORK}/nginx/out.log" 2>&1 &
   NG_PID=$!
   PIDS+=("${NG_PID}")

@@ -2,5 +2,6 @@
 //! always-valid statistics ([`stats`]).
 
 pub mod catalog;
+pub mod feedback;
 pub mod results;
 pub mod stats;

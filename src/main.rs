@@ -261,8 +261,14 @@ fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketA
             return ExitCode::from(1);
         };
         // Scripts and tests read these two lines to find the ports.
-        println!("switchyard listening on http://{main_bound}");
-        println!("switchyard admin listening on http://{admin_bound}");
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            // A closed stdout (the launcher went away) must not stop the server.
+            let _ = writeln!(out, "switchyard listening on http://{main_bound}");
+            let _ = writeln!(out, "switchyard admin listening on http://{admin_bound}");
+            let _ = out.flush();
+        }
         tracing::info!(config = %path.display(), flags = config.flags.len(), hash = %config.hash, "serving");
         match switchyard::run_with(listeners, config, Some(path.clone()), shutdown_signal()).await {
             Ok(()) => {

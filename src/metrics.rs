@@ -89,7 +89,7 @@ pub struct Metrics {
     rollout_percent: GaugeVec,
     /// `switchyard_rollout_gate_met{flag,rule}`: 1 when the current stage's gate holds.
     pub gate_met: IntGaugeVec,
-    /// `switchyard_rollout_rollbacks_total{flag,rule,actor_kind}`.
+    /// `switchyard_rollout_rollbacks_total{flag,rule,by}`.
     pub rollbacks: IntCounterVec,
     state_errors: IntCounter,
     reloads: IntCounterVec,

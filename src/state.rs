@@ -1,71 +1,159 @@
-//! Runtime state and the audit log (temporary in-memory stand-in; the durable SQLite and
-//! PostgreSQL store replaces this file).
-#![allow(missing_docs)]
+//! The durable runtime-state store: what operators change at runtime (kill switches, forced
+//! fallbacks, rollout stages and holds) and the audit log of every change.
+//!
+//! One [`Store`], two backends chosen by the `[state] url`:
+//!
+//! | url | backend |
+//! |---|---|
+//! | `sqlite:PATH` | embedded SQLite (the default; WAL, `synchronous=FULL`) |
+//! | `postgres://…`, `postgresql://…` | PostgreSQL for a fleet, LISTEN/NOTIFY between replicas |
+//!
+//! [`Store::apply`] reads one flag's [`FlagOverrides`], applies a [`Change`], writes them back,
+//! appends the [`AuditEntry`] and bumps the global version in one transaction, so two
+//! operators changing the same flag at once never lose an update. It returns once the change
+//! is durable. [`Store::subscribe`] tells a replica that *another* one changed the state, so it
+//! calls [`Store::load`] again.
+//!
+//! Each backend keeps its schema as an ordered `MIGRATIONS` list; opening a store brings the
+//! database up to date under a lock, so replicas starting together do not race. To add tables
+//! (exposures, feedback events…), append a migration to both lists.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::fmt;
+use std::time::Duration;
 
+use tokio::sync::watch;
+
+mod clock;
+mod postgres;
+mod sqlite;
+
+pub(crate) use clock::{format_rfc3339_ms, now_ms};
+
+/// Runtime overrides of one flag (what operators changed at runtime; absent = the config's
+/// value).
+///
+/// Serialized compactly: fields that hold no override are left out, so a flag without
+/// overrides is `{}` in the audit log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FlagOverrides {
+    /// Kill switch override: `Some(false)` serves the off variation to everyone.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// Whole-flag forced fallback: `Some(true)` answers every request rule-based.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub force_fallback: Option<bool>,
+    /// Variations whose answers are forced to their fallback.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub forced_variations: BTreeSet<String>,
+    /// Rule id → current rollout stage index.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rollout_stage: BTreeMap<String, u32>,
+    /// Rule ids whose rollout is frozen (no automatic advance).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub rollout_held: BTreeSet<String>,
+    /// Rule id → unix milliseconds at which its current stage began.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub stage_started_at_ms: BTreeMap<String, u64>,
 }
 
+impl FlagOverrides {
+    /// True when nothing is overridden (the flag runs exactly as configured).
+    pub fn is_empty(&self) -> bool {
+        *self == FlagOverrides::default()
+    }
+}
+
+/// Every flag's runtime overrides, as of one version of the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeState {
+    /// Bumped by every state-changing [`Store::apply`]; 0 for a fresh store.
     pub version: i64,
+    /// Flags with at least one override; a flag missing here runs as configured.
     pub flags: BTreeMap<String, FlagOverrides>,
 }
 
+/// One line of the audit log: who changed what, when, before and after.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AuditEntry {
+    /// Increasing with time; newer entries have larger ids.
     pub id: i64,
+    /// When, RFC 3339 UTC with milliseconds (`2026-11-25T12:01:02.345Z`).
     pub at: String,
+    /// Who: the admin token's name, or the component (`alerts`, `reload`…).
     pub actor: String,
+    /// What: [`Change::action`].
     pub action: String,
+    /// The flag concerned, if any.
     pub flag: Option<String>,
+    /// The flag's overrides before the change (`null` for a note).
     pub before: serde_json::Value,
+    /// The flag's overrides after the change (the note's detail for a note).
     pub after: serde_json::Value,
+    /// The operator's reason, if given.
     pub reason: Option<String>,
 }
 
+/// One change to the runtime state (or an audit-only note).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// Kill switch: action `set_enabled`.
     SetEnabled {
+        /// The flag.
         flag: String,
+        /// `false` serves the off variation to everyone.
         enabled: bool,
     },
+    /// Force (or lift) rule-based answers for the whole flag (`variation: None`) or one
+    /// variation: action `set_forced_fallback`.
     SetForcedFallback {
+        /// The flag.
         flag: String,
+        /// One variation, or the whole flag.
         variation: Option<String>,
+        /// `true` forces, `false` lifts.
         forced: bool,
     },
+    /// Move a rule's rollout to a stage, which began at `at_ms`: action `set_rollout_stage`.
     SetRolloutStage {
+        /// The flag.
         flag: String,
+        /// The rollout rule's id.
         rule: String,
+        /// The stage index.
         stage: u32,
+        /// Unix milliseconds at which the stage began.
         at_ms: u64,
     },
+    /// Freeze (or release) a rule's rollout: action `set_rollout_held`.
     SetRolloutHeld {
+        /// The flag.
         flag: String,
+        /// The rollout rule's id.
         rule: String,
+        /// `true` freezes, `false` releases.
         held: bool,
     },
+    /// Drop every override of the flag, back to the config: action `clear_overrides`.
     ClearFlag {
+        /// The flag.
         flag: String,
     },
+    /// An audit-only entry (`reload`, `reload_failed`, alert notifications…); changes no state
+    /// and does not bump the version.
     Note {
+        /// The flag concerned, if any.
         flag: Option<String>,
+        /// The action recorded in the audit log.
         action: String,
+        /// Recorded as the entry's `after`.
         detail: serde_json::Value,
     },
 }
 
 impl Change {
+    /// The flag the change concerns (`None` only for a note about no flag).
     pub fn flag(&self) -> Option<&str> {
         match self {
             Change::SetEnabled { flag, .. }
@@ -76,6 +164,8 @@ impl Change {
             Change::Note { flag, .. } => flag.as_deref(),
         }
     }
+
+    /// The action name recorded in the audit log.
     pub fn action(&self) -> &str {
         match self {
             Change::SetEnabled { .. } => "set_enabled",
@@ -86,6 +176,8 @@ impl Change {
             Change::Note { action, .. } => action,
         }
     }
+
+    /// Applies the change to one flag's overrides (pure; a note changes nothing).
     pub fn apply(&self, o: &mut FlagOverrides) {
         match self {
             Change::SetEnabled { enabled, .. } => o.enabled = Some(*enabled),
@@ -95,14 +187,14 @@ impl Change {
                 ..
             } => o.force_fallback = Some(*forced),
             Change::SetForcedFallback {
-                variation: Some(v),
+                variation: Some(variation),
                 forced,
                 ..
             } => {
                 if *forced {
-                    o.forced_variations.insert(v.clone());
+                    o.forced_variations.insert(variation.clone());
                 } else {
-                    o.forced_variations.remove(v);
+                    o.forced_variations.remove(variation);
                 }
             }
             Change::SetRolloutStage {
@@ -122,101 +214,236 @@ impl Change {
             Change::Note { .. } => {}
         }
     }
+
+    /// The flag whose stored overrides this change rewrites (`None` for a note).
+    fn state_flag(&self) -> Option<&str> {
+        match self {
+            Change::Note { .. } => None,
+            other => other.flag(),
+        }
+    }
 }
 
+/// Why the state store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The database cannot be reached right now (connection refused or lost, timeout, locked);
+    /// retrying later may succeed.
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// The database answered with an error (unwritable file, bad schema, corrupt row…).
     #[error("state store error: {0}")]
     Storage(String),
+    /// The `[state] url` names no supported backend or is malformed.
     #[error("invalid state store url: {0}")]
     BadUrl(String),
 }
 
-#[derive(Clone, Default)]
+/// The runtime-state store. Cheap to clone: clones share one connection and one subscription.
+#[derive(Clone)]
 pub struct Store {
-    inner: Arc<Mutex<(RuntimeState, Vec<AuditEntry>)>>,
-    tx: Arc<Option<tokio::sync::watch::Sender<u64>>>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
-    pub async fn open(_url: &str) -> Result<Store, StateError> {
-        let (tx, _) = tokio::sync::watch::channel(0);
-        Ok(Store {
-            inner: Arc::default(),
-            tx: Arc::new(Some(tx)),
-        })
+    /// Opens the store named by `url` and creates or upgrades its schema (idempotent, safe when
+    /// two processes start at once).
+    ///
+    /// - `sqlite:PATH`: PATH is relative to the process's working directory and its parent
+    ///   directory must exist; `sqlite::memory:` is a private in-memory database (tests).
+    ///   `sqlite://PATH` is accepted too (`sqlite:///abs/path` for an absolute path).
+    /// - `postgres://…` / `postgresql://…`: a libpq-style URL; an extra `schema=NAME` query
+    ///   parameter (default `public`) names the schema holding the tables, created if missing.
+    ///
+    /// Must be called inside a Tokio runtime; background work (subscriptions, connection
+    /// drivers) runs on that runtime.
+    pub async fn open(url: &str) -> Result<Store, StateError> {
+        let url = url.trim();
+        let backend = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(StateError::BadUrl(format!(
+                    "{url:?}: no database path after \"sqlite:\""
+                )));
+            }
+            Backend::Sqlite(sqlite::SqliteStore::open(path).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::PgStore::open(url).await?)
+        } else {
+            return Err(StateError::BadUrl(format!(
+                "{:?}: expected \"sqlite:PATH\" or \"postgres://…\"",
+                redact(url)
+            )));
+        };
+        Ok(Store { backend })
     }
+
+    /// Every flag's overrides and the version they belong to, read in one snapshot.
     pub async fn load(&self) -> Result<RuntimeState, StateError> {
-        self.inner
-            .lock()
-            .map(|g| g.0.clone())
-            .map_err(|_| StateError::Storage("poisoned".into()))
+        match &self.backend {
+            Backend::Sqlite(s) => s.load().await,
+            Backend::Postgres(s) => s.load().await,
+        }
     }
+
+    /// Atomically reads the flag's overrides, applies `change`, writes them, appends the audit
+    /// entry and bumps the global version — one transaction, so concurrent changes from two
+    /// actors are both applied and both audited. Durable before it returns. With PostgreSQL,
+    /// other replicas are notified (channel `switchyard_state`) in the same transaction.
+    ///
+    /// The entry's `before`/`after` are the flag's overrides as JSON before and after; for a
+    /// [`Change::Note`], `before` is `null` and `after` the note's detail (and nothing else
+    /// changes: no state, no version bump, no notification).
     pub async fn apply(
         &self,
         change: &Change,
         actor: &str,
         reason: Option<&str>,
     ) -> Result<AuditEntry, StateError> {
-        let mut g = self
-            .inner
-            .lock()
-            .map_err(|_| StateError::Storage("poisoned".into()))?;
-        let (before, after) = match change.flag() {
-            Some(f) if !matches!(change, Change::Note { .. }) => {
-                let o = g.0.flags.entry(f.to_owned()).or_default();
-                let before = serde_json::to_value(&*o).unwrap_or_default();
-                change.apply(o);
-                (before, serde_json::to_value(&*o).unwrap_or_default())
-            }
-            _ => (
-                serde_json::Value::Null,
-                match change {
-                    Change::Note { detail, .. } => detail.clone(),
-                    _ => serde_json::Value::Null,
-                },
-            ),
-        };
-        g.0.version += 1;
-        let entry = AuditEntry {
-            id: g.1.len() as i64 + 1,
-            at: String::new(),
-            actor: actor.into(),
-            action: change.action().into(),
-            flag: change.flag().map(str::to_owned),
-            before,
-            after,
-            reason: reason.map(str::to_owned),
-        };
-        g.1.push(entry.clone());
-        Ok(entry)
+        match &self.backend {
+            Backend::Sqlite(s) => s.apply(change, actor, reason).await,
+            Backend::Postgres(s) => s.apply(change, actor, reason).await,
+        }
     }
+
+    /// Audit entries, newest first; `flag` keeps only that flag's entries. `limit` is clamped
+    /// to 1..=1000.
     pub async fn audit(
         &self,
         flag: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StateError> {
-        let g = self
-            .inner
-            .lock()
-            .map_err(|_| StateError::Storage("poisoned".into()))?;
-        Ok(g.1
-            .iter()
-            .rev()
-            .filter(|e| flag.is_none() || e.flag.as_deref() == flag)
-            .take(limit as usize)
-            .cloned()
-            .collect())
-    }
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        match &*self.tx {
-            Some(tx) => tx.subscribe(),
-            None => tokio::sync::watch::channel(0).1,
+        let limit = limit.clamp(1, 1000);
+        match &self.backend {
+            Backend::Sqlite(s) => s.audit(flag, limit).await,
+            Backend::Postgres(s) => s.audit(flag, limit).await,
         }
     }
+
+    /// A receiver whose value changes whenever another process (or another `Store` opened on
+    /// the same database) changed the state; the caller then calls [`Store::load`]. The value
+    /// itself only counts signals.
+    ///
+    /// PostgreSQL: LISTEN on `switchyard_state` over a dedicated connection; SQLite: the version
+    /// is polled every 500 ms. The background task reconnects with backoff after a connection
+    /// loss (or recovers after read errors) and then signals once, so the caller resyncs. It
+    /// stops when the last clone of the store is dropped.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.subscribe(),
+            Backend::Postgres(s) => s.subscribe(),
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
     pub fn kind(&self) -> &'static str {
-        "memory"
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let location = match &self.backend {
+            Backend::Sqlite(s) => s.location(),
+            Backend::Postgres(s) => s.location(),
+        };
+        f.debug_struct("Store")
+            .field("kind", &self.kind())
+            .field("location", &location)
+            .finish()
+    }
+}
+
+/// Marks the subscription as changed.
+fn signal(tx: &watch::Sender<u64>) {
+    tx.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Delay before reconnect attempt `attempt` (1, 2, …): 250 ms doubling up to 5 s, ±20 %
+/// jitter so replicas do not reconnect in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base_ms = 250u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
+        .min(5_000);
+    let jitter = 0.8 + fastrand::f64() * 0.4;
+    Duration::from_millis((base_ms as f64 * jitter) as u64)
+}
+
+/// The flag's overrides as they appear in the audit log.
+fn overrides_json(o: &FlagOverrides) -> serde_json::Value {
+    serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
+}
+
+/// A URL with any password replaced by `***`, for error messages.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end + 3],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?schema=x"),
+            "postgres://u:***@h:5432/db?schema=x"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h:5432/db"), "postgres://h:5432/db");
+        assert_eq!(redact("mysql:x"), "mysql:x");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for attempt in 1..40 {
+            let d = backoff(attempt);
+            assert!(d >= Duration::from_millis(200), "{attempt}: {d:?}");
+            assert!(d <= Duration::from_millis(6_000), "{attempt}: {d:?}");
+        }
+        assert!(backoff(1) < Duration::from_millis(400));
+        assert!(backoff(10) >= Duration::from_millis(4_000));
+    }
+
+    #[test]
+    fn overrides_serialize_compactly_and_read_defaults() {
+        let mut o = FlagOverrides::default();
+        assert_eq!(overrides_json(&o), serde_json::json!({}));
+        o.enabled = Some(false);
+        o.rollout_stage.insert("r".into(), 2);
+        assert_eq!(
+            overrides_json(&o),
+            serde_json::json!({"enabled": false, "rollout_stage": {"r": 2}})
+        );
+        let back: FlagOverrides = serde_json::from_value(
+            serde_json::json!({"enabled": false, "rollout_stage": {"r": 2}}),
+        )
+        .unwrap();
+        assert_eq!(back, o);
     }
 }

@@ -1,0 +1,454 @@
+//! The embedded SQLite backend: one connection behind a mutex, used from blocking tasks.
+//!
+//! WAL journal with `synchronous=FULL`, so a committed change survives a crash; changes run in
+//! `BEGIN IMMEDIATE` transactions, so two processes sharing the file serialize (waiting up to
+//! the busy timeout) instead of losing updates. Other processes' changes are noticed by
+//! polling the version.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use super::{
+    backoff, format_rfc3339_ms, now_ms, overrides_json, signal, AuditEntry, Change, FlagOverrides,
+    RuntimeState, StateError,
+};
+
+/// The schema, one step per entry; `PRAGMA user_version` counts the steps applied. Append
+/// only: never edit a step that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: runtime overrides, audit log, global version.
+    r#"
+    CREATE TABLE IF NOT EXISTS switchyard_meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO switchyard_meta (id, version) VALUES (1, 0);
+    CREATE TABLE IF NOT EXISTS switchyard_flag_state (
+        flag TEXT PRIMARY KEY,
+        overrides TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS switchyard_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        flag TEXT,
+        "before" TEXT NOT NULL,
+        "after" TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX IF NOT EXISTS switchyard_audit_flag ON switchyard_audit (flag, id);
+    "#,
+];
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a subscription polls the version.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// A SQLite-backed store; clones share the connection.
+#[derive(Clone)]
+pub(super) struct SqliteStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Mutex<Db>,
+    location: String,
+    tx: watch::Sender<u64>,
+    watching: AtomicBool,
+    handle: Handle,
+}
+
+struct Db {
+    conn: Connection,
+    /// The version this store has accounted for: set at open, advanced by its own changes
+    /// (when no other process changed the state in between) and by the poller.
+    known_version: i64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path`, or a private in-memory one for
+    /// `:memory:`, and migrates it.
+    pub(super) async fn open(path: &str) -> Result<SqliteStore, StateError> {
+        let handle = Handle::try_current().map_err(|_| {
+            StateError::Storage("the state store must be opened inside a Tokio runtime".into())
+        })?;
+        let owned = path.to_owned();
+        let db = tokio::task::spawn_blocking(move || open_db(&owned))
+            .await
+            .map_err(|e| StateError::Storage(format!("opening SQLite state store: {e}")))??;
+        let (tx, _) = watch::channel(0);
+        Ok(SqliteStore {
+            shared: Arc::new(Shared {
+                db: Mutex::new(db),
+                location: path.to_owned(),
+                tx,
+                watching: AtomicBool::new(false),
+                handle,
+            }),
+        })
+    }
+
+    pub(super) fn location(&self) -> String {
+        format!("sqlite:{}", self.shared.location)
+    }
+
+    pub(super) async fn load(&self) -> Result<RuntimeState, StateError> {
+        run(self.shared.clone(), |db, location| {
+            load_db(&mut db.conn).map_err(|e| e.into_state(location, "loading the state"))
+        })
+        .await
+    }
+
+    pub(super) async fn apply(
+        &self,
+        change: &Change,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<AuditEntry, StateError> {
+        let change = change.clone();
+        let actor = actor.to_owned();
+        let reason = reason.map(str::to_owned);
+        run(self.shared.clone(), move |db, location| {
+            apply_db(db, &change, &actor, reason.as_deref())
+                .map_err(|e| e.into_state(location, "applying a change"))
+        })
+        .await
+    }
+
+    pub(super) async fn audit(
+        &self,
+        flag: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StateError> {
+        let flag = flag.map(str::to_owned);
+        run(self.shared.clone(), move |db, location| {
+            audit_db(&db.conn, flag.as_deref(), limit)
+                .map_err(|e| e.into_state(location, "reading the audit log"))
+        })
+        .await
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        let rx = self.shared.tx.subscribe();
+        if !self.shared.watching.swap(true, Ordering::SeqCst) {
+            let weak = Arc::downgrade(&self.shared);
+            self.shared.handle.spawn(poll_loop(weak));
+        }
+        rx
+    }
+}
+
+/// Runs `f` on the connection in a blocking task.
+async fn run<T, F>(shared: Arc<Shared>, f: F) -> Result<T, StateError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Db, &str) -> Result<T, StateError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let mut db = shared.db.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut db, &shared.location)
+    })
+    .await
+    .map_err(|e| StateError::Storage(format!("SQLite state store task failed: {e}")))?
+}
+
+/// Polls the version every 500 ms and signals when another process moved it; stops when the
+/// last clone of the store is gone.
+async fn poll_loop(weak: Weak<Shared>) {
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        tick.tick().await;
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let polled = run(shared.clone(), |db, location| {
+            poll_db(db).map_err(|e| e.into_state(location, "polling the version"))
+        })
+        .await;
+        match polled {
+            Ok(changed) => {
+                // After read errors, changes may have been missed: resync once.
+                if changed || failures > 0 {
+                    signal(&shared.tx);
+                }
+                if failures > 0 {
+                    tracing::info!(store = %shared.location, "state store readable again");
+                }
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(error = %e, "state store subscription: cannot read the version");
+                }
+                drop(shared);
+                tokio::time::sleep(backoff(failures)).await;
+            }
+        }
+    }
+}
+
+/// An error inside a blocking task, turned into a [`StateError`] with context.
+enum DbError {
+    Sql(rusqlite::Error),
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> DbError {
+        DbError::Sql(e)
+    }
+}
+
+impl DbError {
+    fn into_state(self, location: &str, doing: &str) -> StateError {
+        match self {
+            DbError::Sql(e) => sql_error(location, doing, &e),
+            DbError::Corrupt(msg) => {
+                StateError::Storage(format!("SQLite state store {location}: {doing}: {msg}"))
+            }
+        }
+    }
+}
+
+fn sql_error(location: &str, doing: &str, e: &rusqlite::Error) -> StateError {
+    let msg = format!("SQLite state store {location}: {doing}: {e}");
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StateError::Unavailable(msg),
+        Some(ErrorCode::CannotOpen) => StateError::Storage(format!(
+            "{msg} (does the directory exist, and may this process write to it?)"
+        )),
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => StateError::Storage(format!(
+            "{msg} (the database file or its directory is not writable)"
+        )),
+        _ => StateError::Storage(msg),
+    }
+}
+
+fn open_db(path: &str) -> Result<Db, StateError> {
+    let fail = |doing: &str, e: rusqlite::Error| sql_error(path, doing, &e);
+    let mut conn = if path == ":memory:" {
+        Connection::open_in_memory()
+    } else {
+        Connection::open(path)
+    }
+    .map_err(|e| fail("opening the database", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| fail("setting the busy timeout", e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(|e| fail("switching to WAL", e))?;
+    if path != ":memory:" && !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(store = path, journal_mode = %mode, "SQLite state store is not in WAL mode");
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL")
+        .map_err(|e| fail("setting synchronous=FULL", e))?;
+    migrate(&mut conn).map_err(|e| e.into_state(path, "creating the schema"))?;
+    let known_version = read_version(&conn).map_err(|e| fail("reading the version", e))?;
+    Ok(Db {
+        conn,
+        known_version,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), DbError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let applied: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
+    if applied > MIGRATIONS.len() {
+        return Err(DbError::Corrupt(format!(
+            "the database has schema version {applied}, newer than this build knows ({}); \
+             upgrade switchyard",
+            MIGRATIONS.len()
+        )));
+    }
+    if applied == MIGRATIONS.len() {
+        return Ok(()); // dropping the transaction ends it
+    }
+    for step in &MIGRATIONS[applied..] {
+        tx.execute_batch(step)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn read_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.query_row(
+        "SELECT version FROM switchyard_meta WHERE id = 1",
+        [],
+        |row| row.get(0),
+    )
+}
+
+fn parse_overrides(flag: &str, text: &str) -> Result<FlagOverrides, DbError> {
+    serde_json::from_str(text).map_err(|e| {
+        DbError::Corrupt(format!(
+            "stored overrides of flag {flag:?} are not valid: {e}"
+        ))
+    })
+}
+
+fn load_db(conn: &mut Connection) -> Result<RuntimeState, DbError> {
+    // One read transaction: the version and the flags come from the same snapshot.
+    let tx = conn.transaction()?;
+    let version = read_version(&tx)?;
+    let mut flags = std::collections::BTreeMap::new();
+    {
+        let mut stmt = tx.prepare("SELECT flag, overrides FROM switchyard_flag_state")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (flag, text) = row?;
+            let overrides = parse_overrides(&flag, &text)?;
+            flags.insert(flag, overrides);
+        }
+    }
+    tx.commit()?;
+    Ok(RuntimeState { version, flags })
+}
+
+fn apply_db(
+    db: &mut Db,
+    change: &Change,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<AuditEntry, DbError> {
+    let at_ms = now_ms();
+    let at = format_rfc3339_ms(i64::try_from(at_ms).unwrap_or(i64::MAX));
+    let tx = db
+        .conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut versions = None;
+    let (before, after) = match (change, change.state_flag()) {
+        (Change::Note { detail, .. }, _) => (serde_json::Value::Null, detail.clone()),
+        (_, None) => (serde_json::Value::Null, serde_json::Value::Null),
+        (_, Some(flag)) => {
+            let stored: Option<String> = tx
+                .query_row(
+                    "SELECT overrides FROM switchyard_flag_state WHERE flag = ?1",
+                    [flag],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let before = match stored {
+                Some(text) => parse_overrides(flag, &text)?,
+                None => FlagOverrides::default(),
+            };
+            let mut after = before.clone();
+            change.apply(&mut after);
+            if after.is_empty() {
+                tx.execute("DELETE FROM switchyard_flag_state WHERE flag = ?1", [flag])?;
+            } else {
+                tx.execute(
+                    "INSERT INTO switchyard_flag_state (flag, overrides, updated_at) \
+                     VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (flag) DO UPDATE SET overrides = excluded.overrides, \
+                     updated_at = excluded.updated_at",
+                    params![flag, overrides_json(&after).to_string(), at],
+                )?;
+            }
+            let new_version: i64 = tx.query_row(
+                "UPDATE switchyard_meta SET version = version + 1 WHERE id = 1 RETURNING version",
+                [],
+                |row| row.get(0),
+            )?;
+            versions = Some(new_version);
+            (overrides_json(&before), overrides_json(&after))
+        }
+    };
+    tx.execute(
+        "INSERT INTO switchyard_audit (at, actor, action, flag, \"before\", \"after\", reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            at,
+            actor,
+            change.action(),
+            change.flag(),
+            before.to_string(),
+            after.to_string(),
+            reason
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.commit()?;
+    if let Some(new_version) = versions {
+        // Our own change: account for it unless another process changed the state since we
+        // last looked (then the poller must still see a difference and signal).
+        if db.known_version == new_version - 1 {
+            db.known_version = new_version;
+        }
+    }
+    Ok(AuditEntry {
+        id,
+        at,
+        actor: actor.to_owned(),
+        action: change.action().to_owned(),
+        flag: change.flag().map(str::to_owned),
+        before,
+        after,
+        reason: reason.map(str::to_owned),
+    })
+}
+
+fn audit_db(conn: &Connection, flag: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, DbError> {
+    const COLUMNS: &str = "SELECT id, at, actor, action, flag, \"before\", \"after\", reason \
+                           FROM switchyard_audit";
+    let sql = match flag {
+        Some(_) => format!("{COLUMNS} WHERE flag = ?1 ORDER BY id DESC LIMIT ?2"),
+        None => format!("{COLUMNS} WHERE ?1 IS NULL ORDER BY id DESC LIMIT ?2"),
+    };
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![flag, limit], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, Option<String>>(4)?,
+            row.get::<_, String>(5)?,
+            row.get::<_, String>(6)?,
+            row.get::<_, Option<String>>(7)?,
+        ))
+    })?;
+    let mut entries = Vec::new();
+    for row in rows {
+        let (id, at, actor, action, flag, before, after, reason) = row?;
+        let json = |text: &str| {
+            serde_json::from_str(text)
+                .map_err(|e| DbError::Corrupt(format!("audit entry {id} holds invalid JSON: {e}")))
+        };
+        entries.push(AuditEntry {
+            id,
+            at,
+            actor,
+            action,
+            flag,
+            before: json(&before)?,
+            after: json(&after)?,
+            reason,
+        });
+    }
+    Ok(entries)
+}
+
+/// Whether the version moved since this store last accounted for it.
+fn poll_db(db: &mut Db) -> Result<bool, DbError> {
+    let version = read_version(&db.conn)?;
+    if version == db.known_version {
+        return Ok(false);
+    }
+    db.known_version = version;
+    Ok(true)
+}
