@@ -99,6 +99,8 @@ pub struct App {
     pub clients: Clients,
     /// Circuit breakers and retry budgets per provider.
     pub resilience: Resilience,
+    /// Exposures, request ids, feedback.
+    pub experiments: crate::experiments::runtime::Experiments,
     /// The file the config came from (reloads read it again).
     pub config_path: Option<PathBuf>,
     /// The last reload failure, for the admin API.
@@ -132,6 +134,7 @@ impl App {
             metrics,
             clients: Clients::default(),
             resilience: Resilience::default(),
+            experiments: Default::default(),
             config_path,
             last_reload_error: Mutex::new(None),
             baselines: DashMap::new(),
@@ -276,8 +279,7 @@ impl App {
         flag: &str,
         window: std::time::Duration,
     ) -> Result<std::collections::HashMap<(String, String), (f64, u64)>, StateError> {
-        let _ = (flag, window);
-        Ok(std::collections::HashMap::new())
+        crate::experiments::runtime::business_values(self, flag, window).await
     }
 
     /// The Prometheus exposition, with gauges that are read on demand refreshed first.

@@ -59,6 +59,12 @@ pub struct Config {
     pub admin_tokens: Vec<AdminToken>,
     /// `[[alerts]]`.
     pub alerts: Vec<AlertRule>,
+    /// Built-in and `[metrics]` business metrics.
+    pub catalog: crate::experiments::catalog::Catalog,
+    /// `[prices.MODEL]`: (USD per million input tokens, per million output tokens).
+    pub prices: BTreeMap<String, (f64, f64)>,
+    /// `[experiments]`: the verdict policy.
+    pub experiment_policy: crate::experiments::results::Policy,
     flag_index: HashMap<String, usize>,
 }
 
@@ -464,6 +470,22 @@ impl Validator<'_> {
             }
         }
         let alerts = self.alerts(&raw, &flag_index);
+        let catalog = self.catalog(&raw);
+        let mut prices = BTreeMap::new();
+        for (model, p) in &raw.prices {
+            if !(p.input_per_million >= 0.0
+                && p.output_per_million >= 0.0
+                && p.input_per_million.is_finite()
+                && p.output_per_million.is_finite())
+            {
+                self.err(
+                    &root.key("prices").key(model),
+                    "prices must be finite and not negative",
+                );
+            }
+            prices.insert(model.clone(), (p.input_per_million, p.output_per_million));
+        }
+        let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
         Config {
             origin: self.origin.to_owned(),
@@ -483,6 +505,9 @@ impl Validator<'_> {
                 .unwrap_or_else(|| "sqlite:switchyard-state.db".into()),
             admin_tokens,
             alerts,
+            catalog,
+            prices,
+            experiment_policy,
         }
     }
 
@@ -944,7 +969,23 @@ impl Validator<'_> {
         if self.errors.len() > errors_before {
             return None;
         }
+        let experiment_rule = match &f.experiment_rule {
+            Some(id) => {
+                let found = rules.iter().position(|r| &r.id == id);
+                if found.is_none() {
+                    self.err(&path.key("experiment_rule"), format!("unknown rule {id:?}"));
+                }
+                found
+            }
+            None => rules.iter().position(|r| {
+                let mut vs: Vec<usize> = r.allocation.iter().filter_map(|a| a.variation).collect();
+                vs.sort_unstable();
+                vs.dedup();
+                r.audience.is_none() && vs.len() >= 2
+            }),
+        };
         Some(Flag {
+            experiment_rule,
             key: key.to_owned(),
             description: f.description.clone(),
             enabled: f.enabled.unwrap_or(true),
@@ -1540,6 +1581,98 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    fn catalog(&mut self, raw: &RawConfig) -> crate::experiments::catalog::Catalog {
+        use crate::experiments::catalog::{Catalog, MetricDef, PerUser};
+        let mut catalog = Catalog::default();
+        for (name, m) in &raw.metrics {
+            let path = KeyPath::root().key("metrics").key(name);
+            if catalog.get(name).is_some() {
+                self.err(&path, "this metric is built in");
+                continue;
+            }
+            let binary = match m.kind.as_str() {
+                "binary" => true,
+                "numeric" => false,
+                other => {
+                    self.err(
+                        &path.key("kind"),
+                        format!("{other:?} is not one of \"binary\", \"numeric\""),
+                    );
+                    continue;
+                }
+            };
+            let per_user = match m.per_user.as_deref() {
+                None if binary => PerUser::Max,
+                None => PerUser::Mean,
+                Some("max") => PerUser::Max,
+                Some("sum") => PerUser::Sum,
+                Some("mean") => PerUser::Mean,
+                Some(other) => {
+                    self.err(
+                        &path.key("per_user"),
+                        format!("{other:?} is not one of \"max\", \"sum\", \"mean\""),
+                    );
+                    continue;
+                }
+            };
+            let (min, max) = if binary {
+                (0.0, 1.0)
+            } else {
+                (m.min.unwrap_or(f64::MIN), m.max.unwrap_or(f64::MAX))
+            };
+            if min > max {
+                self.err(&path, "min is larger than max");
+            }
+            catalog.0.insert(
+                name.clone(),
+                MetricDef {
+                    name: name.clone(),
+                    binary,
+                    min,
+                    max,
+                    allowed: None,
+                    per_user,
+                    higher_is_better: m.higher_is_better.unwrap_or(true),
+                },
+            );
+        }
+        catalog
+    }
+
+    fn experiment_policy(&mut self, raw: &RawConfig) -> crate::experiments::results::Policy {
+        let mut p = crate::experiments::results::Policy::default();
+        let path = KeyPath::root().key("experiments");
+        let e = &raw.experiments;
+        if let Some(a) = e.alpha {
+            if a > 0.0 && a < 1.0 {
+                p.alpha = a;
+            } else {
+                self.err(
+                    &path.key("alpha"),
+                    format!("{a} is out of range (0 < alpha < 1)"),
+                );
+            }
+        }
+        if let Some(r) = e.relative_effect {
+            if r > 0.0 && r.is_finite() {
+                p.relative_effect = r;
+            } else {
+                self.err(&path.key("relative_effect"), "must be a positive number");
+            }
+        }
+        for (key, v, slot) in [
+            ("min_users", e.min_users, &mut p.min_users),
+            ("min_events", e.min_events, &mut p.min_events),
+        ] {
+            match v {
+                Some(n) if n >= 0 => *slot = n as u64,
+                Some(n) => self.err(&path.key(key), format!("{n} must not be negative")),
+                None => {}
+            }
+        }
+        p
     }
 
     fn admin(&mut self, raw: &RawConfig) -> Vec<AdminToken> {

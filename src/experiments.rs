@@ -4,4 +4,5 @@
 pub mod catalog;
 pub mod feedback;
 pub mod results;
+pub mod runtime;
 pub mod stats;

@@ -39,6 +39,8 @@ pub struct Flag {
     pub variations: Vec<Variation>,
     /// The rules, in order; the last one is "everyone else".
     pub rules: Vec<Rule>,
+    /// The rule whose users experiment results compare, if any.
+    pub experiment_rule: Option<usize>,
 }
 
 /// How the variation's system prompt is applied.

@@ -93,6 +93,15 @@ pub struct Metrics {
     pub rollbacks: IntCounterVec,
     state_errors: IntCounter,
     reloads: IntCounterVec,
+    cost: prometheus::CounterVec,
+    /// `switchyard_feedback_events_total{flag,variation,metric}`.
+    pub feedback_events: IntCounterVec,
+    /// `switchyard_business_metric{flag,variation,metric}`: mean per user over the experiment.
+    pub business: GaugeVec,
+    /// `switchyard_business_metric_users{flag,variation,metric}`.
+    pub business_users: IntGaugeVec,
+    /// `switchyard_exposures_total{result}`: written, dropped (queue full), failed.
+    pub exposures: IntCounterVec,
     rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
 }
 
@@ -119,6 +128,10 @@ pub struct VariationMetrics {
     errors: [IntCounter; 10],
     /// `fallback_triggers_total{reason="stream_interrupted", behavior="error"}`.
     pub stream_interrupted: IntCounter,
+    /// Estimated cost in USD (from `[prices]`).
+    pub cost_usd: prometheus::Counter,
+    /// USD per million (input, output) tokens of this variation's model, when priced.
+    pub price: Option<(f64, f64)>,
     rolling: Arc<Mutex<Rolling>>,
 }
 
@@ -403,6 +416,40 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let cost = prometheus::CounterVec::new(
+            Opts::new(
+                "switchyard_cost_usd_total",
+                "Estimated provider cost in USD, from [prices] and the tokens reported.",
+            ),
+            &["flag", "variation", "model"],
+        )?;
+        let feedback_events = IntCounterVec::new(
+            Opts::new(
+                "switchyard_feedback_events_total",
+                "Feedback events accepted, by metric.",
+            ),
+            &["flag", "variation", "metric"],
+        )?;
+        let business = GaugeVec::new(
+            Opts::new("switchyard_business_metric", "Mean per user of a business metric (conversion rate, revenue per user, CSAT, hallucination rate…) over the experiment, refreshed every few seconds."),
+            &["flag", "variation", "metric"],
+        )?;
+        let business_users = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_business_metric_users",
+                "Users the business metric is over.",
+            ),
+            &["flag", "variation", "metric"],
+        )?;
+        let exposures = IntCounterVec::new(
+            Opts::new("switchyard_exposures_total", "Exposures (answered chat requests) by what became of them: written, dropped (queue full), failed (store error)."),
+            &["result"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(feedback_events.clone()))?;
+        registry.register(Box::new(business.clone()))?;
+        registry.register(Box::new(business_users.clone()))?;
+        registry.register(Box::new(exposures.clone()))?;
         for c in [&flag_enabled, &flag_forced, &rollout_stage, &gate_met] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -444,6 +491,11 @@ impl Metrics {
             rollbacks,
             state_errors,
             reloads,
+            cost,
+            feedback_events,
+            business,
+            business_users,
+            exposures,
             rolling: DashMap::new(),
         })
     }
@@ -525,6 +577,7 @@ impl Metrics {
         variation: &str,
         provider: &str,
         model: &str,
+        price: Option<(f64, f64)>,
     ) -> prometheus::Result<VariationMetrics> {
         let outcome = |o: Outcome| {
             self.requests.get_metric_with_label_values(&[
@@ -585,6 +638,10 @@ impl Metrics {
                 "stream_interrupted",
                 "error",
             ])?,
+            cost_usd: self
+                .cost
+                .get_metric_with_label_values(&[flag, variation, model])?,
+            price,
             rolling,
         })
     }
@@ -595,7 +652,13 @@ impl Metrics {
         for flag in &config.flags {
             let mut vars = Vec::with_capacity(flag.variations.len());
             for v in &flag.variations {
-                vars.push(self.variation(&flag.key, &v.key, &v.provider.name, &v.model_id)?);
+                vars.push(self.variation(
+                    &flag.key,
+                    &v.key,
+                    &v.provider.name,
+                    &v.model_id,
+                    config.prices.get(&v.model_id).copied(),
+                )?);
             }
             flags.push(vars);
         }
@@ -612,8 +675,9 @@ impl Metrics {
                 PASSTHROUGH,
                 passthrough_provider,
                 PASSTHROUGH,
+                None,
             )?,
-            unrouted: self.variation(NONE, NONE, NONE, NONE)?,
+            unrouted: self.variation(NONE, NONE, NONE, NONE, None)?,
         })
     }
 

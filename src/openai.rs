@@ -95,6 +95,9 @@ pub enum ApiError {
         /// Provider name from the config.
         provider: String,
     },
+    /// The state store cannot be reached (feedback and results need it).
+    #[error("the state store is unavailable: {0}")]
+    StateUnavailable(String),
     /// The proxy is draining for shutdown.
     #[error("the proxy is shutting down")]
     ShuttingDown,
@@ -191,7 +194,9 @@ impl ApiError {
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamStatus { status, .. } => *status,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::StateUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -215,7 +220,9 @@ impl ApiError {
             | ApiError::CircuitOpen { .. }
             | ApiError::UpstreamStatus { .. }
             | ApiError::UpstreamInvalid { .. } => "upstream_error",
-            ApiError::ShuttingDown | ApiError::Internal(_) => "server_error",
+            ApiError::ShuttingDown | ApiError::Internal(_) | ApiError::StateUnavailable(_) => {
+                "server_error"
+            }
         }
     }
 
@@ -239,6 +246,7 @@ impl ApiError {
             ApiError::UpstreamStatus { .. } => "upstream_error",
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::StateUnavailable(_) => "state_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -266,7 +274,9 @@ impl ApiError {
             }
             ApiError::UpstreamStatus { .. } => ErrorClass::Upstream4xx,
             ApiError::UpstreamInvalid { .. } => ErrorClass::UpstreamInvalid,
-            ApiError::ShuttingDown | ApiError::Internal(_) => ErrorClass::Internal,
+            ApiError::ShuttingDown | ApiError::Internal(_) | ApiError::StateUnavailable(_) => {
+                ErrorClass::Internal
+            }
         }
     }
 

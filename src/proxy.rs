@@ -48,6 +48,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 struct Target {
     route: Route,
     decision: Option<Decision>,
+    /// The bucketing id, when it identifies a user (not made up for this request).
+    user: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -169,7 +171,7 @@ async fn handle(
             "rule-based",
         );
         let resp = rule_based(slot, flag, &chat, FallbackReason::Forced);
-        return Ok(with_headers(resp, live, &target, None));
+        return Ok(answered(app, resp, live, &target, None, request_id));
     }
     // 4. rewrite, 5. forward, 6. fall back — along the variation's fallback chain.
     let opts = RewriteOptions {
@@ -194,7 +196,7 @@ async fn handle(
                     fallback,
                     v.timeouts,
                 );
-                return Ok(with_headers(resp, live, &target, served));
+                return Ok(answered(app, resp, live, &target, served, request_id));
             }
             Err(f) => f,
         };
@@ -213,7 +215,7 @@ async fn handle(
         current = match behavior {
             FallbackBehavior::RuleBased => {
                 let resp = rule_based(slot, flag, &chat, reason);
-                return Ok(with_headers(resp, live, &target, None));
+                return Ok(answered(app, resp, live, &target, None, request_id));
             }
             FallbackBehavior::Stable => flag.stable_variation,
             FallbackBehavior::Variation(i) => *i,
@@ -344,13 +346,39 @@ fn rule_based(
     resp
 }
 
-fn with_headers(
+/// An answered flag request: its decision headers, and its exposure recorded (off the request
+/// path) for experiment results.
+fn answered(
+    app: &App,
     mut resp: Response<Body>,
     live: &Live,
     target: &Target,
     served_by: Option<usize>,
+    request_id: &HeaderValue,
 ) -> Response<Body> {
     set_decision_headers(resp.headers_mut(), live, target.route, target.decision);
+    if let (Route::Variation { flag, variation }, Some(user)) = (target.route, &target.user) {
+        if let Some(f) = live.config.flags.get(flag) {
+            let rule = target
+                .decision
+                .and_then(|d| d.rule)
+                .and_then(|r| f.rules.get(r))
+                .map(|r| r.id.clone());
+            let exposure = crate::state::Exposure {
+                flag: f.key.clone(),
+                variation: f
+                    .variations
+                    .get(variation)
+                    .map(|v| v.key.clone())
+                    .unwrap_or_default(),
+                rule,
+                user: user.clone(),
+                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
+                at_ms: crate::admin::api::now_ms(),
+            };
+            app.experiments.expose(app, exposure);
+        }
+    }
     if let (Some(i), Route::Variation { flag, .. }) = (served_by, target.route) {
         if let Some(v) = live.headers.get(flag).and_then(|h| h.variations.get(i)) {
             resp.headers_mut().insert(SERVED_BY_HEADER, v.clone());
@@ -378,6 +406,7 @@ fn decide_target(
             Some(_) => Ok(Target {
                 route: Route::Passthrough,
                 decision: None,
+                user: None,
             }),
             None => Err(ApiError::ModelNotFound(chat.model.to_string())),
         };
@@ -396,6 +425,7 @@ fn decide_target(
             variation: decision.variation,
         },
         decision: Some(decision),
+        user: (!identity.random).then(|| identity.bucketing_id.into_owned()),
     })
 }
 

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -52,6 +53,20 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
             let live = app.live.load();
             proxy::json_response(StatusCode::OK, &proxy::decide::models(&live.config))
         }
+        ("/v1/feedback", &Method::POST) => {
+            let limit = app.live.load().config.server.max_body_bytes;
+            let body = match http_body_util::Limited::new(req.into_body(), limit)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return ApiError::BodyTooLarge { limit }.into_response(),
+            };
+            match crate::experiments::runtime::post_feedback(&app, &body).await {
+                Ok((status, v)) => proxy::json_response(status, &v),
+                Err(e) => e.into_response(),
+            }
+        }
         ("/v1/decide", &Method::GET) => {
             let live = app.live.load();
             match proxy::decide::decide(&live, req.uri().query(), req.headers()) {
@@ -59,13 +74,14 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 Err(e) => e.into_response(),
             }
         }
-        ("/v1/chat/completions", _) | ("/v1/models", _) | ("/v1/decide", _) => {
-            ApiError::MethodNotAllowed {
-                method: method.to_string(),
-                path: path.to_owned(),
-            }
-            .into_response()
+        ("/v1/chat/completions", _)
+        | ("/v1/models", _)
+        | ("/v1/decide", _)
+        | ("/v1/feedback", _) => ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_owned(),
         }
+        .into_response(),
         _ => ApiError::NotFound(path.to_owned()).into_response(),
     }
 }

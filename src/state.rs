@@ -15,8 +15,13 @@
 //! calls [`Store::load`] again.
 //!
 //! Each backend keeps its schema as an ordered `MIGRATIONS` list; opening a store brings the
-//! database up to date under a lock, so replicas starting together do not race. To add tables
-//! (exposures, feedback events…), append a migration to both lists.
+//! database up to date under a lock, so replicas starting together do not race. To add tables,
+//! append a migration to both lists.
+//!
+//! Experiment data lives in the same database (migration 2): first exposures per (flag, user)
+//! ([`Store::record_exposures`]), the decision each request id was answered with
+//! ([`Store::lookup_request`]), and idempotent feedback events ([`Store::insert_feedback`]),
+//! aggregated per user and then per variation in SQL ([`Store::feedback_aggs`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -224,6 +229,68 @@ impl Change {
     }
 }
 
+/// One user's exposure to a flag: the variation a request was answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposure {
+    /// The flag.
+    pub flag: String,
+    /// The variation served.
+    pub variation: String,
+    /// The rule that chose the variation, if any.
+    pub rule: Option<String>,
+    /// The bucketing id.
+    pub user: String,
+    /// The request's id (`x-request-id`), remembered for feedback attribution.
+    pub request_id: String,
+    /// Unix milliseconds of the decision.
+    pub at_ms: u64,
+}
+
+/// One feedback event, attributed to a flag's variation and a user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackRow {
+    /// Idempotency key, unique across all events.
+    pub event_id: String,
+    /// The flag.
+    pub flag: String,
+    /// The variation the user was served.
+    pub variation: String,
+    /// The bucketing id.
+    pub user: String,
+    /// The metric.
+    pub metric: String,
+    /// The value (finite).
+    pub value: f64,
+    /// Unix milliseconds at which the event was received.
+    pub at_ms: u64,
+}
+
+/// Per (variation, metric): each user's events combined first (sum, max, mean), then summed
+/// over users.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeedbackAgg {
+    /// The variation.
+    pub variation: String,
+    /// The metric.
+    pub metric: String,
+    /// Users with at least one event.
+    pub reporters: u64,
+    /// Events.
+    pub events: u64,
+    /// Σ over users of the sum of their values.
+    pub sum_of_sums: f64,
+    /// Σ over users of the square of the sum of their values.
+    pub sum_sq_of_sums: f64,
+    /// Σ over users of their largest value.
+    pub sum_of_max: f64,
+    /// Σ over users of the square of their largest value.
+    pub sum_sq_of_max: f64,
+    /// Σ over users of the mean of their values.
+    pub sum_of_means: f64,
+    /// Σ over users of the square of the mean of their values.
+    pub sum_sq_of_means: f64,
+}
+
 /// Why the state store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -341,6 +408,103 @@ impl Store {
         }
     }
 
+    /// Records exposures, keeping the first one per (flag, user): a user seen for the first
+    /// time is inserted with the variation, rule and time of this exposure; a user already
+    /// exposed with a *different* variation is marked `switched` (and their feedback is left
+    /// out of [`Store::feedback_aggs`] from then on). Within a batch, earlier entries come
+    /// first. Also remembers `request_id` → (flag, variation, user) for
+    /// [`Store::lookup_request`] (the first exposure recorded under a request id is kept).
+    ///
+    /// One transaction per batch (batches of up to a few thousand); durable before it
+    /// returns.
+    pub async fn record_exposures(&self, batch: &[Exposure]) -> Result<(), StateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Sqlite(s) => s.record_exposures(batch).await,
+            Backend::Postgres(s) => s.record_exposures(batch).await,
+        }
+    }
+
+    /// The decision a request id was answered with: (flag, variation, user).
+    pub async fn lookup_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(String, String, String)>, StateError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.lookup_request(request_id).await,
+            Backend::Postgres(s) => s.lookup_request(request_id).await,
+        }
+    }
+
+    /// Stores feedback events; `event_id` is unique across all events (idempotency). Returns,
+    /// per row, `true` if it was stored and `false` if it was a duplicate (already stored, or
+    /// repeated earlier in the same batch, in which case the earlier row is the one kept).
+    /// One transaction; durable before it returns. A non-finite value rejects the whole
+    /// batch.
+    pub async fn insert_feedback(&self, rows: &[FeedbackRow]) -> Result<Vec<bool>, StateError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(bad) = rows.iter().find(|r| !r.value.is_finite()) {
+            return Err(StateError::Storage(format!(
+                "feedback event {:?} has a non-finite value ({})",
+                bad.event_id, bad.value
+            )));
+        }
+        match &self.backend {
+            Backend::Sqlite(s) => s.insert_feedback(rows).await,
+            Backend::Postgres(s) => s.insert_feedback(rows).await,
+        }
+    }
+
+    /// Users per first-exposed variation, not counting switched users, sorted by variation;
+    /// and the number of switched users. With `rule`, only users whose first exposure was in
+    /// that rule count (switched ones included).
+    pub async fn exposure_counts(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+    ) -> Result<(Vec<(String, u64)>, u64), StateError> {
+        let (mut counts, switched) = match &self.backend {
+            Backend::Sqlite(s) => s.exposure_counts(flag, rule).await,
+            Backend::Postgres(s) => s.exposure_counts(flag, rule).await,
+        }?;
+        counts.sort();
+        Ok((counts, switched))
+    }
+
+    /// Feedback aggregated per (variation, metric), sorted by variation then metric: only
+    /// events whose variation equals the user's first-exposed variation, from users not
+    /// switched (and whose first exposure was in `rule`, if given); with `since_ms`, only
+    /// events at or after it. Users without an exposure row (e.g. re-decided users this proxy
+    /// never served) count under the event's variation, unless `rule` is given (their rule is
+    /// unknown, so they are left out).
+    pub async fn feedback_aggs(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<FeedbackAgg>, StateError> {
+        let mut aggs = match &self.backend {
+            Backend::Sqlite(s) => s.feedback_aggs(flag, rule, since_ms).await,
+            Backend::Postgres(s) => s.feedback_aggs(flag, rule, since_ms).await,
+        }?;
+        // Byte order on both backends, whatever the database's collation.
+        aggs.sort_by(|a, b| (&a.variation, &a.metric).cmp(&(&b.variation, &b.metric)));
+        Ok(aggs)
+    }
+
+    /// Deletes remembered request ids recorded before `before_ms` (housekeeping); returns how
+    /// many were deleted.
+    pub async fn prune_requests(&self, before_ms: u64) -> Result<u64, StateError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune_requests(before_ms).await,
+            Backend::Postgres(s) => s.prune_requests(before_ms).await,
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn kind(&self) -> &'static str {
         match &self.backend {
@@ -381,6 +545,16 @@ fn backoff(attempt: u32) -> Duration {
 /// The flag's overrides as they appear in the audit log.
 fn overrides_json(o: &FlagOverrides) -> serde_json::Value {
     serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
+}
+
+/// Unix milliseconds as stored (BIGINT / INTEGER), saturating.
+fn ms_to_db(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// A stored count or millisecond value back as `u64` (negative values, never written, as 0).
+fn db_to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// A URL with any password replaced by `***`, for error messages.

@@ -430,15 +430,19 @@ async fn admin_api_requires_a_valid_token_and_audits_its_name() {
     assert_eq!(entries[0]["reason"], "from ops");
     assert_eq!(entries[1]["reason"], "from ci");
 
-    // The token whose variable is unset is disabled: not even an empty bearer matches it.
-    let r = client::request(
-        Method::GET,
-        &format!("http://{admin}/admin/flags"),
-        "",
-        &[("authorization", "Bearer ")],
-    )
-    .await;
-    assert_openai_error(&r, 401, "the disabled token");
+    // The token whose variable was unset at start is disabled: not even an empty bearer
+    // matches it, nor a value the variable gets later.
+    std::env::set_var(&unset.var, "set-after-the-start");
+    for presented in ["Bearer ", "Bearer set-after-the-start"] {
+        let r = client::request(
+            Method::GET,
+            &format!("http://{admin}/admin/flags"),
+            "",
+            &[("authorization", presented)],
+        )
+        .await;
+        assert_openai_error(&r, 401, &format!("the disabled token ({presented:?})"));
+    }
 }
 
 #[tokio::test]
@@ -1609,6 +1613,36 @@ async fn bad_admin_requests_get_openai_shaped_errors() {
     )
     .await;
     assert_openai_error(&r, 405, "POST /admin/openapi.json");
+
+    // A 405 names the methods the path supports (RFC 9110 requires `Allow`).
+    for (method, path, allowed) in [
+        (Method::DELETE, "/admin/flags/f/enabled", &["PUT"][..]),
+        (Method::POST, "/admin/flags", &["GET"]),
+        (Method::GET, "/admin/reload", &["POST"]),
+        (Method::DELETE, "/admin/flags/f/rollout", &["GET", "PUT"]),
+        (Method::POST, "/admin/openapi.json", &["GET"]),
+        (Method::POST, "/metrics", &["GET"]),
+    ] {
+        let r = client::request(
+            method.clone(),
+            &cp.proxy.admin_url(path),
+            "",
+            &[("authorization", &format!("Bearer {}", cp.ops.value))],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let allow = r
+            .header("allow")
+            .unwrap_or_else(|| panic!("{method} {path}: 405 without an Allow header"));
+        let listed: Vec<&str> = allow.split(',').map(str::trim).collect();
+        for m in allowed {
+            assert!(listed.contains(m), "{method} {path}: Allow: {allow}");
+        }
+        assert!(
+            !listed.contains(&method.as_str()),
+            "{method} {path}: Allow: {allow}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

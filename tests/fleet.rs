@@ -5,11 +5,13 @@
 //! served on the last known state, and writes work again once it is back.
 //!
 //! The server comes from `SWITCHYARD_TEST_PG` (default
-//! `postgres://postgres@127.0.0.1:5432/test`). Each test makes a database of its own next to
-//! that one (and drops it at the end), so tests run in parallel and an outage can be staged
-//! for one test's replicas alone: `ALTER DATABASE … ALLOW_CONNECTIONS false` refuses new
-//! connections and `pg_terminate_backend` cuts the open ones, which is what the replicas see
-//! when the database goes away. `psql` does the setup.
+//! `postgres://postgres@127.0.0.1:5432/test`). Tests run in parallel, each on state of its
+//! own: the propagation test on a schema of its own in that database (the store's
+//! `?schema=NAME`, so notifications of other schemas on the shared channel must be ignored),
+//! the outage test on a database of its own, so an outage can be staged for its replicas
+//! alone: `ALTER DATABASE … ALLOW_CONNECTIONS false` refuses new connections and
+//! `pg_terminate_backend` cuts the open ones, which is what replicas see when the database
+//! goes away. `psql` does the setup; both are dropped at the end.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,6 +87,50 @@ fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+fn unique_name(tag: &str) -> String {
+    format!(
+        "switchyard_{tag}_{}_{:x}",
+        std::process::id(),
+        nanos() & 0xffff_ffff
+    )
+}
+
+/// A schema of this test's own in the shared database (`?schema=NAME`), dropped at the end.
+struct Schema {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Schema {
+    fn new(tag: &str) -> Schema {
+        let admin_url = base_url();
+        let name = unique_name(tag);
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}schema={name}");
+        Schema {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                self.admin_url.as_str(),
+                "-X",
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+            ])
+            .stdin(Stdio::null())
+            .output();
+    }
+}
+
 /// A database of this test's own, dropped (with its connections) at the end.
 struct Database {
     admin_url: String,
@@ -95,11 +141,7 @@ struct Database {
 impl Database {
     fn create(tag: &str) -> Database {
         let admin_url = base_url();
-        let name = format!(
-            "switchyard_{tag}_{}_{:x}",
-            std::process::id(),
-            nanos() & 0xffff_ffff
-        );
+        let name = unique_name(tag);
         psql(&admin_url, &format!("CREATE DATABASE {name}"));
         let url = with_database(&admin_url, &name);
         Database {
@@ -353,7 +395,7 @@ async fn observed(replica: &Replica, want: bool, within: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_switch_reaches_every_replica_within_a_second() {
-    let db = Database::create("propagate");
+    let db = Schema::new("propagate");
     let dir = TempDir::new("propagate");
     write_config(&dir.0, &db.url);
     let mut a = Replica::start(&dir.0, "a");

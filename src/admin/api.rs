@@ -178,7 +178,12 @@ async fn dispatch(
     query: Option<&str>,
     body: &[u8],
 ) -> Result<(StatusCode, Value)> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(crate::proxy::decide::decode_segment)
+        .collect::<std::result::Result<_, _>>()?;
+    let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let ok = |v: Value| Ok((StatusCode::OK, v));
     match (method, segs.as_slice()) {
         (&Method::GET, ["flags"]) => {
@@ -321,6 +326,22 @@ async fn dispatch(
             let (i, f) = flag(&live, key)?;
             ok(json!({"rollout": rollout_json(app, &live, i, f, r), "audit": entry}))
         }
+        (&Method::GET, ["flags", key, "results"]) => {
+            let mut metric = None;
+            for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                match k {
+                    "metric" => metric = Some(crate::proxy::decide::percent_decode(v)?),
+                    other => {
+                        return Err(AdminError::bad(format!(
+                            "unknown query parameter `{other}` (metric)"
+                        )))
+                    }
+                }
+            }
+            let v = crate::experiments::runtime::results(app, key, metric.as_deref()).await?;
+            ok(v)
+        }
         (&Method::GET, ["audit"]) => {
             let mut flag_filter = None;
             let mut limit = 50u32;
@@ -366,7 +387,7 @@ async fn dispatch(
             _,
             ["flags"]
             | ["flags", _]
-            | ["flags", _, "enabled" | "fallback" | "rollout"]
+            | ["flags", _, "enabled" | "fallback" | "rollout" | "results"]
             | ["flags", _, "rollout", "advance" | "rollback" | "hold"]
             | ["audit"]
             | ["reload"],

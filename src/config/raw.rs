@@ -32,6 +32,40 @@ pub struct RawConfig {
     #[serde(default)]
     pub alerts: Vec<RawAlert>,
     pub fallback: Option<RawResponder>,
+    /// Business metrics beyond the built-in ones.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, RawMetric>,
+    /// Prices per model, for estimated cost.
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+    #[serde(default)]
+    pub experiments: RawExperiments,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetric {
+    pub kind: String,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub per_user: Option<String>,
+    pub higher_is_better: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExperiments {
+    pub alpha: Option<f64>,
+    pub min_users: Option<i64>,
+    pub min_events: Option<i64>,
+    pub relative_effect: Option<f64>,
 }
 
 /// The rule-based responder: regex rules on the last user message, and a default reply.
@@ -169,6 +203,9 @@ pub struct RawFlag {
     pub system_prompt_mode: Option<String>,
     pub force_fallback: Option<bool>,
     pub fallback: Option<RawResponder>,
+    /// The rule whose users experiment results compare (default: the first rule without an
+    /// audience that splits traffic between several variations).
+    pub experiment_rule: Option<String>,
     #[serde(default)]
     pub variations: BTreeMap<String, RawVariation>,
     #[serde(default)]

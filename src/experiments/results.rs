@@ -122,8 +122,8 @@ pub fn compute(
         variation: String,
         metric: String,
         users: u64,
-        value: f64,
-        control_value: f64,
+        value: Option<f64>,
+        control_value: Option<f64>,
         diff: f64,
         ci: (f64, f64),
         p: f64,
@@ -147,8 +147,8 @@ pub fn compute(
                 variation: name.clone(),
                 metric: def.name.clone(),
                 users: data.users,
-                value: t.mean,
-                control_value: c.mean,
+                value: (t.n > 0).then_some(t.mean),
+                control_value: (c.n > 0).then_some(c.mean),
                 diff: r.diff,
                 ci: (r.ci_low, r.ci_high),
                 p: r.p_value,
@@ -163,7 +163,11 @@ pub fn compute(
         .zip(&adjusted)
         .map(|(r, adj)| {
             let significant = r.enough && *adj <= policy.alpha;
-            let good = if r.higher_is_better { r.diff > 0.0 } else { r.diff < 0.0 };
+            let good = if r.higher_is_better {
+                r.diff > 0.0
+            } else {
+                r.diff < 0.0
+            };
             let verdict = if !r.enough {
                 "too_early"
             } else if significant && good {
@@ -177,10 +181,13 @@ pub fn compute(
                 "variation": r.variation,
                 "metric": r.metric,
                 "users": r.users,
-                "value": finite(r.value),
-                "control_value": finite(r.control_value),
+                "value": r.value.map_or(Value::Null, finite),
+                "control_value": r.control_value.map_or(Value::Null, finite),
                 "lift": finite(r.diff),
-                "relative_lift": if r.control_value != 0.0 { finite(r.diff / r.control_value) } else { Value::Null },
+                "relative_lift": match (r.value, r.control_value) {
+                    (Some(_), Some(c)) if c != 0.0 => finite(r.diff / c),
+                    _ => Value::Null,
+                },
                 "ci_low": finite(r.ci.0),
                 "ci_high": finite(r.ci.1),
                 "p_value": finite(r.p),

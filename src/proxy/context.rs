@@ -136,6 +136,11 @@ impl Recorder {
         if let Some(u) = usage {
             h.tokens_in.inc_by(u.prompt_tokens);
             h.tokens_out.inc_by(u.completion_tokens);
+            if let Some((input, output)) = h.price {
+                h.cost_usd.inc_by(
+                    (u.prompt_tokens as f64 * input + u.completion_tokens as f64 * output) / 1e6,
+                );
+            }
         }
     }
 }

@@ -24,14 +24,23 @@ pub fn decision_json(flag: &Flag, decision: &Decision) -> Value {
     })
 }
 
-/// Decodes one `application/x-www-form-urlencoded` component.
+/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space).
 pub fn percent_decode(s: &str) -> Result<String, ApiError> {
+    decode(s, true)
+}
+
+/// Decodes one path segment (`+` stays `+`).
+pub fn decode_segment(s: &str) -> Result<String, ApiError> {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> Result<String, ApiError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hex = bytes
                     .get(i + 1..i + 3)

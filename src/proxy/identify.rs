@@ -17,6 +17,9 @@ pub struct Identity<'a> {
     pub bucketing_id: Cow<'a, str>,
     /// Attributes from headers and `metadata`.
     pub attributes: Attributes,
+    /// Whether the id was made up for this request (no source had one): such users are not
+    /// counted in experiments.
+    pub random: bool,
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<&'h str> {
@@ -54,6 +57,7 @@ pub fn identify<'a>(
             break;
         }
     }
+    let random = bucketing_id.is_none();
     let bucketing_id = match (bucketing_id, settings.on_missing) {
         (Some(id), _) => id,
         (None, OnMissing::Random) => Cow::Owned(format!("anon-{:016x}", fastrand::u64(..))),
@@ -67,6 +71,7 @@ pub fn identify<'a>(
     Ok(Identity {
         bucketing_id,
         attributes: attributes(settings, headers, req.metadata.as_ref()),
+        random,
     })
 }
 

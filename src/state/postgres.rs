@@ -20,8 +20,8 @@ use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls, Notification};
 
 use super::clock::system_time_ms;
 use super::{
-    backoff, format_rfc3339_ms, overrides_json, signal, AuditEntry, Change, FlagOverrides,
-    RuntimeState, StateError,
+    backoff, db_to_u64, format_rfc3339_ms, ms_to_db, overrides_json, signal, AuditEntry, Change,
+    Exposure, FeedbackAgg, FeedbackRow, FlagOverrides, RuntimeState, StateError,
 };
 
 /// The NOTIFY channel replicas listen on.
@@ -54,6 +54,39 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT
     );
     CREATE INDEX IF NOT EXISTS switchyard_audit_flag ON {s}.switchyard_audit (flag, id);
+    "#,
+    // 2: experiments: first exposures, request ids, feedback events.
+    r#"
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_exposures (
+        flag TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        rule TEXT,
+        first_at_ms BIGINT NOT NULL,
+        switched BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (flag, user_id)
+    );
+    CREATE INDEX IF NOT EXISTS switchyard_exposures_rule
+        ON {s}.switchyard_exposures (flag, rule, variation);
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_requests (
+        request_id TEXT PRIMARY KEY,
+        flag TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS switchyard_requests_at ON {s}.switchyard_requests (at_ms);
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_feedback (
+        event_id TEXT PRIMARY KEY,
+        flag TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value DOUBLE PRECISION NOT NULL,
+        at_ms BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS switchyard_feedback_metric
+        ON {s}.switchyard_feedback (flag, metric);
     "#,
 ];
 
@@ -231,6 +264,158 @@ impl PgStore {
         let shared = &*self.shared;
         self.with_conn("reading the audit log", |conn| async move {
             let result = audit_query(&conn.client, shared, flag, limit).await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn record_exposures(&self, batch: &[Exposure]) -> Result<(), StateError> {
+        let shared = &*self.shared;
+        self.with_conn("recording exposures", |mut conn| async move {
+            let result = record_exposures_txn(&mut conn.client, shared, batch).await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn lookup_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(String, String, String)>, StateError> {
+        let s = &self.shared.quoted_schema;
+        let sql = format!(
+            "SELECT flag, variation, user_id FROM {s}.switchyard_requests WHERE request_id = $1"
+        );
+        let sql = &sql;
+        self.with_conn("looking up a request id", |conn| async move {
+            let result = async {
+                match conn.client.query_opt(sql, &[&request_id]).await? {
+                    Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))),
+                    None => Ok(None),
+                }
+            }
+            .await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn insert_feedback(
+        &self,
+        rows: &[FeedbackRow],
+    ) -> Result<Vec<bool>, StateError> {
+        let shared = &*self.shared;
+        self.with_conn("storing feedback", |mut conn| async move {
+            let result = insert_feedback_txn(&mut conn.client, shared, rows).await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn exposure_counts(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+    ) -> Result<(Vec<(String, u64)>, u64), StateError> {
+        let s = &self.shared.quoted_schema;
+        let sql = match rule {
+            Some(_) => format!(
+                "SELECT variation, switched, count(*) FROM {s}.switchyard_exposures \
+                 WHERE flag = $1 AND rule = $2 GROUP BY variation, switched"
+            ),
+            None => format!(
+                "SELECT variation, switched, count(*) FROM {s}.switchyard_exposures \
+                 WHERE flag = $1 AND $2::text IS NULL GROUP BY variation, switched"
+            ),
+        };
+        let sql = &sql;
+        self.with_conn("counting exposures", |conn| async move {
+            let result = async {
+                let rows = conn.client.query(sql, &[&flag, &rule]).await?;
+                let mut counts = Vec::with_capacity(rows.len());
+                let mut switched = 0u64;
+                for row in rows {
+                    let n = db_to_u64(row.try_get(2)?);
+                    if row.try_get::<_, bool>(1)? {
+                        switched += n;
+                    } else {
+                        counts.push((row.try_get(0)?, n));
+                    }
+                }
+                Ok((counts, switched))
+            }
+            .await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn feedback_aggs(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<FeedbackAgg>, StateError> {
+        let s = &self.shared.quoted_schema;
+        // Events are combined per (variation, user, metric) first, then the groups whose user
+        // is unknown, or known, not switched and first exposed to that variation (in `rule`),
+        // are summed per (variation, metric).
+        let sql = format!(
+            "SELECT g.variation, g.metric, count(*), sum(g.n)::int8, \
+                    sum(g.s), sum(g.s * g.s), sum(g.m), sum(g.m * g.m), sum(g.a), sum(g.a * g.a) \
+             FROM ( \
+                 SELECT f.variation, f.user_id, f.metric, count(*) AS n, \
+                        sum(f.value) AS s, max(f.value) AS m, avg(f.value) AS a \
+                 FROM {s}.switchyard_feedback f \
+                 WHERE f.flag = $1 AND f.at_ms >= $2 \
+                 GROUP BY f.variation, f.user_id, f.metric \
+             ) g \
+             LEFT JOIN {s}.switchyard_exposures e ON e.flag = $1 AND e.user_id = g.user_id \
+             WHERE CASE WHEN e.user_id IS NULL THEN $3::text IS NULL \
+                   ELSE NOT e.switched AND e.variation = g.variation \
+                        AND ($3::text IS NULL OR e.rule = $3::text) \
+                   END \
+             GROUP BY g.variation, g.metric"
+        );
+        let sql = &sql;
+        let since = ms_to_db(since_ms.unwrap_or(0));
+        self.with_conn("aggregating feedback", |conn| async move {
+            let result = async {
+                let rows = conn.client.query(sql, &[&flag, &since, &rule]).await?;
+                let mut aggs = Vec::with_capacity(rows.len());
+                for row in rows {
+                    aggs.push(FeedbackAgg {
+                        variation: row.try_get(0)?,
+                        metric: row.try_get(1)?,
+                        reporters: db_to_u64(row.try_get(2)?),
+                        events: db_to_u64(row.try_get(3)?),
+                        sum_of_sums: row.try_get(4)?,
+                        sum_sq_of_sums: row.try_get(5)?,
+                        sum_of_max: row.try_get(6)?,
+                        sum_sq_of_max: row.try_get(7)?,
+                        sum_of_means: row.try_get(8)?,
+                        sum_sq_of_means: row.try_get(9)?,
+                    });
+                }
+                Ok(aggs)
+            }
+            .await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn prune_requests(&self, before_ms: u64) -> Result<u64, StateError> {
+        let s = &self.shared.quoted_schema;
+        let sql = format!("DELETE FROM {s}.switchyard_requests WHERE at_ms < $1");
+        let sql = &sql;
+        let before = ms_to_db(before_ms);
+        self.with_conn("pruning request ids", |conn| async move {
+            let result = conn
+                .client
+                .execute(sql, &[&before])
+                .await
+                .map_err(Fail::from);
             (conn, result)
         })
         .await
@@ -604,6 +789,151 @@ async fn audit_query(
         });
     }
     Ok(entries)
+}
+
+/// How many times a transaction aborted by a deadlock or serialization failure is retried.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// Whether the transaction was aborted by the server to resolve a conflict (and can simply be
+/// run again).
+fn is_conflict(fail: &Fail) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(fail, Fail::Pg { error, committing: false }
+        if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+            || error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE))
+}
+
+/// Records a batch with two array statements: the batch is first reduced to one row per
+/// (flag, user) — its first exposure, and whether a later one in the batch had another
+/// variation — and one per request id, sorted, so concurrent batches lock rows in the same
+/// order.
+async fn record_exposures_txn(
+    client: &mut Client,
+    shared: &Shared,
+    batch: &[Exposure],
+) -> Result<(), Fail> {
+    use std::collections::btree_map::Entry;
+    use std::collections::BTreeMap;
+
+    let mut users: BTreeMap<(&str, &str), (&Exposure, bool)> = BTreeMap::new();
+    let mut requests: BTreeMap<&str, &Exposure> = BTreeMap::new();
+    for e in batch {
+        match users.entry((&e.flag, &e.user)) {
+            Entry::Vacant(slot) => {
+                slot.insert((e, false));
+            }
+            Entry::Occupied(mut slot) => {
+                let (first, switched) = slot.get_mut();
+                if first.variation != e.variation {
+                    *switched = true;
+                }
+            }
+        }
+        requests.entry(&e.request_id).or_insert(e);
+    }
+    let users: Vec<(&Exposure, bool)> = users.into_values().collect();
+    let column = |f: fn(&Exposure) -> &str| users.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
+    let flags = column(|e| &e.flag);
+    let user_ids = column(|e| &e.user);
+    let variations = column(|e| &e.variation);
+    let rules: Vec<Option<&str>> = users.iter().map(|(e, _)| e.rule.as_deref()).collect();
+    let ats: Vec<i64> = users.iter().map(|(e, _)| ms_to_db(e.at_ms)).collect();
+    let switches: Vec<bool> = users.iter().map(|(_, switched)| *switched).collect();
+    let requests: Vec<&Exposure> = requests.into_values().collect();
+    let column = |f: fn(&Exposure) -> &str| requests.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let r_ids = column(|e| &e.request_id);
+    let r_flags = column(|e| &e.flag);
+    let r_variations = column(|e| &e.variation);
+    let r_users = column(|e| &e.user);
+    let r_ats: Vec<i64> = requests.iter().map(|e| ms_to_db(e.at_ms)).collect();
+
+    let s = &shared.quoted_schema;
+    // A known user is marked switched if this batch showed them another variation than their
+    // first (either its own first exposure differs, or the batch itself saw two variations).
+    let expose = format!(
+        "INSERT INTO {s}.switchyard_exposures AS e          (flag, user_id, variation, rule, first_at_ms, switched)          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],                               $6::bool[])          ON CONFLICT (flag, user_id) DO UPDATE SET switched = TRUE          WHERE NOT e.switched AND (e.variation <> excluded.variation OR excluded.switched)"
+    );
+    let remember = format!(
+        "INSERT INTO {s}.switchyard_requests (request_id, flag, variation, user_id, at_ms)          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])          ON CONFLICT (request_id) DO NOTHING"
+    );
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let tx = client.transaction().await?;
+            tx.execute(
+                &expose,
+                &[&flags, &user_ids, &variations, &rules, &ats, &switches],
+            )
+            .await?;
+            tx.execute(
+                &remember,
+                &[&r_ids, &r_flags, &r_variations, &r_users, &r_ats],
+            )
+            .await?;
+            tx.commit().await.map_err(committing)
+        }
+        .await;
+        match result {
+            Err(fail) if is_conflict(&fail) && attempt < CONFLICT_RETRIES => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Inserts the batch's distinct event ids (first occurrence kept), sorted so concurrent
+/// batches lock in the same order; `true` for the rows the insert returned.
+async fn insert_feedback_txn(
+    client: &mut Client,
+    shared: &Shared,
+    rows: &[FeedbackRow],
+) -> Result<Vec<bool>, Fail> {
+    use std::collections::{BTreeMap, HashSet};
+
+    let mut firsts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        firsts.entry(&r.event_id).or_insert(i);
+    }
+    let unique: Vec<&FeedbackRow> = firsts.values().map(|&i| &rows[i]).collect();
+    let column = |f: fn(&FeedbackRow) -> &str| unique.iter().map(|r| f(r)).collect::<Vec<_>>();
+    let ids = column(|r| &r.event_id);
+    let flags = column(|r| &r.flag);
+    let variations = column(|r| &r.variation);
+    let users = column(|r| &r.user);
+    let metrics = column(|r| &r.metric);
+    let values: Vec<f64> = unique.iter().map(|r| r.value).collect();
+    let ats: Vec<i64> = unique.iter().map(|r| ms_to_db(r.at_ms)).collect();
+    let s = &shared.quoted_schema;
+    let sql = format!(
+        "INSERT INTO {s}.switchyard_feedback          (event_id, flag, variation, user_id, metric, value, at_ms)          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],                               $6::float8[], $7::int8[])          ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    );
+    let mut attempt = 0;
+    let inserted = loop {
+        let result = async {
+            let tx = client.transaction().await?;
+            let returned = tx
+                .query(
+                    &sql,
+                    &[&ids, &flags, &variations, &users, &metrics, &values, &ats],
+                )
+                .await?;
+            tx.commit().await.map_err(committing)?;
+            returned
+                .iter()
+                .map(|row| row.try_get::<_, String>(0))
+                .collect::<Result<HashSet<String>, _>>()
+                .map_err(Fail::from)
+        }
+        .await;
+        match result {
+            Err(fail) if is_conflict(&fail) && attempt < CONFLICT_RETRIES => attempt += 1,
+            other => break other?,
+        }
+    };
+    Ok(rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| firsts.get(r.event_id.as_str()) == Some(&i) && inserted.contains(&r.event_id))
+        .collect())
 }
 
 fn parse_overrides(

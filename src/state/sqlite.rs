@@ -14,8 +14,8 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::{
-    backoff, format_rfc3339_ms, now_ms, overrides_json, signal, AuditEntry, Change, FlagOverrides,
-    RuntimeState, StateError,
+    backoff, db_to_u64, format_rfc3339_ms, ms_to_db, now_ms, overrides_json, signal, AuditEntry,
+    Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides, RuntimeState, StateError,
 };
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps applied. Append
@@ -44,6 +44,38 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT
     );
     CREATE INDEX IF NOT EXISTS switchyard_audit_flag ON switchyard_audit (flag, id);
+    "#,
+    // 2: experiments: first exposures, request ids, feedback events.
+    r#"
+    CREATE TABLE IF NOT EXISTS switchyard_exposures (
+        flag TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        rule TEXT,
+        first_at_ms INTEGER NOT NULL,
+        switched INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (flag, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS switchyard_exposures_rule
+        ON switchyard_exposures (flag, rule, variation);
+    CREATE TABLE IF NOT EXISTS switchyard_requests (
+        request_id TEXT PRIMARY KEY,
+        flag TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS switchyard_requests_at ON switchyard_requests (at_ms);
+    CREATE TABLE IF NOT EXISTS switchyard_feedback (
+        event_id TEXT PRIMARY KEY,
+        flag TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value DOUBLE NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS switchyard_feedback_metric ON switchyard_feedback (flag, metric);
     "#,
 ];
 
@@ -132,6 +164,81 @@ impl SqliteStore {
         run(self.shared.clone(), move |db, location| {
             audit_db(&db.conn, flag.as_deref(), limit)
                 .map_err(|e| e.into_state(location, "reading the audit log"))
+        })
+        .await
+    }
+
+    pub(super) async fn record_exposures(&self, batch: &[Exposure]) -> Result<(), StateError> {
+        let batch = batch.to_vec();
+        run(self.shared.clone(), move |db, location| {
+            record_exposures_db(&mut db.conn, &batch)
+                .map_err(|e| e.into_state(location, "recording exposures"))
+        })
+        .await
+    }
+
+    pub(super) async fn lookup_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(String, String, String)>, StateError> {
+        let request_id = request_id.to_owned();
+        run(self.shared.clone(), move |db, location| {
+            lookup_request_db(&db.conn, &request_id)
+                .map_err(|e| sql_error(location, "looking up a request id", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn insert_feedback(
+        &self,
+        rows: &[FeedbackRow],
+    ) -> Result<Vec<bool>, StateError> {
+        let rows = rows.to_vec();
+        run(self.shared.clone(), move |db, location| {
+            insert_feedback_db(&mut db.conn, &rows)
+                .map_err(|e| sql_error(location, "storing feedback", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn exposure_counts(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+    ) -> Result<(Vec<(String, u64)>, u64), StateError> {
+        let flag = flag.to_owned();
+        let rule = rule.map(str::to_owned);
+        run(self.shared.clone(), move |db, location| {
+            exposure_counts_db(&db.conn, &flag, rule.as_deref())
+                .map_err(|e| sql_error(location, "counting exposures", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn feedback_aggs(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<FeedbackAgg>, StateError> {
+        let flag = flag.to_owned();
+        let rule = rule.map(str::to_owned);
+        run(self.shared.clone(), move |db, location| {
+            feedback_aggs_db(&db.conn, &flag, rule.as_deref(), since_ms)
+                .map_err(|e| sql_error(location, "aggregating feedback", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn prune_requests(&self, before_ms: u64) -> Result<u64, StateError> {
+        run(self.shared.clone(), move |db, location| {
+            db.conn
+                .execute(
+                    "DELETE FROM switchyard_requests WHERE at_ms < ?1",
+                    [ms_to_db(before_ms)],
+                )
+                .map(|n| n as u64)
+                .map_err(|e| sql_error(location, "pruning request ids", &e))
         })
         .await
     }
@@ -451,4 +558,158 @@ fn poll_db(db: &mut Db) -> Result<bool, DbError> {
     }
     db.known_version = version;
     Ok(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Experiments
+
+/// One prepared upsert per exposure and one insert per request id, in one transaction.
+fn record_exposures_db(conn: &mut Connection, batch: &[Exposure]) -> Result<(), DbError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        // The first exposure is inserted; a later one with another variation marks the user.
+        let mut expose = tx.prepare_cached(
+            "INSERT INTO switchyard_exposures \
+             (flag, user_id, variation, rule, first_at_ms, switched) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 0) \
+             ON CONFLICT (flag, user_id) DO UPDATE SET switched = 1 \
+             WHERE switchyard_exposures.switched = 0 \
+             AND switchyard_exposures.variation <> excluded.variation",
+        )?;
+        let mut remember = tx.prepare_cached(
+            "INSERT INTO switchyard_requests (request_id, flag, variation, user_id, at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
+        )?;
+        for e in batch {
+            let at = ms_to_db(e.at_ms);
+            expose.execute(params![e.flag, e.user, e.variation, e.rule, at])?;
+            remember.execute(params![e.request_id, e.flag, e.variation, e.user, at])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn lookup_request_db(
+    conn: &Connection,
+    request_id: &str,
+) -> Result<Option<(String, String, String)>, rusqlite::Error> {
+    conn.prepare_cached(
+        "SELECT flag, variation, user_id FROM switchyard_requests WHERE request_id = ?1",
+    )?
+    .query_row([request_id], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })
+    .optional()
+}
+
+/// Inserts each row unless its event id is already stored (by an earlier batch or earlier in
+/// this one); `true` for the rows stored.
+fn insert_feedback_db(
+    conn: &mut Connection,
+    rows: &[FeedbackRow],
+) -> Result<Vec<bool>, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut stored = Vec::with_capacity(rows.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO switchyard_feedback \
+             (event_id, flag, variation, user_id, metric, value, at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (event_id) DO NOTHING",
+        )?;
+        for r in rows {
+            let n = insert.execute(params![
+                r.event_id,
+                r.flag,
+                r.variation,
+                r.user,
+                r.metric,
+                r.value,
+                ms_to_db(r.at_ms)
+            ])?;
+            stored.push(n == 1);
+        }
+    }
+    tx.commit()?;
+    Ok(stored)
+}
+
+fn exposure_counts_db(
+    conn: &Connection,
+    flag: &str,
+    rule: Option<&str>,
+) -> Result<(Vec<(String, u64)>, u64), rusqlite::Error> {
+    // Two statements rather than `?2 IS NULL OR rule = ?2`, so the index serves the rule.
+    let mut stmt = match rule {
+        Some(_) => conn.prepare_cached(
+            "SELECT variation, switched, count(*) FROM switchyard_exposures \
+             WHERE flag = ?1 AND rule = ?2 GROUP BY variation, switched",
+        )?,
+        None => conn.prepare_cached(
+            "SELECT variation, switched, count(*) FROM switchyard_exposures \
+             WHERE flag = ?1 AND ?2 IS NULL GROUP BY variation, switched",
+        )?,
+    };
+    let rows = stmt.query_map(params![flag, rule], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut counts = Vec::new();
+    let mut switched = 0u64;
+    for row in rows {
+        let (variation, is_switched, n) = row?;
+        if is_switched != 0 {
+            switched += db_to_u64(n);
+        } else {
+            counts.push((variation, db_to_u64(n)));
+        }
+    }
+    Ok((counts, switched))
+}
+
+/// Events are combined per (variation, user, metric) first, then the groups whose user is
+/// unknown, or known, not switched and first exposed to that variation (in `rule`), are
+/// summed per (variation, metric).
+const FEEDBACK_AGGS_SQL: &str = "\
+    SELECT g.variation, g.metric, count(*), sum(g.n), \
+           sum(g.s), sum(g.s * g.s), sum(g.m), sum(g.m * g.m), sum(g.a), sum(g.a * g.a) \
+    FROM ( \
+        SELECT f.variation, f.user_id, f.metric, count(*) AS n, \
+               sum(f.value) AS s, max(f.value) AS m, avg(f.value) AS a \
+        FROM switchyard_feedback f \
+        WHERE f.flag = ?1 AND f.at_ms >= ?2 \
+        GROUP BY f.variation, f.user_id, f.metric \
+    ) g \
+    LEFT JOIN switchyard_exposures e ON e.flag = ?1 AND e.user_id = g.user_id \
+    WHERE CASE WHEN e.user_id IS NULL THEN ?3 IS NULL \
+          ELSE e.switched = 0 AND e.variation = g.variation AND (?3 IS NULL OR e.rule = ?3) \
+          END \
+    GROUP BY g.variation, g.metric";
+
+fn feedback_aggs_db(
+    conn: &Connection,
+    flag: &str,
+    rule: Option<&str>,
+    since_ms: Option<u64>,
+) -> Result<Vec<FeedbackAgg>, rusqlite::Error> {
+    let since = ms_to_db(since_ms.unwrap_or(0));
+    let mut stmt = conn.prepare_cached(FEEDBACK_AGGS_SQL)?;
+    let rows = stmt.query_map(params![flag, since, rule], |row| {
+        Ok(FeedbackAgg {
+            variation: row.get(0)?,
+            metric: row.get(1)?,
+            reporters: db_to_u64(row.get(2)?),
+            events: db_to_u64(row.get(3)?),
+            sum_of_sums: row.get(4)?,
+            sum_sq_of_sums: row.get(5)?,
+            sum_of_max: row.get(6)?,
+            sum_sq_of_max: row.get(7)?,
+            sum_of_means: row.get(8)?,
+            sum_sq_of_means: row.get(9)?,
+        })
+    })?;
+    rows.collect()
 }

@@ -115,17 +115,17 @@ def log_lambda_closed(theta_hat: float, v: float, tau2: float) -> float:
 def log_lambda_integral(theta_hat: float, v: float, tau2: float) -> float:
     """ln Λ from its definition, ∫ f_θ(θ̂)/f_0(θ̂) h(θ) dθ with h = N(0, τ²), by quadrature.
 
-    The integrand is evaluated in log space and rescaled by its value at its mode so large
-    ratios neither overflow nor lose precision.
+    For the normal model the density ratio is f_θ(θ̂)/f_0(θ̂) = exp((θ θ̂ − θ²/2)/V) (the
+    quadratic terms in θ̂ cancel exactly, which also avoids the cancellation of two large
+    log-densities). The integrand is evaluated in log space and rescaled by its value at its
+    mode so large ratios neither overflow nor lose precision.
     """
-    sd, tau = math.sqrt(v), math.sqrt(tau2)
+    log_norm_const = -0.5 * math.log(2.0 * math.pi * tau2)
 
     def log_integrand(theta: float) -> float:
-        return (
-            stats.norm.logpdf(theta_hat, loc=theta, scale=sd)
-            - stats.norm.logpdf(theta_hat, loc=0.0, scale=sd)
-            + stats.norm.logpdf(theta, loc=0.0, scale=tau)
-        )
+        log_ratio = (theta * theta_hat - 0.5 * theta * theta) / v
+        log_prior = log_norm_const - 0.5 * theta * theta / tau2
+        return log_ratio + log_prior
 
     # Where the integrand peaks and how wide it is; only used to place the quadrature.
     mode = theta_hat * tau2 / (v + tau2)
@@ -133,11 +133,11 @@ def log_lambda_integral(theta_hat: float, v: float, tau2: float) -> float:
     peak = log_integrand(mode)
     value, _ = integrate.quad(
         lambda theta: math.exp(log_integrand(theta) - peak),
-        mode - 60.0 * width,
-        mode + 60.0 * width,
+        mode - 40.0 * width,
+        mode + 40.0 * width,
         points=[mode],
         epsabs=0.0,
-        epsrel=1e-13,
+        epsrel=1e-12,
         limit=200,
     )
     return peak + math.log(value)

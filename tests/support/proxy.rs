@@ -27,7 +27,11 @@ impl TestProxy {
     }
 
     /// Serves a validated config.
-    pub async fn start_config(config: Config) -> TestProxy {
+    pub async fn start_config(mut config: Config) -> TestProxy {
+        // Tests run side by side: never share the default state file of the working directory.
+        if config.state_url == "sqlite:switchyard-state.db" {
+            config.state_url = "sqlite::memory:".into();
+        }
         let listeners = Listeners::bind(
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
