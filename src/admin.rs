@@ -81,6 +81,7 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
             ApiError::MethodNotAllowed {
                 method: m.to_string(),
                 path: path.clone(),
+                allow: "GET",
             }
             .into_response()
         }

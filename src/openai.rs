@@ -49,6 +49,8 @@ pub enum ApiError {
         method: String,
         /// The request's path.
         path: String,
+        /// The methods the path takes (the `Allow` header).
+        allow: &'static str,
     },
     /// No such path.
     #[error("unknown path {0}")]
@@ -318,9 +320,9 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let ApiError::MethodNotAllowed { .. } = self {
+        if let ApiError::MethodNotAllowed { allow, .. } = self {
             resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         resp
     }

@@ -74,12 +74,16 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 Err(e) => e.into_response(),
             }
         }
-        ("/v1/chat/completions", _)
-        | ("/v1/models", _)
-        | ("/v1/decide", _)
-        | ("/v1/feedback", _) => ApiError::MethodNotAllowed {
+        ("/v1/chat/completions" | "/v1/feedback", _) => ApiError::MethodNotAllowed {
             method: method.to_string(),
             path: path.to_owned(),
+            allow: "POST",
+        }
+        .into_response(),
+        ("/v1/models" | "/v1/decide", _) => ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_owned(),
+            allow: "GET",
         }
         .into_response(),
         _ => ApiError::NotFound(path.to_owned()).into_response(),

@@ -256,3 +256,30 @@ fn srm_matches_scipy_chisquare() {
     }
     report(&errors);
 }
+
+/// A p-value that could not be computed (NaN) is no evidence: it must adjust to 1 and must
+/// not change the other adjustments (BH as if it were 1), nor break the sort.
+#[test]
+fn benjamini_hochberg_treats_an_undefined_p_value_as_no_evidence() {
+    let adjusted = benjamini_hochberg(&[f64::NAN, 0.01, 0.5, 0.03]);
+    let expected = [1.0, 0.04, 2.0 / 3.0, 0.06];
+    for (a, e) in adjusted.iter().zip(expected) {
+        assert!(close(*a, e), "{adjusted:?}, expected {expected:?}");
+    }
+    // Long enough for the standard library's sort to notice an inconsistent order.
+    let p: Vec<f64> = (0..60u32)
+        .map(|i| {
+            if i % 7 == 0 {
+                f64::NAN
+            } else {
+                f64::from((i * 37) % 60 + 1) / 61.0
+            }
+        })
+        .collect();
+    let adjusted = benjamini_hochberg(&p);
+    let as_one: Vec<f64> = p
+        .iter()
+        .map(|x| if x.is_nan() { 1.0 } else { *x })
+        .collect();
+    assert_eq!(adjusted, benjamini_hochberg(&as_one));
+}

@@ -25,6 +25,7 @@ pub struct AdminError {
     code: &'static str,
     message: String,
     extra: Option<(&'static str, Value)>,
+    allow: Option<&'static str>,
 }
 
 impl AdminError {
@@ -34,6 +35,7 @@ impl AdminError {
             code,
             message: message.into(),
             extra: None,
+            allow: None,
         }
     }
 
@@ -56,7 +58,12 @@ impl AdminError {
         if let (Some((k, extra)), Some(obj)) = (self.extra, v.as_object_mut()) {
             obj.insert(k.to_owned(), extra);
         }
-        json_response(self.status, &v)
+        let mut resp = json_response(self.status, &v);
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+        }
+        resp
     }
 }
 
@@ -379,31 +386,40 @@ async fn dispatch(
                     code: "invalid_config",
                     message: format!("the new configuration is invalid; the old one keeps serving:\n{errors}"),
                     extra: Some(("errors", json!(list))),
+                    allow: None,
                 })
                 }
             }
         }
-        (
-            _,
-            ["flags"]
-            | ["flags", _]
-            | ["flags", _, "enabled" | "fallback" | "rollout" | "results"]
-            | ["flags", _, "rollout", "advance" | "rollback" | "hold"]
-            | ["audit"]
-            | ["reload"],
-        ) => Err(AdminError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!(
-                "method {method} is not allowed on /admin/{}",
-                path.trim_matches('/')
-            ),
-        )),
+        (_, segs) if allowed_methods(segs).is_some() => {
+            let allow = allowed_methods(segs).unwrap_or("GET");
+            let mut e = AdminError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "method {method} is not allowed on /admin/{} (allowed: {allow})",
+                    path.trim_matches('/')
+                ),
+            );
+            e.allow = Some(allow);
+            Err(e)
+        }
         _ => Err(AdminError::not_found(format!(
             "unknown admin path /admin/{}",
             path.trim_matches('/')
         ))),
     }
+}
+
+/// The methods an admin path takes, if it is one.
+fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["flags"] | ["flags", _] | ["flags", _, "results"] | ["audit"] => "GET",
+        ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
+        ["flags", _, "rollout"] => "GET, PUT",
+        ["flags", _, "rollout", "advance" | "rollback"] | ["reload"] => "POST",
+        _ => return None,
+    })
 }
 
 fn flag<'l>(live: &'l Live, key: &str) -> Result<(usize, &'l Arc<Flag>)> {
@@ -491,6 +507,7 @@ async fn advance(
                 reasons.join("; ")
             ),
             extra: Some(("reasons", json!(reasons))),
+            allow: None,
         });
     }
     let reason = match (b.force && !verdict.pass, b.reason) {
