@@ -214,8 +214,12 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
                 eprintln!("  {}", e.as_str().unwrap_or_default());
             }
         }
-        if status == http::StatusCode::UNAUTHORIZED && target.token.is_none() {
-            eprintln!("hint: set SWITCHYARD_ADMIN_TOKEN");
+        if status == http::StatusCode::UNAUTHORIZED {
+            if target.token.is_none() {
+                eprintln!("hint: set SWITCHYARD_ADMIN_TOKEN to an admin token of the proxy");
+            } else {
+                eprintln!("hint: SWITCHYARD_ADMIN_TOKEN is not one of the proxy's admin tokens");
+            }
         }
         return 1;
     }

@@ -269,7 +269,7 @@ fn benjamini_hochberg_treats_an_undefined_p_value_as_no_evidence() {
     // Long enough for the standard library's sort to notice an inconsistent order.
     let p: Vec<f64> = (0..60u32)
         .map(|i| {
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 f64::NAN
             } else {
                 f64::from((i * 37) % 60 + 1) / 61.0
