@@ -267,7 +267,7 @@ fn flag_lines(f: &Value) -> String {
             "  {:<14} {:<22} {:>9} {:>8} {:>9} {:>8} {:>8}{}\n",
             v["variation"].as_str().unwrap_or("?"),
             v["model_id"].as_str().unwrap_or("?"),
-            v["requests"],
+            v["requests"].to_string(),
             pct(&v["error_rate"]),
             pct(&v["fallback_rate"]),
             secs(&v["latency_seconds"]["p50"]),
@@ -363,7 +363,7 @@ pub fn render(action: &Action, v: &Value) -> String {
             for e in v["entries"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "#{:<5} {}  {:<12} {:<22} {:<20} {}\n         before {}\n         after  {}\n",
-                    e["id"],
+                    e["id"].to_string(),
                     e["at"].as_str().unwrap_or("?"),
                     e["actor"].as_str().unwrap_or("?"),
                     e["action"].as_str().unwrap_or("?"),

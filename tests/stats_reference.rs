@@ -283,3 +283,48 @@ fn benjamini_hochberg_treats_an_undefined_p_value_as_no_evidence() {
         .collect();
     assert_eq!(adjusted, benjamini_hochberg(&as_one));
 }
+
+/// The mixture scale must not collapse when the control arm is constant at 0: a
+/// hallucination rate of 0 % in the control (300 reporting users, none hallucinated) against
+/// 20 % in the treatment is overwhelming evidence, and the product must call it a loser.
+/// `mixture_tau2(&control, …)` alone gives τ² = 1e-18 here (mean 0 and variance 0), hence
+/// p = 1 for ever; the scale has to come from the pooled arms.
+#[test]
+fn a_constant_zero_control_does_not_hide_a_large_regression() {
+    use std::collections::BTreeMap;
+    use switchyard::experiments::catalog::Catalog;
+    use switchyard::experiments::results::{compute, MetricSums, Policy, VariationData};
+
+    let variation = |hallucinated: f64| {
+        let mut metrics = BTreeMap::new();
+        metrics.insert(
+            "hallucination".to_owned(),
+            MetricSums {
+                reporters: 300,
+                sum: hallucinated,
+                sum_sq: hallucinated,
+                events: 300,
+            },
+        );
+        VariationData {
+            users: 1000,
+            expected_share: 0.5,
+            metrics,
+        }
+    };
+    let mut variations = BTreeMap::new();
+    variations.insert("control".to_owned(), variation(0.0));
+    variations.insert("treatment".to_owned(), variation(60.0));
+    let r = compute(
+        "f",
+        "control",
+        &variations,
+        &Catalog::default(),
+        None,
+        0,
+        &Policy::default(),
+    );
+    let row = &r["variations"][0];
+    assert_eq!(row["metric"], "hallucination");
+    assert_eq!(row["verdict"], "loser", "{r:#}");
+}
