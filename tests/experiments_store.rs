@@ -159,7 +159,10 @@ fn counts(pairs: &[(&str, u64)], switched: u64) -> (Vec<(String, u64)>, u64) {
 /// variation (in the same batch or a later one) marks the user switched; flags are separate.
 async fn first_exposure_wins(url: &str) {
     let store = open(url).await;
-    assert_eq!(store.exposure_counts("f", None).await.unwrap(), counts(&[], 0));
+    assert_eq!(
+        store.exposure_counts("f", None).await.unwrap(),
+        counts(&[], 0)
+    );
     let r1 = Some("r1");
     store
         .record_exposures(&[
@@ -270,7 +273,10 @@ async fn request_lookup(url: &str) {
 /// row is kept).
 async fn feedback_duplicates(url: &str) {
     let store = open(url).await;
-    assert_eq!(store.insert_feedback(&[]).await.unwrap(), Vec::<bool>::new());
+    assert_eq!(
+        store.insert_feedback(&[]).await.unwrap(),
+        Vec::<bool>::new()
+    );
     let stored = store
         .insert_feedback(&[
             event("e1", "u1", "control", "m", 1.0, 10),
@@ -297,7 +303,15 @@ async fn feedback_duplicates(url: &str) {
         store.feedback_aggs("f", None, None).await.unwrap(),
         [
             agg("control", "m", 1, 2, (3.0, 9.0), (2.0, 4.0), (1.5, 2.25)),
-            agg("treatment", "m", 1, 2, (7.0, 49.0), (4.0, 16.0), (3.5, 12.25)),
+            agg(
+                "treatment",
+                "m",
+                1,
+                2,
+                (7.0, 49.0),
+                (4.0, 16.0),
+                (3.5, 12.25)
+            ),
         ]
     );
     // A non-finite value is refused, and nothing of the batch is stored.
