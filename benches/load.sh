@@ -25,7 +25,7 @@
 #   CHUNK_MS=100       time between the provider's chunks
 #   SERVER_CPUS=0      CPUs for Switchyard, nginx and the fake provider (taskset -c)
 #   LOAD_CPUS=1        CPUs for the load generator
-#   NICE=-10           priority of every process started (as root; NICE=0 leaves it alone)
+#   NICE=-20           priority of every process started (as root; NICE=0 leaves it alone)
 #   INSTALL_NGINX=1    apt-get install nginx first when it is missing
 #   SKIP_BUILD=1       use the binaries already built
 #
@@ -79,9 +79,9 @@ NPROC="$(nproc)"
 ON_SERVER=()
 ON_LOAD=()
 PRIORITY=0
-if (($(id -u) == 0)) && [[ "${NICE:--10}" != 0 ]]; then
+if (($(id -u) == 0)) && [[ "${NICE:--20}" != 0 ]]; then
   # Raised priority, so that other work on the machine disturbs the figures less.
-  PRIORITY="${NICE:--10}"
+  PRIORITY="${NICE:--20}"
   ON_SERVER+=(nice -n "${PRIORITY}")
   ON_LOAD+=(nice -n "${PRIORITY}")
 fi

@@ -74,7 +74,14 @@ fn msprt_significant(n: u64, control: u64, treatment: u64) -> bool {
         return false;
     }
     let (c, t) = (binary_arm(n, control), binary_arm(n, treatment));
-    msprt(&c, &t, mixture_tau2(&c, RELATIVE_EFFECT), ALPHA).p_value <= ALPHA
+    msprt(
+        &c,
+        &t,
+        mixture_tau2(&Arm::pooled(&[c, t]), RELATIVE_EFFECT),
+        ALPHA,
+    )
+    .p_value
+        <= ALPHA
 }
 
 /// A naive two-sided z-test at level α, as if each look were the planned final one.
@@ -174,7 +181,12 @@ fn a_two_point_lift_is_detected_with_80_percent_power() {
             let n = peek * USERS_PER_PEEK;
             if msprt_significant(n, control, treatment) {
                 let (c, t) = (binary_arm(n, control), binary_arm(n, treatment));
-                let r = msprt(&c, &t, mixture_tau2(&c, RELATIVE_EFFECT), ALPHA);
+                let r = msprt(
+                    &c,
+                    &t,
+                    mixture_tau2(&Arm::pooled(&[c, t]), RELATIVE_EFFECT),
+                    ALPHA,
+                );
                 wrong_direction += u32::from(r.ci_low <= 0.0);
                 first_detection[(peek - 1) as usize] += 1;
                 break;

@@ -134,10 +134,12 @@ pub fn compute(
     for def in &metrics {
         let cs = ctrl.metrics.get(&def.name).copied().unwrap_or_default();
         let c = arm(def, ctrl.users, &cs);
-        let tau2 = mixture_tau2(&c, policy.relative_effect);
         for (name, data) in variations.iter().filter(|(n, _)| n.as_str() != control) {
             let ts = data.metrics.get(&def.name).copied().unwrap_or_default();
             let t = arm(def, data.users, &ts);
+            // The prior's scale from both arms: a control that is constant (say, no
+            // hallucination at all) must not collapse it and hide a large regression.
+            let tau2 = mixture_tau2(&Arm::pooled(&[c, t]), policy.relative_effect);
             let r = msprt(&c, &t, tau2, policy.alpha);
             let enough = ctrl.users >= policy.min_users
                 && data.users >= policy.min_users

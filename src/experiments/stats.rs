@@ -40,6 +40,18 @@ impl Arm {
         };
         Arm { n, mean, variance }
     }
+
+    /// The arms taken together (for a prior scale that does not collapse when the control
+    /// alone is constant, e.g. a hallucination rate of exactly 0).
+    pub fn pooled(arms: &[Arm]) -> Arm {
+        let n: u64 = arms.iter().map(|a| a.n).sum();
+        let sum: f64 = arms.iter().map(|a| a.n as f64 * a.mean).sum();
+        let sum_sq: f64 = arms
+            .iter()
+            .map(|a| a.n.saturating_sub(1) as f64 * a.variance + a.n as f64 * a.mean * a.mean)
+            .sum();
+        Arm::from_sums(n, sum, sum_sq)
+    }
 }
 
 /// An always-valid comparison of a treatment against the control.
@@ -104,8 +116,14 @@ pub fn msprt(control: &Arm, treatment: &Arm, tau2: f64, alpha: f64) -> Compariso
 /// the adjusted value is ≤ q.
 pub fn benjamini_hochberg(p: &[f64]) -> Vec<f64> {
     let m = p.len();
+    // A p-value that could not be computed is no evidence; NaN would also make the order
+    // inconsistent (wrong adjustments, or a panic in `sort_by`).
+    let p: Vec<f64> = p
+        .iter()
+        .map(|&x| if x.is_nan() { 1.0 } else { x })
+        .collect();
     let mut order: Vec<usize> = (0..m).collect();
-    order.sort_by(|&a, &b| p[a].partial_cmp(&p[b]).unwrap_or(std::cmp::Ordering::Equal));
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
     let mut adjusted = vec![1.0; m];
     let mut running = 1.0f64;
     for (rank, &i) in order.iter().enumerate().rev() {
