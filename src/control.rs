@@ -17,6 +17,7 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
     tokio::spawn(state_sync(app.clone(), stop.clone()));
     tokio::spawn(gates(app.clone(), stop.clone()));
+    crate::alerts::spawn(app, stop.clone());
     crate::experiments::runtime::spawn(app, stop.clone());
     if app.config_path.is_some() {
         tokio::spawn(file_watch(app.clone(), stop.clone()));

@@ -17,12 +17,25 @@
 //! | [`metrics`] | every Prometheus family, registered once; pre-built per-variation handles; hdrhistogram quantiles |
 //! | [`openai`] | OpenAI wire shapes and the one error type, turned into a response in one place |
 //! | [`server`] | listeners, routing, graceful shutdown |
-//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz` |
+//! | [`admin`] | the admin listener: `/metrics`, `/healthz`, `/readyz`, the admin API ([`admin::api`]) and its OpenAPI document |
+//! | [`state`] | the durable state store (SQLite, PostgreSQL): runtime overrides, audit log, exposures, feedback |
+//! | [`runtime`] | effective flag state: config overlaid with runtime overrides |
+//! | [`control`] | loops beside the request path: state sync across replicas, rollout gates, reload on change or SIGHUP |
+//! | [`rollout`] | rollout gates (pure) |
+//! | [`fallback`] | fallback reasons and the rule-based responder |
+//! | [`resilience`] | circuit breakers, retry budgets, backoff |
+//! | [`experiments`] | exposures, feedback, results; [`experiments::stats`] (mSPRT, Benjamini–Hochberg, SRM) |
+//! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
+//! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //!
 //! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
 
+// The admin API's OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
+
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod body;
 pub mod config;

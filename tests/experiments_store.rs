@@ -635,9 +635,22 @@ async fn concurrent_writers(url: &str) {
 // ---------------------------------------------------------------------------------------------
 // At scale: correctness against an in-memory model, and timings
 
-const SCALE_USERS: usize = 100_000;
-const SCALE_EVENTS: usize = 100_000;
 const SCALE_SWITCH_EVERY: usize = 50;
+
+/// Exposed users and feedback events: 100,000 each, or `SWITCHYARD_TEST_SCALE` (e.g.
+/// 1000000 to time a million of each).
+fn scale() -> usize {
+    std::env::var("SWITCHYARD_TEST_SCALE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| n >= 1_000)
+        .unwrap_or(100_000)
+}
+
+/// Users reporting feedback: the first 60 %.
+fn scale_reporters() -> usize {
+    scale() / 10 * 6
+}
 
 fn scale_variation(user: usize) -> &'static str {
     ["control", "treatment", "variant_b"][user % 3]
@@ -652,7 +665,7 @@ fn scale_rule(user: usize) -> &'static str {
 }
 
 fn scale_exposures() -> Vec<Exposure> {
-    let mut all: Vec<Exposure> = (0..SCALE_USERS)
+    let mut all: Vec<Exposure> = (0..scale())
         .map(|u| {
             exposure(
                 "chat",
@@ -665,25 +678,26 @@ fn scale_exposures() -> Vec<Exposure> {
         })
         .collect();
     // Every 50th user later sees another variation (a config change): switched.
-    all.extend((0..SCALE_USERS).step_by(SCALE_SWITCH_EVERY).map(|u| {
+    all.extend((0..scale()).step_by(SCALE_SWITCH_EVERY).map(|u| {
         exposure(
             "chat",
             &format!("user-{u}"),
             scale_variation(u + 1),
             Some(scale_rule(u)),
             &format!("req-switch-{u}"),
-            500_000 + u as u64,
+            5_000_000 + u as u64,
         )
     }));
     all
 }
 
-/// Event `j`: users 0..40,000 report twice, the others once (up to 60,000 users); every 97th
-/// event names another variation than the user's first.
+/// Event `j` comes from user `j % reporters`: the first 40 % of users report twice, the next
+/// 20 % once; every 97th event names another variation than the user's first.
 fn scale_events() -> Vec<FeedbackRow> {
-    (0..SCALE_EVENTS)
+    let reporters = scale_reporters();
+    (0..scale())
         .map(|j| {
-            let u = j % 60_000;
+            let u = j % reporters;
             let variation = if j % 97 == 0 {
                 scale_variation(u + 2)
             } else {
@@ -697,7 +711,7 @@ fn scale_events() -> Vec<FeedbackRow> {
                 user: format!("user-{u}"),
                 metric: metric.into(),
                 value: (j % 17) as f64 * 0.25 + 1.0,
-                at_ms: 1_000_000 + j as u64,
+                at_ms: 10_000_000 + j as u64,
             }
         })
         .collect()
@@ -705,9 +719,10 @@ fn scale_events() -> Vec<FeedbackRow> {
 
 /// The aggregates computed in memory from the same rows.
 fn scale_expected(rule: Option<&str>, since_ms: Option<u64>) -> Vec<FeedbackAgg> {
+    let reporters = scale_reporters();
     let mut per_user: BTreeMap<(String, usize, String), Vec<f64>> = BTreeMap::new();
     for (j, e) in scale_events().into_iter().enumerate() {
-        let u = j % 60_000;
+        let u = j % reporters;
         let exposed_variation = scale_variation(u);
         let switched = u % SCALE_SWITCH_EVERY == 0;
         if switched
@@ -809,11 +824,12 @@ async fn at_scale(url: &str) {
     let took = started.elapsed();
     println!(
         "{kind}: exposure_counts + feedback_aggs over {} exposures, {} events: {took:.2?}",
-        SCALE_USERS, SCALE_EVENTS
+        exposures.len(),
+        events.len()
     );
 
     let mut want_counts: HashMap<&str, u64> = HashMap::new();
-    for u in (0..SCALE_USERS).filter(|u| u % SCALE_SWITCH_EVERY != 0) {
+    for u in (0..scale()).filter(|u| u % SCALE_SWITCH_EVERY != 0) {
         *want_counts.entry(scale_variation(u)).or_default() += 1;
     }
     let mut want_counts: Vec<(String, u64)> = want_counts
@@ -822,16 +838,17 @@ async fn at_scale(url: &str) {
         .collect();
     want_counts.sort();
     assert_eq!(per_variation, want_counts);
-    assert_eq!(switched, (SCALE_USERS / SCALE_SWITCH_EVERY) as u64);
+    assert_eq!(switched, scale().div_ceil(SCALE_SWITCH_EVERY) as u64);
     assert_aggs_close(&aggs, &scale_expected(None, None));
 
+    let since = 10_000_000 + scale() as u64 / 2;
     let started = Instant::now();
     let (in_rule, _) = store
         .exposure_counts("chat", Some("holdout"))
         .await
         .unwrap();
     let aggs = store
-        .feedback_aggs("chat", Some("holdout"), Some(1_050_000))
+        .feedback_aggs("chat", Some("holdout"), Some(since))
         .await
         .unwrap();
     println!(
@@ -840,18 +857,18 @@ async fn at_scale(url: &str) {
     );
     assert_eq!(
         in_rule.iter().map(|(_, n)| n).sum::<u64>(),
-        (0..SCALE_USERS)
+        (0..scale())
             .filter(|u| u % 4 == 0 && u % SCALE_SWITCH_EVERY != 0)
             .count() as u64
     );
-    assert_aggs_close(&aggs, &scale_expected(Some("holdout"), Some(1_050_000)));
+    assert_aggs_close(&aggs, &scale_expected(Some("holdout"), Some(since)));
 
     assert_eq!(
         store.lookup_request("req-77").await.unwrap(),
         Some(("chat".into(), "variant_b".into(), "user-77".into()))
     );
-    let pruned = store.prune_requests(500_000).await.unwrap();
-    assert_eq!(pruned, SCALE_USERS as u64);
+    let pruned = store.prune_requests(5_000_000).await.unwrap();
+    assert_eq!(pruned, scale() as u64);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -57,11 +57,35 @@ step_schemathesis() {
     "${PY}" -m pytest -q tests/python/test_admin_schemathesis.py
 }
 
+step_promtool() {
+  # Prometheus rules for fleets: syntax check, then their unit tests.
+  if ! command -v promtool >/dev/null 2>&1; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "promtool is missing and apt-get is unavailable: install Prometheus' promtool (Debian package 'prometheus') and run again" >&2
+      return 1
+    fi
+    local sudo=()
+    if ((EUID != 0)); then
+      if ! command -v sudo >/dev/null 2>&1; then
+        echo "promtool is missing; installing Debian's 'prometheus' package needs root (or sudo)" >&2
+        return 1
+      fi
+      sudo=(sudo -n)
+    fi
+    echo "installing promtool (Debian package prometheus)"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+  fi
+  promtool check rules deploy/prometheus/*.rules.yml
+  promtool test rules deploy/prometheus/tests/*.yml
+}
+
 STEPS=(
   python_env
   cargo_build
   cargo_test
   hadolint
+  promtool
   python_sdk
   schemathesis
 )

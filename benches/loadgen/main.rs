@@ -6,8 +6,8 @@
 //! loadgen upstream [--listen 127.0.0.1:0] [--chunks 30] [--interval-ms 100]
 //! loadgen closed   --url URL [--conns 64] [--duration 10] [--warmup 1] [--model M]
 //! loadgen open     --url URL [--rate 2000] [--conns 64] [--duration 10] [--model M]
-//! loadgen streams  --url URL [--streams 1000] [--ramp 2000] [--chunks 30] [--interval-ms 100]
-//!                  [--stall-ms 2000] [--model M]
+//! loadgen streams  --url URL [--streams 1000] [--ramp 1000] [--chunks 30] [--interval-ms 100]
+//!                  [--stall-ms 2000] [--proto h1|h2] [--per-conn 100] [--model M]
 //! loadgen overhead --url http://ADMIN/metrics
 //! loadgen freeport
 //! ```
@@ -133,10 +133,12 @@ fn run(command: &str, args: &Args) -> Result<(), String> {
                 target: client::Target::parse(&args.required("url")?)?,
                 model: args.str("model", "bench"),
                 streams: args.num("streams", 1000)?,
-                ramp: args.num("ramp", 2000.0)?,
+                ramp: args.num("ramp", 1000.0)?,
                 chunks: args.num("chunks", 30)?,
                 interval: Duration::from_millis(args.num("interval-ms", 100)?),
                 stall: Duration::from_millis(args.num("stall-ms", 2000)?),
+                proto: client::Proto::parse(&args.str("proto", "h1"))?,
+                per_conn: args.num("per-conn", 100)?,
             };
             runtime().block_on(runs::streams(plan))
         }

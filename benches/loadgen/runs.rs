@@ -15,10 +15,10 @@ use hdrhistogram::Histogram;
 use http::Method;
 use http_body_util::BodyExt;
 use memchr::memmem;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio::task::JoinSet;
 
-use crate::client::{chat_body, Conn, Target};
+use crate::client::{chat_body, Conn, Proto, Target};
 
 /// Longest a single non-streamed request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -316,6 +316,10 @@ pub struct StreamPlan {
     pub interval: Duration,
     /// A stream with a longer silence than this (first token included) has stalled.
     pub stall: Duration,
+    /// HTTP/1.1 (a connection per stream) or HTTP/2 (`per_conn` streams per connection).
+    pub proto: Proto,
+    /// Streams per HTTP/2 connection.
+    pub per_conn: usize,
 }
 
 /// What one stream saw.
@@ -328,15 +332,33 @@ struct StreamSeen {
     error: Option<String>,
 }
 
+/// The connection for stream `i`: its own over HTTP/1.1, a shared one over HTTP/2 (opened by
+/// the first stream that needs it).
+async fn stream_conn(
+    target: &Target,
+    proto: Proto,
+    shared: Option<&OnceCell<Conn>>,
+) -> Result<Conn, String> {
+    match shared {
+        Some(cell) => cell
+            .get_or_try_init(|| Conn::open_with(target, proto))
+            .await?
+            .share()
+            .ok_or_else(|| "only HTTP/2 connections are shared".to_owned()),
+        None => Conn::open_with(target, proto).await,
+    }
+}
+
 async fn one_stream(
     target: &Target,
+    conn: Result<Conn, String>,
     body: Bytes,
     stall: Duration,
     open_now: &AtomicUsize,
     peak: &AtomicUsize,
 ) -> StreamSeen {
     let mut seen = StreamSeen::default();
-    let mut conn = match Conn::open(target).await {
+    let mut conn = match conn {
         Ok(c) => c,
         Err(e) => {
             seen.error = Some(e);
@@ -409,15 +431,24 @@ pub async fn streams(plan: StreamPlan) -> Result<(), String> {
     let peak = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let period = Duration::from_secs_f64(1.0 / plan.ramp);
+    let per_conn = plan.per_conn.max(1);
+    let shared: Vec<Arc<OnceCell<Conn>>> = match plan.proto {
+        Proto::H1 => Vec::new(),
+        Proto::H2 => (0..plan.streams.div_ceil(per_conn))
+            .map(|_| Arc::new(OnceCell::new()))
+            .collect(),
+    };
     let mut set = JoinSet::new();
     for i in 0..plan.streams {
         let (target, open_now, peak) = (target.clone(), open_now.clone(), peak.clone());
+        let cell = shared.get(i / per_conn).cloned();
         let body = chat_body(&plan.model, i as u64, true);
         let due = start + period.mul_f64(i as f64);
-        let stall = plan.stall;
+        let (stall, proto) = (plan.stall, plan.proto);
         set.spawn(async move {
             tokio::time::sleep_until(due.into()).await;
-            one_stream(&target, body, stall, &open_now, &peak).await
+            let conn = stream_conn(&target, proto, cell.as_deref()).await;
+            one_stream(&target, conn, body, stall, &open_now, &peak).await
         });
     }
     let ramp_time = period.mul_f64(plan.streams as f64);
@@ -482,8 +513,9 @@ pub async fn streams(plan: StreamPlan) -> Result<(), String> {
         }
     };
     println!(
-        "result mode=streams streams={} ok={ok} failed={failed} stalled={stalled} bad={bad} peak_open={} \
+        "result mode=streams proto={} streams={} ok={ok} failed={failed} stalled={stalled} bad={bad} peak_open={} \
          ttft_p50_us={} ttft_p99_us={} ttft_max_us={} max_gap_ms={} seconds={:.1}",
+        if plan.proto == Proto::H2 { "h2" } else { "h1" },
         plan.streams,
         peak.load(Ordering::SeqCst),
         q(0.5),

@@ -2,6 +2,8 @@
 //! or, for `"stream": true`, an SSE stream: the role chunk at once, then `chunks` content
 //! chunks `interval` apart, the usage chunk when `stream_options.include_usage` was asked, and
 //! `[DONE]`. It does as little work as possible so that what the benchmark sees is the proxy.
+//! It speaks HTTP/1.1 and, with prior knowledge, HTTP/2 (for runs that hold more streams than
+//! the descriptor limit allows connections).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,9 +18,10 @@ use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use memchr::memmem;
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio::time::{Instant, Sleep};
 
 /// How the fake provider answers.
@@ -175,16 +178,30 @@ async fn answer(settings: Arc<Settings>, req: Request<Incoming>) -> Response<Ans
 
 /// Serves until the process is killed.
 pub async fn serve(settings: Settings) -> Result<(), String> {
-    let listener = TcpListener::bind(&settings.listen)
-        .await
-        .map_err(|e| format!("cannot bind {}: {e}", settings.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    if !addr.ip().is_loopback() {
-        return Err(format!("{addr} is not a loopback address"));
+    let wanted: std::net::SocketAddr = settings
+        .listen
+        .parse()
+        .map_err(|_| format!("--listen {:?}: write IP:PORT", settings.listen))?;
+    if !wanted.ip().is_loopback() {
+        return Err(format!("{wanted} is not a loopback address"));
     }
+    let socket = if wanted.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| e.to_string())?;
+    socket
+        .bind(wanted)
+        .map_err(|e| format!("cannot bind {wanted}: {e}"))?;
+    // A deep accept queue: streams are opened in bursts, and an overflowing queue costs a
+    // client a one-second SYN retransmit, which would show up as time to first token.
+    let listener = socket.listen(4096).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The script reads this line to find the port.
     println!("upstream listening on http://{addr}");
     let settings = Arc::new(settings);
+    let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -197,14 +214,15 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         };
         let _ = stream.set_nodelay(true);
         let settings = settings.clone();
+        let service = service_fn(move |req| {
+            let settings = settings.clone();
+            async move { Ok::<_, Infallible>(answer(settings, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let settings = settings.clone();
-                async move { Ok::<_, Infallible>(answer(settings, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = conn.await;
         });
     }
 }

@@ -376,6 +376,7 @@ async fn dispatch(
             let entries = app.store.audit(flag_filter.as_deref(), limit).await?;
             ok(json!({"entries": entries}))
         }
+        (&Method::GET, ["alerts"]) => ok(crate::alerts::alerts_json(app)),
         (&Method::POST, ["reload"]) => {
             match app.reload(actor).await {
                 Ok(outcome) => ok(outcome),
@@ -414,7 +415,7 @@ async fn dispatch(
 /// The methods an admin path takes, if it is one.
 fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
     Some(match segs {
-        ["flags"] | ["flags", _] | ["flags", _, "results"] | ["audit"] => "GET",
+        ["flags"] | ["flags", _] | ["flags", _, "results"] | ["audit"] | ["alerts"] => "GET",
         ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
         ["flags", _, "rollout"] => "GET, PUT",
         ["flags", _, "rollout", "advance" | "rollback"] | ["reload"] => "POST",

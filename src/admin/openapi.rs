@@ -81,6 +81,22 @@ pub fn document() -> Value {
             "/admin/flags/{flag}/rollout/advance": {"post": with_flag(optional_body(op("Advance to the next stage if the gate holds (409 with reasons if not; `force` overrides, audited)", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("AdvanceRequest"), &[("409", conflict.clone())])))},
             "/admin/flags/{flag}/rollout/rollback": {"post": with_flag(optional_body(op("Go back one stage", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("RuleRequest"), &[("409", conflict)])))},
             "/admin/flags/{flag}/rollout/hold": {"put": with_flag(op("Freeze or unfreeze a rollout (no automatic advance while held)", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("HoldRequest"), &[]))},
+            "/admin/flags/{flag}/results": {"get": {
+                "summary": "Experiment results against the control: always-valid p-values and intervals, verdicts, SRM",
+                "security": [{"bearer": []}],
+                "parameters": [flag_param(), {"name": "metric", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Results"}}}},
+                    "400": {"$ref": "#/components/responses/Error"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                    "503": {"$ref": "#/components/responses/Error"},
+                    "default": {"$ref": "#/components/responses/Error"}
+                }
+            }},
+            "/admin/alerts": {"get": op("Each alert's current level per flag and variation", json!({"type": "object", "required": ["alerts"], "properties": {"alerts": {"type": "array", "items": {"type": "object", "required": ["alert", "flag", "variation", "metric", "level"], "properties": {
+                "alert": {"type": "string"}, "flag": {"type": "string"}, "variation": {"type": "string"}, "metric": {"type": "string"},
+                "level": {"type": "string", "enum": ["ok", "info", "warning", "critical", "insufficient_data"]}}}}}}), None, &[])},
             "/admin/audit": {"get": {
                 "summary": "The audit log, newest first",
                 "security": [{"bearer": []}],
@@ -128,6 +144,14 @@ pub fn document() -> Value {
                     "flag": {"type": "string"}, "rule": {"type": "string"}, "variation": {"type": "string"}, "stage": {"type": "integer"},
                     "percent": {"type": "number"}, "stages": {"type": "array", "items": {"type": "number"}}, "held": {"type": "boolean"},
                     "gate_met": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}},
+                "Results": {"type": "object", "required": ["flag", "control", "alpha", "srm", "variations"], "properties": {
+                    "flag": {"type": "string"}, "control": {"type": "string"}, "alpha": {"type": "number"},
+                    "srm": {"type": "object", "required": ["p_value", "detected"], "properties": {"p_value": {"type": ["number", "null"]}, "detected": {"type": "boolean"}}},
+                    "variations": {"type": "array", "items": {"type": "object", "required": ["variation", "metric", "users", "value", "ci_low", "ci_high", "lift", "p_value", "significant", "verdict"], "properties": {
+                        "variation": {"type": "string"}, "metric": {"type": "string"}, "users": {"type": "integer"},
+                        "value": {"type": ["number", "null"]}, "ci_low": {"type": ["number", "null"]}, "ci_high": {"type": ["number", "null"]},
+                        "lift": {"type": ["number", "null"]}, "p_value": {"type": ["number", "null"]}, "significant": {"type": "boolean"},
+                        "verdict": {"type": "string", "enum": ["winner", "loser", "inconclusive", "too_early"]}}}}}},
                 "RolloutChange": {"type": "object", "required": ["rollout", "audit"], "properties": {"rollout": {"$ref": "#/components/schemas/Rollout"}, "audit": {"$ref": "#/components/schemas/AuditEntry"}}}
             }
         }
