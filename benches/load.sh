@@ -133,7 +133,7 @@ fi
 [[ -x "${SWITCHYARD}" ]] || die "no ${SWITCHYARD}"
 [[ -n "${LOADGEN}" && -x "${LOADGEN}" ]] || die "the loadgen bench binary was not found"
 
-# --- helpers --------------------------------------------------------------------------------
+# --- functions ------------------------------------------------------------------------------
 # wait_line FILE PATTERN PID: prints the first line of FILE matching PATTERN (10 s at most).
 wait_line() {
   local file="$1" pattern="$2" pid="$3" line
@@ -374,6 +374,10 @@ OH4="$(overhead)"
 kill -0 "${SY_PID}" 2>/dev/null || die "switchyard died during the run: $(tail -5 "${WORK}/switchyard.err")"
 
 # --- report ---------------------------------------------------------------------------------
+if [[ -s "${WORK}/loadgen.err" ]]; then
+  log "load generator notes:"
+  sed 's/^/   /' "${WORK}/loadgen.err" >&2
+fi
 us() { [[ -n "$1" ]] && printf '%s' "$1" || printf 'n/a'; }
 added() { calc "%+.0f" "$1 - $2"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "n/a" }'; }
@@ -416,7 +420,7 @@ VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${SY_RPS}" "${NG_RPS}" || echo n/a)"
   echo "- revision: ${REV}"
   echo "- pinning: ${PINNING}"
   echo "- settings: DURATION=${DURATION}s per run (+${WARMUP}s warm-up), CONNS=${CONNS}, RATE=${RATE}/s, STREAMS=${STREAMS} over ${STREAM_PROTO} (opened at ${STREAM_RAMP}/s, ${STREAM_CHUNKS} chunks ${CHUNK_MS} ms apart); ulimit -n $(ulimit -n)"
-  echo "- request: ~0.9 KB chat body, model = flag \`bench\` (audience rule evaluated, then a 50/50 split), a new end user per request"
+  echo "- request: ~0.7 KB chat body, model = flag \`bench\` (audience rule evaluated, then a 50/50 split), a new end user per request"
   echo
   echo "## Requests"
   echo

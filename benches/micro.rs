@@ -96,7 +96,7 @@ allocation = [{ variation = "control", end = 10000 }]
 "#;
 
 /// A typical chat body: a system prompt, a short conversation, two tools, sampling settings
-/// and metadata (about 1.5 KB).
+/// and metadata (about 1.4 KB).
 const CHAT_BODY: &str = r#"{
   "model": "support-assistant",
   "messages": [

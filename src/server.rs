@@ -37,10 +37,23 @@ impl Listeners {
         admin: std::net::SocketAddr,
     ) -> std::io::Result<Listeners> {
         Ok(Listeners {
-            main: TcpListener::bind(main).await?,
-            admin: TcpListener::bind(admin).await?,
+            main: listen(main)?,
+            admin: listen(admin)?,
         })
     }
+}
+
+/// Binds with a deep accept backlog: thousands of clients connecting at once (a burst of new
+/// streams) must queue, not time out.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }
 
 /// Routes a request on the main listener.
@@ -102,7 +115,9 @@ async fn serve<H, F>(
     H: Fn(Arc<App>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Many concurrent streams on one HTTP/2 connection (hyper's default is 200).
+    builder.http2().max_concurrent_streams(16_384);
     loop {
         tokio::select! {
             _ = stop.changed() => break,

@@ -657,7 +657,7 @@ fn scale_variation(user: usize) -> &'static str {
 }
 
 fn scale_rule(user: usize) -> &'static str {
-    if user % 4 == 0 {
+    if user.is_multiple_of(4) {
         "holdout"
     } else {
         "main"
@@ -703,7 +703,7 @@ fn scale_events() -> Vec<FeedbackRow> {
             } else {
                 scale_variation(u)
             };
-            let metric = if j % 3 == 0 { "cost" } else { "rating" };
+            let metric = if j % 5 < 2 { "cost" } else { "rating" };
             FeedbackRow {
                 event_id: format!("ev-{j}"),
                 flag: "chat".into(),
@@ -724,7 +724,7 @@ fn scale_expected(rule: Option<&str>, since_ms: Option<u64>) -> Vec<FeedbackAgg>
     for (j, e) in scale_events().into_iter().enumerate() {
         let u = j % reporters;
         let exposed_variation = scale_variation(u);
-        let switched = u % SCALE_SWITCH_EVERY == 0;
+        let switched = u.is_multiple_of(SCALE_SWITCH_EVERY);
         if switched
             || e.variation != exposed_variation
             || rule.is_some_and(|r| r != scale_rule(u))

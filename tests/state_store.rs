@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchyard::state::{AuditEntry, Change, FlagOverrides, RuntimeState, StateError, Store};
+use switchyard::state::{
+    AuditEntry, Change, Exposure, FeedbackRow, FlagOverrides, RuntimeState, StateError, Store,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -640,6 +642,96 @@ async fn sqlite_unwritable_paths_give_clear_errors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The schema of migration 1 (the first release), as it shipped: a database created by it is
+/// upgraded in place when a newer build opens it.
+const SQLITE_SCHEMA_V1: &str = r#"
+    CREATE TABLE switchyard_meta (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL);
+    INSERT INTO switchyard_meta (id, version) VALUES (1, 7);
+    CREATE TABLE switchyard_flag_state (
+        flag TEXT PRIMARY KEY, overrides TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE switchyard_audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, flag TEXT, "before" TEXT NOT NULL, "after" TEXT NOT NULL,
+        reason TEXT);
+    CREATE INDEX switchyard_audit_flag ON switchyard_audit (flag, id);
+    INSERT INTO switchyard_flag_state VALUES ('f', '{"enabled":false}', '2026-01-01T00:00:00.000Z');
+    PRAGMA user_version = 1;
+"#;
+
+/// Exposures and feedback work on an upgraded database, and its old state is intact.
+async fn assert_upgraded(store: &Store) {
+    let state = store.load().await.unwrap();
+    assert_eq!(state.version, 7);
+    assert_eq!(state.flags["f"].enabled, Some(false));
+    store
+        .record_exposures(&[Exposure {
+            flag: "f".into(),
+            variation: "on".into(),
+            rule: None,
+            user: "u".into(),
+            request_id: "q".into(),
+            at_ms: 1,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.exposure_counts("f", None).await.unwrap(),
+        (vec![("on".to_owned(), 1)], 0)
+    );
+    let row = FeedbackRow {
+        event_id: "e".into(),
+        flag: "f".into(),
+        variation: "on".into(),
+        user: "u".into(),
+        metric: "m".into(),
+        value: 1.0,
+        at_ms: 2,
+    };
+    assert_eq!(store.insert_feedback(&[row]).await.unwrap(), [true]);
+    assert_eq!(store.feedback_aggs("f", None, None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_upgrades_a_first_release_database() {
+    let db = Db::sqlite("upgrade");
+    let Db::Sqlite { dir } = &db else {
+        unreachable!()
+    };
+    let path = dir.join("state.db");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(SQLITE_SCHEMA_V1)
+        .unwrap();
+    assert_upgraded(&open(&db.url()).await).await;
+    let schema_version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(schema_version, 2);
+    // Opening again changes nothing.
+    let store = open(&db.url()).await;
+    assert_eq!(store.exposure_counts("f", None).await.unwrap().0.len(), 1);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema() {
+    let db = Db::sqlite("newer");
+    let Db::Sqlite { dir } = &db else {
+        unreachable!()
+    };
+    rusqlite::Connection::open(dir.join("state.db"))
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    match Store::open(&db.url()).await {
+        Err(StateError::Storage(msg)) => assert!(msg.contains("upgrade switchyard"), "{msg}"),
+        Err(other) => panic!("unexpected error kind: {other}"),
+        Ok(_) => panic!("opened a database with a newer schema"),
+    }
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn bad_urls_are_rejected() {
     for url in [
@@ -711,6 +803,60 @@ fn change_names_and_pure_apply() {
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL
+
+#[tokio::test]
+async fn postgres_upgrades_a_first_release_database() {
+    let db = Db::postgres("upgrade");
+    let Db::Postgres { schema } = &db else {
+        unreachable!()
+    };
+    let (client, connection) = tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL must be reachable (set SWITCHYARD_TEST_PG)");
+    let driver = tokio::spawn(connection);
+    let s = format!("\"{schema}\"");
+    client
+        .batch_execute(&format!(
+            r#"
+            CREATE SCHEMA {s};
+            CREATE TABLE {s}.switchyard_migrations (
+                version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+            INSERT INTO {s}.switchyard_migrations (version) VALUES (1);
+            CREATE TABLE {s}.switchyard_meta (
+                id SMALLINT PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+            INSERT INTO {s}.switchyard_meta (id, version) VALUES (1, 7);
+            CREATE TABLE {s}.switchyard_flag_state (
+                flag TEXT PRIMARY KEY, overrides JSONB NOT NULL,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+            CREATE TABLE {s}.switchyard_audit (
+                id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                actor TEXT NOT NULL, action TEXT NOT NULL, flag TEXT, "before" JSONB NOT NULL,
+                "after" JSONB NOT NULL, reason TEXT);
+            CREATE INDEX switchyard_audit_flag ON {s}.switchyard_audit (flag, id);
+            INSERT INTO {s}.switchyard_flag_state (flag, overrides)
+                VALUES ('f', '{{"enabled": false}}');
+            "#
+        ))
+        .await
+        .unwrap();
+    assert_upgraded(&open(&db.url()).await).await;
+    let applied: Vec<i32> = client
+        .query(
+            &format!("SELECT version FROM {s}.switchyard_migrations ORDER BY version"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(applied, [1, 2]);
+    drop(client);
+    let _ = driver.await;
+    let store = open(&db.url()).await;
+    assert_eq!(store.exposure_counts("f", None).await.unwrap().0.len(), 1);
+    db.cleanup().await;
+}
 
 #[tokio::test]
 async fn postgres_round_trip() {

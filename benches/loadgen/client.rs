@@ -171,7 +171,7 @@ impl Conn {
     }
 }
 
-/// A typical chat request (about 0.9 KB) for `model`, from end user `user`.
+/// A typical chat request (about 0.7 KB) for `model`, from end user `user`.
 pub fn chat_body(model: &str, user: u64, stream: bool) -> Bytes {
     let stream = if stream { "true" } else { "false" };
     Bytes::from(format!(

@@ -6,6 +6,11 @@
 //! `switchyard_state`, which PostgreSQL delivers only if the transaction commits. A
 //! subscription LISTENs on a dedicated connection.
 //!
+//! Exposures and feedback events are written with one array statement per table (`unnest`),
+//! rows sorted by key so concurrent batches lock in the same order. Experiment-results
+//! queries, which aggregate every event of a flag, run on a second connection with a longer
+//! budget, so they never hold up changes, exposures or feedback.
+//!
 //! The tables live in the schema named by the URL's `schema` parameter (default `public`).
 
 use std::future::Future;
@@ -94,6 +99,11 @@ const MIGRATIONS: &[&str] = &[
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Budget for one operation on an established connection.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Budget for one experiment-results query (it aggregates every event of a flag).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Memory for one results query's hash tables and sorts (per operation), so that a million
+/// events aggregate without spilling to disk.
+const REPORT_WORK_MEM: &str = "64MB";
 /// After a failed connect, calls within this window fail at once instead of queueing up
 /// behind new connection attempts.
 const FAIL_FAST_FOR: Duration = Duration::from_secs(1);
@@ -116,6 +126,9 @@ struct Shared {
     /// Tells this store's own notifications from other replicas'.
     instance: u64,
     slot: Mutex<Slot>,
+    /// A second connection for experiment-results queries, so a long aggregation never
+    /// holds up changes, exposures or feedback.
+    report_slot: Mutex<Slot>,
     /// The newest version this store has seen by loading or by applying its own change
     /// contiguously; a subscription compares it with the database's when it first connects.
     seen_version: AtomicI64,
@@ -197,6 +210,7 @@ impl PgStore {
                 location,
                 instance: fastrand::u64(..),
                 slot: Mutex::new(Slot::default()),
+                report_slot: Mutex::new(Slot::default()),
                 seen_version: AtomicI64::new(0),
                 tx,
                 watching: AtomicBool::new(false),
@@ -329,7 +343,7 @@ impl PgStore {
             ),
         };
         let sql = &sql;
-        self.with_conn("counting exposures", |conn| async move {
+        self.with_report_conn("counting exposures", |conn| async move {
             let result = async {
                 let rows = conn.client.query(sql, &[&flag, &rule]).await?;
                 let mut counts = Vec::with_capacity(rows.len());
@@ -379,9 +393,18 @@ impl PgStore {
         );
         let sql = &sql;
         let since = ms_to_db(since_ms.unwrap_or(0));
-        self.with_conn("aggregating feedback", |conn| async move {
+        self.with_report_conn("aggregating feedback", |mut conn| async move {
             let result = async {
-                let rows = conn.client.query(sql, &[&flag, &since, &rule]).await?;
+                let tx = conn
+                    .client
+                    .build_transaction()
+                    .read_only(true)
+                    .start()
+                    .await?;
+                tx.batch_execute(&format!("SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+                    .await?;
+                let rows = tx.query(sql, &[&flag, &since, &rule]).await?;
+                tx.commit().await?;
                 let mut aggs = Vec::with_capacity(rows.len());
                 for row in rows {
                     aggs.push(FeedbackAgg {
@@ -434,26 +457,52 @@ impl PgStore {
     /// If the connection turns out to be lost before anything was committed, reconnects once
     /// and retries. Every attempt is bounded by [`OP_TIMEOUT`]; a timed-out connection is
     /// dropped (which rolls back its transaction on the server).
-    async fn with_conn<T, F, Fut>(&self, doing: &str, mut op: F) -> Result<T, StateError>
+    async fn with_conn<T, F, Fut>(&self, doing: &str, op: F) -> Result<T, StateError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = (Conn, Result<T, Fail>)>,
+    {
+        self.with_conn_on(&self.shared.slot, OP_TIMEOUT, doing, op)
+            .await
+    }
+
+    /// [`PgStore::with_conn`] on the results connection, with [`REPORT_TIMEOUT`].
+    async fn with_report_conn<T, F, Fut>(&self, doing: &str, op: F) -> Result<T, StateError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = (Conn, Result<T, Fail>)>,
+    {
+        self.with_conn_on(&self.shared.report_slot, REPORT_TIMEOUT, doing, op)
+            .await
+    }
+
+    /// [`PgStore::with_conn`] on the connection of `slot`, each attempt bounded by `budget`.
+    async fn with_conn_on<T, F, Fut>(
+        &self,
+        slot: &Mutex<Slot>,
+        budget: Duration,
+        doing: &str,
+        mut op: F,
+    ) -> Result<T, StateError>
     where
         F: FnMut(Conn) -> Fut,
         Fut: Future<Output = (Conn, Result<T, Fail>)>,
     {
         let shared = &*self.shared;
-        let mut slot = shared.slot.lock().await;
+        let mut slot = slot.lock().await;
         let mut retried = false;
         loop {
             let conn = match slot.conn.take() {
                 Some(conn) if !conn.client.is_closed() => conn,
                 _ => connect_for_queries(shared, &mut slot).await?,
             };
-            let (conn, result) = match tokio::time::timeout(OP_TIMEOUT, op(conn)).await {
+            let (conn, result) = match tokio::time::timeout(budget, op(conn)).await {
                 Ok(done) => done,
                 Err(_) => {
                     return Err(StateError::Unavailable(format!(
                         "PostgreSQL state store {}: {doing}: no answer within {} s",
                         shared.location,
-                        OP_TIMEOUT.as_secs()
+                        budget.as_secs()
                     )))
                 }
             };

@@ -4,6 +4,10 @@
 //! `BEGIN IMMEDIATE` transactions, so two processes sharing the file serialize (waiting up to
 //! the busy timeout) instead of losing updates. Other processes' changes are noticed by
 //! polling the version.
+//!
+//! Exposures and feedback events are written with prepared statements, one transaction per
+//! batch. Experiment-results queries run on a second, read-only connection (file databases
+//! only), so a long aggregation never holds up writers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -92,6 +96,10 @@ pub(super) struct SqliteStore {
 
 struct Shared {
     db: Mutex<Db>,
+    /// A second connection for experiment-results queries on a file database (opened on first
+    /// use): WAL lets it read while the main connection writes, so a long aggregation never
+    /// holds up changes, exposures or feedback.
+    reports: Mutex<Option<Connection>>,
     location: String,
     tx: watch::Sender<u64>,
     watching: AtomicBool,
@@ -120,6 +128,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             shared: Arc::new(Shared {
                 db: Mutex::new(db),
+                reports: Mutex::new(None),
                 location: path.to_owned(),
                 tx,
                 watching: AtomicBool::new(false),
@@ -208,8 +217,8 @@ impl SqliteStore {
     ) -> Result<(Vec<(String, u64)>, u64), StateError> {
         let flag = flag.to_owned();
         let rule = rule.map(str::to_owned);
-        run(self.shared.clone(), move |db, location| {
-            exposure_counts_db(&db.conn, &flag, rule.as_deref())
+        run_report(self.shared.clone(), move |conn, location| {
+            exposure_counts_db(conn, &flag, rule.as_deref())
                 .map_err(|e| sql_error(location, "counting exposures", &e))
         })
         .await
@@ -223,8 +232,8 @@ impl SqliteStore {
     ) -> Result<Vec<FeedbackAgg>, StateError> {
         let flag = flag.to_owned();
         let rule = rule.map(str::to_owned);
-        run(self.shared.clone(), move |db, location| {
-            feedback_aggs_db(&db.conn, &flag, rule.as_deref(), since_ms)
+        run_report(self.shared.clone(), move |conn, location| {
+            feedback_aggs_db(conn, &flag, rule.as_deref(), since_ms)
                 .map_err(|e| sql_error(location, "aggregating feedback", &e))
         })
         .await
@@ -265,6 +274,47 @@ where
     })
     .await
     .map_err(|e| StateError::Storage(format!("SQLite state store task failed: {e}")))?
+}
+
+/// Runs a read-only results query `f` in a blocking task: on the reports connection for a
+/// file database, on the main one for an in-memory database (a second connection would see
+/// another database).
+async fn run_report<T, F>(shared: Arc<Shared>, f: F) -> Result<T, StateError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &str) -> Result<T, StateError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        if shared.location == ":memory:" {
+            let db = shared.db.lock().unwrap_or_else(PoisonError::into_inner);
+            return f(&db.conn, &shared.location);
+        }
+        let mut reports = shared
+            .reports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let conn = match reports.take() {
+            Some(conn) => conn,
+            None => open_reports(&shared.location)?,
+        };
+        let result = f(&conn, &shared.location);
+        *reports = Some(conn);
+        result
+    })
+    .await
+    .map_err(|e| StateError::Storage(format!("SQLite state store task failed: {e}")))?
+}
+
+/// Opens the read-only reports connection on an already migrated database file.
+fn open_reports(path: &str) -> Result<Connection, StateError> {
+    let fail = |doing: &str, e: rusqlite::Error| sql_error(path, doing, &e);
+    let conn = Connection::open(path).map_err(|e| fail("opening a reports connection", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| fail("setting the busy timeout", e))?;
+    // Read only; a larger page cache (64 MiB) for aggregating a flag's events.
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -65536;")
+        .map_err(|e| fail("configuring the reports connection", e))?;
+    Ok(conn)
 }
 
 /// Polls the version every 500 ms and signals when another process moved it; stops when the
