@@ -481,3 +481,11 @@ VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${SY_RPS}" "${NG_RPS}" || echo n/a)"
 
 cat "${REPORT}"
 log "report written to ${REPORT}"
+
+# --- experiment data at scale ------------------------------------------------------------------
+# Feedback ingestion (events/s in batches of 100) and the results computation with EXPOSURES
+# (default 1,000,000) stored, on SQLite and, when reachable, PostgreSQL. EXPERIMENTS=0 skips it.
+if [[ "${EXPERIMENTS:-1}" != 0 ]]; then
+  log "experiment data: ${EXPOSURES:-1000000} exposures, feedback ingestion, results latency"
+  EXPOSURES="${EXPOSURES:-1000000}" cargo bench --bench experiments 2>/dev/null | tee -a "${REPORT}"
+fi

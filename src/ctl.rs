@@ -392,3 +392,59 @@ pub fn render(action: &Action, v: &Value) -> String {
         }
     }
 }
+
+fn num(x: &Value, digits: usize) -> String {
+    x.as_f64().map_or("-".into(), |f| format!("{f:.digits$}"))
+}
+
+/// Experiment results as a table: one line per variation and metric against the control.
+fn results_table(v: &Value) -> String {
+    let mut out = format!(
+        "{} (control: {}, rule: {}, alpha {})\n",
+        v["flag"].as_str().unwrap_or("?"),
+        v["control"].as_str().unwrap_or("?"),
+        v["rule"].as_str().unwrap_or("all users"),
+        v["alpha"]
+    );
+    out.push_str(&format!(
+        "  {:<14} {:<16} {:>7} {:>10} {:>10} {:>9} {:>22} {:>9}  {}\n",
+        "variation",
+        "metric",
+        "users",
+        "value",
+        "control",
+        "lift",
+        "CI (always valid)",
+        "p",
+        "verdict"
+    ));
+    for r in v["variations"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:<14} {:<16} {:>7} {:>10} {:>10} {:>9} {:>22} {:>9}  {}\n",
+            r["variation"].as_str().unwrap_or("?"),
+            r["metric"].as_str().unwrap_or("?"),
+            r["users"].to_string(),
+            num(&r["value"], 4),
+            num(&r["control_value"], 4),
+            r["relative_lift"]
+                .as_f64()
+                .map_or("-".into(), |f| format!("{:+.1}%", f * 100.0)),
+            format!("[{}, {}]", num(&r["ci_low"], 4), num(&r["ci_high"], 4)),
+            num(&r["p_value"], 4),
+            r["verdict"].as_str().unwrap_or("?"),
+        ));
+    }
+    out.push_str(&format!(
+        "  sample ratio mismatch: {} (p = {})\n",
+        if v["srm"]["detected"] == json!(true) {
+            "DETECTED - results not trustworthy"
+        } else {
+            "none"
+        },
+        num(&v["srm"]["p_value"], 4)
+    ));
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  warning: {}\n", w.as_str().unwrap_or_default()));
+    }
+    out
+}

@@ -278,6 +278,28 @@ async fn a_winner_is_found_and_a_failing_variation_is_killed_by_its_alert() {
     assert_eq!(better["significant"], true);
     assert!(better["ci_low"].as_f64().unwrap() > 0.0);
     assert_eq!(results["srm"]["detected"], false, "{results}");
+    // The same as a readable table from the CLI.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["ctl", "results", "shop", "--metric", "conversion"])
+        .env("SWITCHYARD_ADMIN_URL", p.admin_url(""))
+        .env("SWITCHYARD_ADMIN_TOKEN", token)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("better"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        line.contains("conversion") && line.contains("winner"),
+        "{table}"
+    );
+    assert!(table.contains("sample ratio mismatch: none"), "{table}");
     let failing = results["variations"]
         .as_array()
         .unwrap()

@@ -71,8 +71,9 @@ const MIGRATIONS: &[&str] = &[
         switched BOOLEAN NOT NULL DEFAULT FALSE,
         PRIMARY KEY (flag, user_id)
     );
+    -- (flag, rule, variation), with `switched` so that counting exposures reads the index only.
     CREATE INDEX IF NOT EXISTS switchyard_exposures_rule
-        ON {s}.switchyard_exposures (flag, rule, variation);
+        ON {s}.switchyard_exposures (flag, rule, variation, switched);
     CREATE TABLE IF NOT EXISTS {s}.switchyard_requests (
         request_id TEXT PRIMARY KEY,
         flag TEXT NOT NULL,

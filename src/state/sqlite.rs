@@ -60,8 +60,9 @@ const MIGRATIONS: &[&str] = &[
         switched INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (flag, user_id)
     ) WITHOUT ROWID;
+    -- (flag, rule, variation), with `switched` so that counting exposures reads the index only.
     CREATE INDEX IF NOT EXISTS switchyard_exposures_rule
-        ON switchyard_exposures (flag, rule, variation);
+        ON switchyard_exposures (flag, rule, variation, switched);
     CREATE TABLE IF NOT EXISTS switchyard_requests (
         request_id TEXT PRIMARY KEY,
         flag TEXT NOT NULL,
