@@ -387,9 +387,7 @@ pub fn render(action: &Action, v: &Value) -> String {
             },
             v["hash"].as_str().unwrap_or("?")
         ),
-        Action::Results { .. } => {
-            format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
-        }
+        Action::Results { .. } => results_table(v),
     }
 }
 

@@ -820,10 +820,13 @@ async fn at_scale(url: &str) {
 
     let started = Instant::now();
     let (per_variation, switched) = store.exposure_counts("chat", None).await.unwrap();
+    let counted = started.elapsed();
     let aggs = store.feedback_aggs("chat", None, None).await.unwrap();
     let took = started.elapsed();
     println!(
-        "{kind}: exposure_counts + feedback_aggs over {} exposures, {} events: {took:.2?}",
+        "{kind}: exposure_counts {counted:.2?} + feedback_aggs {:.2?} = {took:.2?} \
+         ({} exposures, {} events)",
+        took - counted,
         exposures.len(),
         events.len()
     );
@@ -847,13 +850,16 @@ async fn at_scale(url: &str) {
         .exposure_counts("chat", Some("holdout"))
         .await
         .unwrap();
+    let counted = started.elapsed();
     let aggs = store
         .feedback_aggs("chat", Some("holdout"), Some(since))
         .await
         .unwrap();
+    let took = started.elapsed();
     println!(
-        "{kind}: exposure_counts + feedback_aggs with rule and since: {:.2?}",
-        started.elapsed()
+        "{kind}: with rule and since: exposure_counts {counted:.2?} + feedback_aggs {:.2?} \
+         = {took:.2?}",
+        took - counted
     );
     assert_eq!(
         in_rule.iter().map(|(_, n)| n).sum::<u64>(),
