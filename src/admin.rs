@@ -75,7 +75,9 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
             }
         }
         ("/admin/openapi.json", &Method::GET) => {
-            json_response(StatusCode::OK, &openapi::document())
+            let live = app.live.load();
+            let metrics: Vec<&str> = live.config.catalog.0.keys().map(String::as_str).collect();
+            json_response(StatusCode::OK, &openapi::document(&metrics))
         }
         ("/metrics" | "/healthz" | "/readyz" | "/admin/openapi.json", m) => {
             ApiError::MethodNotAllowed {

@@ -51,8 +51,9 @@ fn reason() -> Value {
     json!({"type": ["string", "null"], "description": "Free text, kept in the audit log."})
 }
 
-/// The document.
-pub fn document() -> Value {
+/// The document; `metrics` are the business metrics the running config knows (the results'
+/// `metric` parameter takes one of them).
+pub fn document(metrics: &[&str]) -> Value {
     let conflict = json!({"$ref": "#/components/responses/Conflict"});
     let invalid_config = json!({"$ref": "#/components/responses/InvalidConfig"});
     let with_flag = |mut o: Value| {
@@ -84,7 +85,7 @@ pub fn document() -> Value {
             "/admin/flags/{flag}/results": {"get": {
                 "summary": "Experiment results against the control: always-valid p-values and intervals, verdicts, SRM",
                 "security": [{"bearer": []}],
-                "parameters": [flag_param(), {"name": "metric", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "parameters": [flag_param(), {"name": "metric", "in": "query", "required": false, "schema": {"type": "string", "enum": metrics}}],
                 "responses": {
                     "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Results"}}}},
                     "400": {"$ref": "#/components/responses/Error"},
