@@ -513,3 +513,60 @@ async fn a_kill_switch_survives_kill_9() {
         "the SQLite file is not in the working directory"
     );
 }
+
+#[tokio::test]
+async fn an_acknowledged_feedback_event_survives_kill_9() {
+    let mut fx = Fixture::start("feedback");
+    // A user of the A/B rule, exposed, then converting (by flag and user: re-decided).
+    let r = chat(&fx.server.url, "support-assistant", "user-42").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let variation = r.header("x-switchyard-variation").unwrap();
+    // Exposures are written off the request path: wait until this one is stored.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let results = fx.ctl_json(&["results", "support-assistant", "--metric", "conversion"]);
+        if results["srm"]["observed"][variation.as_str()].as_u64() == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exposure not stored: {results}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let event = serde_json::json!({"event_id": "conv-42", "metric": "conversion", "value": true, "flag": "support-assistant", "user": "user-42"});
+    let ack = client::post_json(
+        &format!("{}/v1/feedback", fx.server.url),
+        &event.to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(ack.status, 200, "{}", ack.text());
+    assert_eq!(ack.json()["accepted"], 1);
+    // SIGKILL right after the acknowledgement.
+    fx.server.child.kill().expect("kill -9");
+    fx.server.child.wait().expect("wait");
+
+    fx.server = Server::start(&fx.dir.0, &fx.token);
+    // The event is counted after the restart: a duplicate now, and in the results.
+    let again = client::post_json(
+        &format!("{}/v1/feedback", fx.server.url),
+        &event.to_string(),
+        &[],
+    )
+    .await;
+    assert_eq!(again.json()["duplicates"], 1, "{}", again.text());
+    let results = fx.ctl_json(&["results", "support-assistant", "--metric", "conversion"]);
+    let rows = results["variations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let control_value = results["variations"][0]["control_value"].as_f64();
+    let counted = rows.iter().any(|r| {
+        r["variation"] == variation.as_str() && r["value"].as_f64().is_some_and(|v| v > 0.0)
+    }) || (variation == "control" && control_value.is_some_and(|v| v > 0.0));
+    assert!(
+        counted,
+        "the conversion of {variation} is not in the results after the restart: {results}"
+    );
+}
