@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::Instant;
 
 use switchyard::state::{Exposure, FeedbackAgg, FeedbackRow, Store};
@@ -16,73 +15,10 @@ use switchyard::state::{Exposure, FeedbackAgg, FeedbackRow, Store};
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-fn pg_base_url() -> String {
-    std::env::var("SWITCHYARD_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+#[path = "support/db.rs"]
+mod db;
 
-fn unique(tag: &str) -> String {
-    format!("sy_x{tag}_{}_{:08x}", std::process::id(), fastrand::u32(..))
-}
-
-/// A database of its own for one test: a fresh SQLite file or a fresh PostgreSQL schema.
-enum Db {
-    Sqlite { dir: PathBuf },
-    Postgres { schema: String },
-}
-
-impl Db {
-    fn sqlite(tag: &str) -> Db {
-        let dir = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&dir).unwrap();
-        Db::Sqlite { dir }
-    }
-
-    fn postgres(tag: &str) -> Db {
-        Db::Postgres {
-            schema: unique(tag),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite { dir } => format!("sqlite:{}", dir.join("state.db").display()),
-            Db::Postgres { schema } => {
-                let base = pg_base_url();
-                let sep = if base.contains('?') { '&' } else { '?' };
-                format!("{base}{sep}schema={schema}")
-            }
-        }
-    }
-
-    async fn cleanup(self) {
-        match self {
-            Db::Sqlite { dir } => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Db::Postgres { schema } => {
-                let (client, connection) =
-                    tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls)
-                        .await
-                        .expect("PostgreSQL must be reachable (set SWITCHYARD_TEST_PG)");
-                let driver = tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .await
-                    .unwrap();
-                drop(client);
-                let _ = driver.await;
-            }
-        }
-    }
-}
-
-async fn open(url: &str) -> Store {
-    match Store::open(url).await {
-        Ok(store) => store,
-        Err(e) => panic!("opening {url}: {e}"),
-    }
-}
+use db::{open, Db};
 
 fn exposure(
     flag: &str,

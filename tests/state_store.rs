@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -20,74 +19,10 @@ use tokio::task::{JoinHandle, JoinSet};
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-fn pg_base_url() -> String {
-    std::env::var("SWITCHYARD_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
+#[path = "support/db.rs"]
+mod db;
 
-fn unique(tag: &str) -> String {
-    format!("sy_{tag}_{}_{:08x}", std::process::id(), fastrand::u32(..))
-}
-
-fn with_schema(url: &str, schema: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}schema={schema}")
-}
-
-/// A database of its own for one test: a fresh SQLite file or a fresh PostgreSQL schema.
-enum Db {
-    Sqlite { dir: PathBuf },
-    Postgres { schema: String },
-}
-
-impl Db {
-    fn sqlite(tag: &str) -> Db {
-        let dir = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&dir).unwrap();
-        Db::Sqlite { dir }
-    }
-
-    fn postgres(tag: &str) -> Db {
-        Db::Postgres {
-            schema: unique(tag),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Db::Sqlite { dir } => format!("sqlite:{}", dir.join("state.db").display()),
-            Db::Postgres { schema } => with_schema(&pg_base_url(), schema),
-        }
-    }
-
-    async fn cleanup(self) {
-        match self {
-            Db::Sqlite { dir } => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Db::Postgres { schema } => {
-                let (client, connection) =
-                    tokio_postgres::connect(&pg_base_url(), tokio_postgres::NoTls)
-                        .await
-                        .expect("PostgreSQL must be reachable (set SWITCHYARD_TEST_PG)");
-                let driver = tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                    .await
-                    .unwrap();
-                drop(client);
-                let _ = driver.await;
-            }
-        }
-    }
-}
-
-async fn open(url: &str) -> Store {
-    match Store::open(url).await {
-        Ok(store) => store,
-        Err(e) => panic!("opening {url}: {e}"),
-    }
-}
+use db::{open, pg_base_url, unique, Db};
 
 fn enabled(flag: &str, on: bool) -> Change {
     Change::SetEnabled {
