@@ -403,9 +403,19 @@ fn open_db(path: &str) -> Result<Db, StateError> {
     .map_err(|e| fail("opening the database", e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| fail("setting the busy timeout", e))?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
-        .map_err(|e| fail("switching to WAL", e))?;
+    // Switching the journal mode can answer "locked" at once, without the busy handler, while
+    // another process opens the same new file: retry for up to the busy timeout.
+    let mut tries = 0;
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)) {
+            Ok(mode) => break mode,
+            Err(e) if tries < 250 && e.to_string().contains("locked") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(fail("switching to WAL", e)),
+        }
+    };
     if path != ":memory:" && !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(store = path, journal_mode = %mode, "SQLite state store is not in WAL mode");
     }
