@@ -7,12 +7,13 @@
 # front of it, and nginx as a plain reverse proxy when it is installed, then measures with
 # `loadgen` (a Rust keep-alive HTTP/1.1 load generator):
 #
-#   1. latency at concurrency 1 (closed loop, one connection)        direct, switchyard, nginx
-#   2. saturation throughput (closed loop, CONNS connections)        direct, switchyard, nginx
-#   3. latency at a fixed moderate rate (open loop, RATE req/s)      direct, switchyard, nginx
+#   1. latency at concurrency 1 (closed loop, one connection)        direct, switchyard, nginx, relay
+#   2. saturation throughput (closed loop, CONNS connections)        direct, switchyard, nginx, relay
+#   3. latency at a fixed moderate rate (open loop, RATE req/s)      direct, switchyard, nginx, relay
 #   4. STREAMS concurrent SSE streams held open (chunks 100 ms apart) direct, switchyard
 #
-# and prints a table (also written to target/bench/load-report.md) with the added latency
+# (relay: a bare hyper reverse proxy, `loadgen relay`, the floor of the stack Switchyard is
+# built on) and prints a table (also written to target/bench/load-report.md) with the added latency
 # (through − direct), Switchyard's throughput as a ratio of nginx's, stalls, Switchyard's idle
 # and peak RSS, and the mean of its own `switchyard_overhead_seconds` histogram per phase.
 #
@@ -306,6 +307,18 @@ else
   log "nginx not installed: no nginx comparison (INSTALL_NGINX=1 installs it)"
 fi
 
+# --- bare hyper relay ------------------------------------------------------------------------
+# The same stack as Switchyard (hyper server, hyper-util pooled client, tokio) forwarding bytes
+# and doing nothing else: the floor of any proxy built on it, so the report can tell the
+# stack's share of a gap to nginx from Switchyard's own.
+"${ON_SERVER[@]}" "${LOADGEN}" relay --upstream "${UP_ADDR}" --listen 127.0.0.1:0 \
+  >"${WORK}/relay.out" 2>"${WORK}/relay.err" &
+RL_PID=$!
+PIDS+=("${RL_PID}")
+RL_ADDR="$(wait_line "${WORK}/relay.out" 'relay listening on' "${RL_PID}" | sed 's#.*http://##')" ||
+  die "the bare relay did not start: $(cat "${WORK}/relay.err")"
+log "bare hyper relay on ${RL_ADDR}"
+
 PATH_CHAT=/v1/chat/completions
 TARGETS=(direct switchyard)
 declare -A URL=([direct]="http://${UP_ADDR}${PATH_CHAT}" [switchyard]="http://${SY_ADDR}${PATH_CHAT}")
@@ -313,6 +326,8 @@ if [[ -n "${NG_ADDR}" ]]; then
   TARGETS+=(nginx)
   URL[nginx]="http://${NG_ADDR}${PATH_CHAT}"
 fi
+TARGETS+=(relay)
+URL[relay]="http://${RL_ADDR}${PATH_CHAT}"
 # Each run sends model = "bench": the flag through Switchyard, an opaque name elsewhere.
 
 sleep 1
@@ -411,6 +426,8 @@ SY_RPS="$(field "${SAT[switchyard]}" rps)"
 NG_RPS=""
 [[ -n "${NG_ADDR}" ]] && NG_RPS="$(field "${SAT[nginx]}" rps)"
 VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${SY_RPS}" "${NG_RPS}" || echo n/a)"
+RL_RPS="$(field "${SAT[relay]}" rps)"
+RL_VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${RL_RPS}" "${NG_RPS}" || echo n/a)"
 
 {
   echo "# Switchyard load benchmark"
@@ -463,6 +480,9 @@ VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${SY_RPS}" "${NG_RPS}" || echo n/a)"
   echo "| … as a ratio of direct | $(ratio "${SY_RPS}" "$(field "${SAT[direct]}" rps)") | | |"
   echo "| … as a ratio of nginx | ${VS_NGINX} | ≥ 0.90 | $(verdict "${VS_NGINX}" 0.9 ge) |"
   echo "| mean of switchyard_overhead_seconds, saturation run | $(overhead_delta "${OH1}" "${OH2}") µs | | |"
+  echo "| bare hyper relay (the stack's floor): saturation as a ratio of nginx | ${RL_VS_NGINX} | | |"
+  echo "| switchyard as a ratio of the bare relay | $(ratio "${SY_RPS}" "${RL_RPS}") | | |"
+  echo "| added latency p50 / p99 of the bare relay, concurrency 1 | $(added "$(field "${C1[relay]}" p50_us)" "${D_C1_P50}") / $(added "$(field "${C1[relay]}" p99_us)" "${D_C1_P99}") µs | | |"
   if ((STREAMS > 0)); then
     S="${STR[switchyard]}"
     D="${STR[direct]}"
@@ -476,6 +496,7 @@ VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${SY_RPS}" "${NG_RPS}" || echo n/a)"
   echo "| idle RSS (VmRSS before load) | ${IDLE_RSS} MB | ≤ 20 MB | $(verdict "${IDLE_RSS}" 20 le) |"
   echo "| mean of switchyard_overhead_seconds, whole run | $(field "${OH4}" mean_us) µs over $(field "${OH4}" count) requests | | |"
   echo
+  echo "Targets: \`direct\` is the fake provider itself, \`relay\` a bare hyper reverse proxy (\`loadgen relay\`: the same hyper/tokio stack, no parsing, no decision, no metrics)."
   echo "Latencies are measured by the load generator; \"added\" is Switchyard's figure minus the direct one from the same invocation. The decision target (≤ 200 ns) is measured by \`cargo bench --bench micro -- decide\`."
 } >"${REPORT}"
 

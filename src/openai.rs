@@ -346,14 +346,27 @@ pub fn is_openai_error(body: &[u8]) -> bool {
     serde_json::from_slice::<Outer<'_>>(body).is_ok()
 }
 
-/// Whether `body` is a JSON object with `choices` (a chat completion, not garbage).
-pub fn is_completion(body: &[u8]) -> bool {
+/// Reads a complete answer in one pass: `None` when `body` is not a chat completion (a JSON
+/// object with `choices`), otherwise its usage when it reports one (a malformed `usage` is
+/// ignored, as [`read_usage`] does).
+pub fn read_completion(body: &[u8]) -> Option<Option<Usage>> {
     #[derive(serde::Deserialize)]
-    struct Completion {
+    struct Completion<'a> {
         #[allow(dead_code)]
         choices: serde::de::IgnoredAny,
+        #[serde(borrow, default)]
+        usage: Option<&'a serde_json::value::RawValue>,
     }
-    serde_json::from_slice::<Completion>(body).is_ok()
+    let c = serde_json::from_slice::<Completion<'_>>(body).ok()?;
+    Some(
+        c.usage
+            .and_then(|raw| serde_json::from_str::<Usage>(raw.get()).ok()),
+    )
+}
+
+/// Whether `body` is a JSON object with `choices` (a chat completion, not garbage).
+pub fn is_completion(body: &[u8]) -> bool {
+    read_completion(body).is_some()
 }
 
 /// Usage as reported by a provider.

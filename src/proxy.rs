@@ -23,7 +23,7 @@ use crate::body::{full, Body};
 use crate::fallback::FallbackReason;
 use crate::flags::{Decision, DecisionReason, FallbackBehavior, Flag};
 use crate::metrics::Outcome;
-use crate::openai::{read_usage, ApiError};
+use crate::openai::ApiError;
 use crate::providers::Timeouts;
 use context::{Recorder, Route};
 use forward::{ForwardCtx, Upstream};
@@ -254,9 +254,9 @@ fn respond(
         Outcome::Success
     };
     let mut resp = match upstream {
-        Upstream::Complete(body) => {
+        Upstream::Complete(body, usage) => {
             if let Some(r) = slot.as_mut() {
-                if let Some(usage) = read_usage(&body) {
+                if let Some(usage) = usage {
                     r.usage(usage);
                 }
                 r.finish(outcome, None);
@@ -451,8 +451,23 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("req_{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..));
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    new_request_id()
+}
+
+/// A new request id: `req_`, the time in milliseconds (12 hex digits) and 48 random bits (12
+/// hex digits). Ids that grow with time are appended at the end of the state store's index of
+/// request ids rather than scattered through it.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let ms = crate::admin::api::now_ms() & 0xffff_ffff_ffff;
+    let random = fastrand::u64(..) & 0xffff_ffff_ffff;
+    let mut id = *b"req_000000000000000000000000";
+    for (i, slot) in id[4..].iter_mut().enumerate() {
+        let word = if i < 12 { ms } else { random };
+        let shift = 4 * (11 - (i % 12));
+        *slot = HEX[((word >> shift) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
 /// Reads the body up to `limit` bytes (413 beyond).
@@ -487,4 +502,27 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_are_unique_and_grow_with_time() {
+        let a = new_request_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_request_id();
+        let (a, b) = (a.to_str().unwrap_or(""), b.to_str().unwrap_or(""));
+        assert_eq!(a.len(), 28);
+        assert!(a.starts_with("req_") && a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(a[4..16] < b[4..16], "{a} then {b}");
+        let now = crate::admin::api::now_ms();
+        let ms = u64::from_str_radix(&b[4..16], 16).unwrap_or(0);
+        assert!(now >= ms && now - ms < 10_000);
+        let many: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| new_request_id().to_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(many.len(), 10_000);
+    }
 }

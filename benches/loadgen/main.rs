@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! loadgen upstream [--listen 127.0.0.1:0] [--chunks 30] [--interval-ms 100]
+//! loadgen relay    --upstream IP:PORT [--listen 127.0.0.1:0]
 //! loadgen closed   --url URL [--conns 64] [--duration 10] [--warmup 1] [--model M]
 //! loadgen open     --url URL [--rate 2000] [--conns 64] [--duration 10] [--model M]
 //! loadgen streams  --url URL [--streams 1000] [--ramp 1000] [--chunks 30] [--interval-ms 100]
@@ -20,12 +21,14 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`upstream`] | the fake OpenAI-compatible provider (JSON answers and timed SSE streams) |
+//! | [`relay`] | a bare hyper reverse proxy: the floor of the stack Switchyard is built on |
 //! | [`client`] | one keep-alive HTTP/1.1 connection, request bodies, loopback-only targets |
 //! | [`runs`] | closed loop, open loop, held streams, the `/metrics` overhead scrape |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client;
+mod relay;
 mod runs;
 mod upstream;
 
@@ -88,7 +91,7 @@ impl Args {
 
 const USAGE: &str = "loadgen: the load benchmark's fake provider and load generator.
 Run the whole benchmark with `bash benches/load.sh`; subcommands:
-  upstream | closed | open | streams | overhead | freeport   (see benches/loadgen/main.rs)";
+  upstream | relay | closed | open | streams | overhead | freeport   (see benches/loadgen/main.rs)";
 
 fn runtime() -> tokio::runtime::Runtime {
     // Worker threads follow the CPUs this process may run on (taskset), one per core.
@@ -107,6 +110,11 @@ fn run(command: &str, args: &Args) -> Result<(), String> {
                 interval: Duration::from_millis(args.num("interval-ms", 100)?),
             };
             runtime().block_on(upstream::serve(settings))
+        }
+        "relay" => {
+            let listen = args.str("listen", "127.0.0.1:0");
+            let upstream = args.required("upstream")?;
+            runtime().block_on(relay::serve(&listen, &upstream))
         }
         "closed" => {
             let plan = runs::ClosedPlan {

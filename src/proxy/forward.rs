@@ -26,8 +26,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// A provider's successful answer.
 pub enum Upstream {
-    /// A complete JSON answer (OpenAI shape).
-    Complete(Bytes),
+    /// A complete JSON answer (OpenAI shape), and the usage it reports.
+    Complete(Bytes, Option<crate::openai::Usage>),
     /// An SSE stream (OpenAI shape): its first chunk, and the rest still arriving.
     Stream {
         /// The first data received.
@@ -254,7 +254,9 @@ async fn attempt(
                     deadline,
                 })
             } else {
-                Ok(Upstream::Complete(mock::complete(&body)))
+                let answer = mock::complete(&body);
+                let usage = crate::openai::read_usage(&answer);
+                Ok(Upstream::Complete(answer, usage))
             };
         }
         ProviderKind::OpenAi(settings) => {
@@ -358,18 +360,18 @@ async fn attempt(
     } else {
         bytes
     };
-    if !crate::openai::is_completion(&bytes) {
+    let Some(usage) = crate::openai::read_completion(&bytes) else {
         return Err(Failure::Invalid(
             "the answer is not a chat completion".into(),
         ));
-    }
+    };
     if stream {
         // The client asked for a stream but the provider answered in one piece: not valid.
         return Err(Failure::Invalid(
             "a stream was requested but the provider sent a complete answer".into(),
         ));
     }
-    Ok(Upstream::Complete(bytes))
+    Ok(Upstream::Complete(bytes, usage))
 }
 
 fn post(

@@ -96,11 +96,116 @@ pub struct Tool<'a> {
     pub raw: &'a RawValue,
 }
 
+/// `messages` as the top-level pass found it: its elements, or not an array.
+type RawMessages<'a> = Result<Vec<&'a RawValue>, ()>;
+
+/// The body's top level in one pass: every member but `messages` as raw JSON, and the
+/// elements of `messages` (so the array is not scanned a second time to split it).
+struct TopLevel<'a> {
+    fields: RawObject<'a>,
+    messages: Option<RawMessages<'a>>,
+    messages_at: usize,
+}
+
+struct MessagesSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for MessagesSeed {
+    type Value = RawMessages<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawMessages<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(m) = seq.next_element::<&'de RawValue>()? {
+                    list.push(m);
+                }
+                Ok(Ok(list))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Err(()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopLevel<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut messages = None;
+                let mut messages_at = 0;
+                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                    if k == "messages" {
+                        // A repeated key: the last one wins, in the first one's place.
+                        if messages.is_none() {
+                            messages_at = fields.len();
+                        }
+                        messages = Some(map.next_value_seed(MessagesSeed)?);
+                        continue;
+                    }
+                    let v: &'de RawValue = map.next_value()?;
+                    if let Some(slot) = fields.iter_mut().find(|(name, _)| *name == k) {
+                        slot.1 = v;
+                    } else {
+                        fields.push((k, v));
+                    }
+                }
+                Ok(TopLevel {
+                    fields: RawObject(fields),
+                    messages,
+                    messages_at,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// A parsed chat completion request.
 #[derive(Debug)]
 pub struct ChatRequest<'a> {
-    /// Every top-level member, in order.
+    /// Every top-level member but `messages`, in order.
     pub fields: RawObject<'a>,
+    /// Where `messages` stood among the top-level members (an index into `fields`).
+    pub messages_at: usize,
     /// The requested model (a flag key or a passthrough model).
     pub model: Cow<'a, str>,
     /// The messages.
@@ -121,10 +226,86 @@ pub struct ChatRequest<'a> {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[derive(Deserialize)]
-struct RoleOnly<'a> {
-    #[serde(borrow)]
-    role: Cow<'a, str>,
+/// The end of the JSON string whose contents start at `i` (the index of its closing quote).
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[j] == b'\\' {
+            i = j + 2;
+        } else {
+            return Some(j);
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// Skips the JSON value starting at `i`: the index of the `,`, `}` or `]` after it.
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    loop {
+        match *b.get(i)? {
+            b'"' => i = string_end(b, i + 1)? + 1,
+            b'{' | b'[' => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' | b']' if depth == 0 => return Some(i),
+            b'}' | b']' => {
+                depth -= 1;
+                i += 1;
+            }
+            b',' if depth == 0 => return Some(i),
+            _ => i += 1,
+        }
+    }
+}
+
+/// A message's `role`: its top-level members are scanned up to `role` and no further (the
+/// content usually comes after it). The text is valid JSON, since the whole body was parsed
+/// once already; `None` when it is not an object with a string `role` (of repeated `role`
+/// members the first counts).
+fn role_of(raw: &str) -> Option<Cow<'_, str>> {
+    let b = raw.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(b, i);
+        match b.get(i)? {
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = string_end(b, i + 1)?;
+        let key = raw.get(i..=key_end)?;
+        i = skip_ws(b, key_end + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let is_role = key == "\"role\""
+            || (key.contains('\\')
+                && serde_json::from_str::<String>(key).is_ok_and(|k| k == "role"));
+        if is_role {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let end = string_end(b, i + 1)?;
+            return serde_json::from_str::<Cow<'_, str>>(raw.get(i..=end)?).ok();
+        }
+        i = skip_value(b, i)?;
+    }
 }
 
 #[derive(Deserialize)]
@@ -244,7 +425,11 @@ fn positive_int(name: &'static str, raw: &RawValue) -> Result<Option<u64>, ApiEr
 impl<'a> ChatRequest<'a> {
     /// Parses and checks a body.
     pub fn parse(body: &'a [u8]) -> Result<ChatRequest<'a>, ApiError> {
-        let fields = match RawObject::parse(body) {
+        let TopLevel {
+            fields,
+            messages,
+            messages_at,
+        } = match serde_json::from_slice::<TopLevel<'a>>(body) {
             Ok(f) => f,
             Err(e) if e.is_data() => {
                 return Err(ApiError::InvalidJson(
@@ -257,8 +442,8 @@ impl<'a> ChatRequest<'a> {
                 )))
             }
         };
-        for (name, kind) in TYPED_FIELDS {
-            if let Some(raw) = fields.get(name) {
+        for (name, raw) in &fields.0 {
+            if let Some((name, kind)) = TYPED_FIELDS.iter().find(|(n, _)| n == name) {
                 check_kind(name, raw, *kind)?;
             }
         }
@@ -270,10 +455,10 @@ impl<'a> ChatRequest<'a> {
                 Err(_) => return Err(ApiError::field("model", "`model` must be a string")),
             },
         };
-        let messages = match fields.get("messages") {
+        let messages = match messages {
             None => return Err(ApiError::field("messages", "`messages` is required")),
-            Some(raw) => {
-                let list: Vec<&'a RawValue> = serde_json::from_str(raw.get()).map_err(|_| {
+            Some(list) => {
+                let list = list.map_err(|()| {
                     ApiError::field("messages", "`messages` must be an array of message objects")
                 })?;
                 if list.is_empty() {
@@ -281,16 +466,13 @@ impl<'a> ChatRequest<'a> {
                 }
                 let mut messages = Vec::with_capacity(list.len());
                 for (i, m) in list.into_iter().enumerate() {
-                    let role: RoleOnly<'a> = serde_json::from_str(m.get()).map_err(|_| {
+                    let role = role_of(m.get()).ok_or_else(|| {
                         ApiError::field(
                             "messages",
                             format!("`messages[{i}]` must be an object with a string `role`"),
                         )
                     })?;
-                    messages.push(Message {
-                        role: role.role,
-                        raw: m,
-                    });
+                    messages.push(Message { role, raw: m });
                 }
                 messages
             }
@@ -361,6 +543,7 @@ impl<'a> ChatRequest<'a> {
         Ok(ChatRequest {
             model,
             messages,
+            messages_at,
             tools,
             stream,
             include_usage,
@@ -376,5 +559,105 @@ impl<'a> ChatRequest<'a> {
     pub fn string_field(&self, name: &str) -> Option<Cow<'a, str>> {
         let raw = self.fields.get(name)?;
         serde_json::from_str::<Cow<'a, str>>(raw.get()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_of_reads_the_top_level_role_only() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (r#"{"role":"user","content":"hi"}"#, Some("user")),
+            (
+                r#" { "content" : "a \"role\": x" , "role" : "assistant" } "#,
+                Some("assistant"),
+            ),
+            (
+                r#"{"content":[{"type":"text","role":"nested"}],"role":"tool"}"#,
+                Some("tool"),
+            ),
+            (
+                r#"{"content":{"role":"nested","a":[1,{"b":"]"}]},"role":"developer"}"#,
+                Some("developer"),
+            ),
+            (r#"{"name":"x\\","role":"system"}"#, Some("system")),
+            (r#"{"r\u006fle":"user"}"#, Some("user")),
+            (r#"{"role":"us\u0065r"}"#, Some("user")),
+            (
+                r#"{"n":-1.5e3,"t":true,"z":null,"role":"user"}"#,
+                Some("user"),
+            ),
+            (r#"{"role":null}"#, None),
+            (r#"{"role":7}"#, None),
+            (r#"{"content":"hi"}"#, None),
+            (r#"{}"#, None),
+            (r#""user""#, None),
+            (r#"["role","user"]"#, None),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(role_of(raw).as_deref(), *want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn messages_keep_their_place_and_a_passthrough_is_byte_identical() {
+        use crate::proxy::rewrite::{rewrite_passthrough, RewriteOptions};
+        let opts = RewriteOptions {
+            prompt_mode: crate::flags::PromptMode::Insert,
+            force_stream_usage: false,
+        };
+        for body in [
+            r#"{"messages":[{"role":"user","content":"a"}],"model":"m","n":1}"#,
+            r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"a"}],"n":1}"#,
+            r#"{"model":"m","n":1,"messages":[{"content":"x","role":"user"}]}"#,
+        ] {
+            let req = ChatRequest::parse(body.as_bytes()).map_err(|e| e.to_string());
+            let req = req.unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(
+                String::from_utf8_lossy(&rewrite_passthrough(&req, opts)),
+                body
+            );
+        }
+        // A repeated `messages`: the last value, in the first one's place.
+        let req = ChatRequest::parse(
+            br#"{"messages":[],"model":"m","messages":[{"role":"user","content":"b"}]}"#,
+        );
+        let req = req.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&rewrite_passthrough(&req, opts)),
+            r#"{"messages":[{"role":"user","content":"b"}],"model":"m"}"#
+        );
+    }
+
+    #[test]
+    fn messages_of_the_wrong_type_are_a_field_error() {
+        for body in [
+            r#"{"model":"m","messages":{"role":"user"}}"#,
+            r#"{"model":"m","messages":"hi"}"#,
+            r#"{"model":"m","messages":null}"#,
+            r#"{"model":"m","messages":3}"#,
+            r#"{"model":"m","messages":[1,2]}"#,
+        ] {
+            let err = ChatRequest::parse(body.as_bytes())
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert!(
+                err.as_ref().is_err_and(|e| e.contains("messages")),
+                "{body}: {err:?}"
+            );
+        }
+        let err = ChatRequest::parse(br#"{"model":"m","messages":[}"#).map(|_| ());
+        assert!(err.is_err_and(|e| e.to_string().contains("not valid JSON")));
+    }
+
+    #[test]
+    fn parse_rejects_a_message_without_a_string_role() {
+        let err =
+            ChatRequest::parse(br#"{"model":"m","messages":[{"role":"user"},{"content":"x"}]}"#)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        assert!(err.is_err_and(|e| e.contains("messages[1]")));
     }
 }

@@ -71,7 +71,9 @@ fn rewrite_to(
         .0
         .iter()
         .map(|(k, v)| k.len() + v.get().len() + 4)
-        .sum();
+        .chain(req.messages.iter().map(|m| m.raw.get().len() + 1))
+        .sum::<usize>()
+        + 16;
     let mut out = Vec::with_capacity(
         body_len
             + variation
@@ -101,15 +103,15 @@ fn rewrite_to(
     let mut wrote_budget = false;
     let mut wrote_stream_options = false;
 
-    for (key, raw) in &req.fields.0 {
+    for (i, (key, raw)) in req.fields.0.iter().enumerate() {
+        if i == req.messages_at {
+            write_key(&mut out, &mut first, "messages");
+            write_messages(&mut out, req, variation, opts.prompt_mode);
+        }
         match key.as_ref() {
             "model" => {
                 write_key(&mut out, &mut first, "model");
                 write_json_str(&mut out, model);
-            }
-            "messages" => {
-                write_key(&mut out, &mut first, "messages");
-                write_messages(&mut out, req, variation, opts.prompt_mode);
             }
             "temperature" if variation.is_some_and(|v| v.temperature.is_some()) => {
                 if let Some(t) = variation.and_then(|v| v.temperature) {
@@ -157,6 +159,10 @@ fn rewrite_to(
                 out.extend_from_slice(raw.get().as_bytes());
             }
         }
+    }
+    if req.messages_at >= req.fields.0.len() {
+        write_key(&mut out, &mut first, "messages");
+        write_messages(&mut out, req, variation, opts.prompt_mode);
     }
     if let Some(t) = variation.and_then(|v| v.temperature) {
         if !wrote_temperature {
