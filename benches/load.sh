@@ -25,6 +25,8 @@
 #   STREAM_RAMP=1000   streams opened per second
 #   STREAM_PROTO=auto  h1 (a connection per stream), h2 (100 streams per connection, prior
 #                      knowledge), or auto: h1 unless the descriptor limit is too low for it
+#   STREAM_UPSTREAM=h2 Switchyard to the provider in the stream run: h2 (h2c, one shared
+#                      connection) or h1 (one connection per stream)
 #   CHUNK_MS=100       time between the provider's chunks
 #   SERVER_CPUS=0      CPUs for Switchyard and nginx (taskset -c)
 #   UPSTREAM_CPUS=…    CPUs for the fake provider (default: SERVER_CPUS)
@@ -113,6 +115,14 @@ if (($(ulimit -n) < want_fds)); then
   ulimit -n "${want_fds}" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
 STREAM_PROTO="${STREAM_PROTO:-auto}"
+# Switchyard to the provider in the stream run: h2 (h2c, every stream on one connection, as
+# HTTP/2 over TLS to a real provider would be) or h1 (a provider connection per stream).
+STREAM_UPSTREAM="${STREAM_UPSTREAM:-h2}"
+case "${STREAM_UPSTREAM}" in
+  h2) STREAM_MODEL=bench-h2 ;;
+  h1) STREAM_MODEL=bench ;;
+  *) die "STREAM_UPSTREAM must be h1 or h2" ;;
+esac
 if [[ "${STREAM_PROTO}" == auto ]]; then
   if (($(ulimit -n) >= want_fds)); then STREAM_PROTO=h1; else STREAM_PROTO=h2; fi
 fi
@@ -234,6 +244,34 @@ allocation = [{ variation = "control", end = 5000 }, { variation = "treatment", 
 [[flags.bench.rules]]
 id = "everyone-else"
 allocation = [{ variation = "control", end = 10000 }]
+
+# The stream run's flag: the same, over HTTP/2 to the provider (h2c, one shared connection).
+[providers.bench-h2]
+kind = "openai"
+base_url = "http://${UP_ADDR}/v1"
+http2_prior_knowledge = true
+
+[flags.bench-h2]
+off_variation = "control"
+stable_variation = "control"
+
+[flags.bench-h2.variations.control]
+provider = "bench-h2"
+model_id = "gpt-4o"
+system_prompt_variant = "concise"
+temperature = 0.3
+token_budget = 1200
+
+[flags.bench-h2.variations.treatment]
+provider = "bench-h2"
+model_id = "gpt-4o-mini"
+system_prompt_variant = "warm"
+temperature = 0.7
+token_budget = 800
+
+[[flags.bench-h2.rules]]
+id = "ab-bench-h2"
+allocation = [{ variation = "control", end = 5000 }, { variation = "treatment", end = 10000 }]
 EOF
 SWITCHYARD_LOG=warn "${ON_SERVER[@]}" "${SWITCHYARD}" serve --config "${WORK}/switchyard.toml" \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"${WORK}/switchyard.out" 2>"${WORK}/switchyard.err" &
@@ -377,7 +415,7 @@ if ((STREAMS > 0)); then
       WALL0="$(date +%s.%N)"
     fi
     log "${STREAMS} streams over ${STREAM_PROTO}, ${STREAM_CHUNKS} chunks ${CHUNK_MS} ms apart → ${t}"
-    STR[$t]="$(measure streams --url "${URL[$t]}" --streams "${STREAMS}" --ramp "${STREAM_RAMP}" \
+    STR[$t]="$(measure streams --url "${URL[$t]}" --model "${STREAM_MODEL}" --streams "${STREAMS}" --ramp "${STREAM_RAMP}" \
       --chunks "${STREAM_CHUNKS}" --interval-ms "${CHUNK_MS}" --stall-ms "${STALL_MS}" \
       --proto "${STREAM_PROTO}")"
   done
@@ -436,7 +474,7 @@ RL_VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${RL_RPS}" "${NG_RPS}" || echo n/
   echo "- machine: ${NPROC} CPU, ${CPU_MODEL}; $(uname -sr)"
   echo "- revision: ${REV}"
   echo "- pinning: ${PINNING}"
-  echo "- settings: DURATION=${DURATION}s per run (+${WARMUP}s warm-up), CONNS=${CONNS}, RATE=${RATE}/s, STREAMS=${STREAMS} over ${STREAM_PROTO} (opened at ${STREAM_RAMP}/s, ${STREAM_CHUNKS} chunks ${CHUNK_MS} ms apart); ulimit -n $(ulimit -n)"
+  echo "- settings: DURATION=${DURATION}s per run (+${WARMUP}s warm-up), CONNS=${CONNS}, RATE=${RATE}/s, STREAMS=${STREAMS} over ${STREAM_PROTO}, Switchyard to the provider over ${STREAM_UPSTREAM} (opened at ${STREAM_RAMP}/s, ${STREAM_CHUNKS} chunks ${CHUNK_MS} ms apart); ulimit -n $(ulimit -n)"
   echo "- request: ~0.7 KB chat body, model = flag \`bench\` (audience rule evaluated, then a 50/50 split), a new end user per request"
   echo
   echo "## Requests"

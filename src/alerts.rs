@@ -341,7 +341,7 @@ impl Engine {
                 tracing::error!(error = %e, "alert metrics not registered");
             }
         }
-        let client = app.clients.get(Duration::from_secs(2));
+        let client = app.clients.get(Duration::from_secs(2), false);
         Ok(Engine {
             state: tokio::sync::Mutex::new(State::default()),
             views: Mutex::new(HashMap::new()),

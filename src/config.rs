@@ -653,12 +653,29 @@ impl Validator<'_> {
                 return None;
             }
         };
+        let http2_prior_knowledge = p.http2_prior_knowledge.unwrap_or(false);
+        if http2_prior_knowledge {
+            let key = path.key("http2_prior_knowledge");
+            if matches!(kind, ProviderKind::Mock(_)) {
+                self.err(&key, "not used by the mock provider");
+            } else if p
+                .base_url
+                .as_deref()
+                .is_none_or(|u| !u.to_ascii_lowercase().starts_with("http://"))
+            {
+                self.err(
+                    &key,
+                    "only for plain-text http:// providers (over https:// HTTP/2 is negotiated by ALPN)",
+                );
+            }
+        }
         Some(Provider {
             name: name.to_owned(),
             kind,
             timeouts,
             retry,
             circuit,
+            http2_prior_knowledge,
         })
     }
 

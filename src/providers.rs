@@ -24,6 +24,8 @@ pub struct Provider {
     pub retry: RetryPolicy,
     /// When to stop sending to a failing provider.
     pub circuit: CircuitPolicy,
+    /// Plain-text HTTP/2 (h2c, prior knowledge) instead of HTTP/1.1 for `http://` URLs.
+    pub http2_prior_knowledge: bool,
 }
 
 /// Timeouts of one upstream call.

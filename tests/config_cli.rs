@@ -336,6 +336,21 @@ fn bad_values_are_rejected_with_file_line_and_key() {
             "end = 5000",
         ),
         (
+            "h2c-on-mock",
+            mutate("kind = \"mock\"\n", "kind = \"mock\"\nhttp2_prior_knowledge = true\n"),
+            "providers.m.http2_prior_knowledge",
+            "http2_prior_knowledge",
+        ),
+        (
+            "h2c-over-https",
+            mutate(
+                "[prompts]\n",
+                "[providers.o]\nkind = \"openai\"\nbase_url = \"https://api.example.com/v1\"\nhttp2_prior_knowledge = true\n\n[prompts]\n",
+            ),
+            "providers.o.http2_prior_knowledge",
+            "http2_prior_knowledge",
+        ),
+        (
             "end-too-large",
             mutate("{ variation = \"b\", end = 10000 },\n]", "{ variation = \"b\", end = 10001 },\n]"),
             "flags.f.rules[1].allocation[1].end",

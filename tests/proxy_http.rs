@@ -1523,6 +1523,55 @@ async fn sequential_requests_reuse_upstream_connections() {
     );
 }
 
+#[tokio::test]
+async fn an_h2c_provider_carries_concurrent_requests_and_streams_on_one_connection() {
+    let up = MockUpstream::builder().start().await;
+    let config = basic_config(&up.base_url()).replacen(
+        "kind = \"openai\"\n",
+        "kind = \"openai\"\nhttp2_prior_knowledge = true\n",
+        1,
+    );
+    assert!(config.contains("http2_prior_knowledge"), "{config}");
+    let proxy = TestProxy::start(&config).await;
+    let first = client::post_json(&proxy.url(CHAT), &chat("f", "h2c-0"), &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 1..=24 {
+        let url = proxy.url(CHAT);
+        let mut body: Value = serde_json::from_str(&chat("f", &format!("h2c-{n}"))).unwrap();
+        if n % 2 == 0 {
+            body["stream"] = Value::Bool(true);
+        }
+        calls.spawn(async move { (n, client::post_json(&url, &body.to_string(), &[]).await) });
+    }
+    while let Some(done) = calls.join_next().await {
+        let (n, resp) = done.unwrap();
+        assert_eq!(resp.status, StatusCode::OK, "request {n}: {}", resp.text());
+        if n % 2 == 0 {
+            assert!(
+                resp.text().contains("data: [DONE]"),
+                "stream {n}: {}",
+                resp.text()
+            );
+        } else {
+            let v: Value = serde_json::from_slice(&resp.body).unwrap();
+            assert!(v["choices"].is_array(), "request {n}: {v}");
+        }
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 25);
+    assert!(
+        seen.iter().all(|r| r.version == "HTTP/2.0"),
+        "{:?}",
+        seen.iter().map(|r| &r.version).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        up.connections_accepted(),
+        1,
+        "one multiplexed provider connection"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 11. Metrics, health
 // ---------------------------------------------------------------------------------------------

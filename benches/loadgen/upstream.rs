@@ -201,7 +201,10 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     // The script reads this line to find the port.
     println!("upstream listening on http://{addr}");
     let settings = Arc::new(settings);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A proxy speaking h2c to it carries every stream on one connection (hyper's default
+    // limit of 200 concurrent streams would queue the rest).
+    builder.http2().max_concurrent_streams(65_536);
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,

@@ -190,7 +190,7 @@ mod tests {
     }
 
     fn client() -> HttpClient {
-        crate::providers::client::Clients::default().get(Duration::from_secs(1))
+        crate::providers::client::Clients::default().get(Duration::from_secs(1), false)
     }
 
     /// A server answering each connection's request with the next status of `script` (the

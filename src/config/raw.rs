@@ -169,6 +169,10 @@ pub struct RawProvider {
     /// Extra headers on every call.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Plain-text `http://` providers: speak HTTP/2 without negotiation (h2c, prior
+    /// knowledge), so concurrent requests and streams share connections. Over `https://`
+    /// HTTP/2 is negotiated by ALPN anyway.
+    pub http2_prior_knowledge: Option<bool>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,

@@ -1,5 +1,6 @@
 //! The pooled upstream client: hyper's legacy client over rustls (webpki roots, HTTP/1.1 and
-//! h2 by ALPN), one pool per connect timeout, keep-alive connections reused across requests.
+//! h2 by ALPN, or h2c by prior knowledge where a provider asks for it), one pool per connect
+//! timeout and protocol, keep-alive connections reused across requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// Upstream clients, shared by all requests (and across config reloads, so pools survive).
 #[derive(Clone, Default)]
 pub struct Clients {
-    by_connect_timeout: Arc<DashMap<Duration, HttpClient>>,
+    by_connect_timeout: Arc<DashMap<(Duration, bool), HttpClient>>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -29,7 +30,7 @@ impl std::fmt::Debug for Clients {
     }
 }
 
-fn build(connect_timeout: Duration) -> HttpClient {
+fn build(connect_timeout: Duration, http2_prior_knowledge: bool) -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -44,18 +45,23 @@ fn build(connect_timeout: Duration) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+        // h2c: every request and stream to the provider shares one connection instead of
+        // holding one each (with thousands of streams open, that connection per stream was
+        // most of the proxy's memory and receive calls).
+        .http2_only(http2_prior_knowledge)
         .build(https)
 }
 
 impl Clients {
-    /// The client for a connect timeout (created on first use).
-    pub fn get(&self, connect_timeout: Duration) -> HttpClient {
-        if let Some(c) = self.by_connect_timeout.get(&connect_timeout) {
+    /// The client for a connect timeout and protocol (created on first use).
+    pub fn get(&self, connect_timeout: Duration, http2_prior_knowledge: bool) -> HttpClient {
+        let key = (connect_timeout, http2_prior_knowledge);
+        if let Some(c) = self.by_connect_timeout.get(&key) {
             return c.clone();
         }
         self.by_connect_timeout
-            .entry(connect_timeout)
-            .or_insert_with(|| build(connect_timeout))
+            .entry(key)
+            .or_insert_with(|| build(connect_timeout, http2_prior_knowledge))
             .clone()
     }
 }

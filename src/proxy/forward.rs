@@ -290,7 +290,9 @@ async fn attempt(
             (req, true)
         }
     };
-    let client = ctx.clients.get(timeouts.connect);
+    let client = ctx
+        .clients
+        .get(timeouts.connect, provider.http2_prior_knowledge);
     let resp = match tokio::time::timeout_at(first_byte_deadline.into(), client.request(req)).await
     {
         Err(_) => return Err(Failure::Timeout(first_byte_deadline - started)),

@@ -69,6 +69,8 @@ pub enum SseStep {
 #[derive(Debug, Clone)]
 pub struct CapturedRequest {
     pub method: String,
+    /// `HTTP/1.1`, `HTTP/2.0`…
+    pub version: String,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -318,6 +320,7 @@ async fn handle(
     };
     let captured = CapturedRequest {
         method: parts.method.to_string(),
+        version: format!("{:?}", parts.version),
         path: parts.uri.path().to_owned(),
         headers: parts.headers,
         body,
