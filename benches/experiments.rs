@@ -58,6 +58,7 @@ async fn run(kind: &str, url: &str, exposures: usize) {
             user: format!("u-{i}"),
             request_id: format!("req-{i}"),
             at_ms: 1,
+            repeat: false,
         });
         if batch.len() == 5000 {
             store.record_exposures(&batch).await.unwrap();

@@ -375,6 +375,7 @@ fn answered(
                 user: user.clone(),
                 request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
                 at_ms: crate::admin::api::now_ms(),
+                repeat: false,
             };
             app.experiments.expose(app, exposure);
         }

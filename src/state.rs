@@ -244,6 +244,9 @@ pub struct Exposure {
     pub request_id: String,
     /// Unix milliseconds of the decision.
     pub at_ms: u64,
+    /// This proxy recorded the same (flag, user, variation) lately: only the request id is
+    /// written (a returning user's exposure carries nothing new).
+    pub repeat: bool,
 }
 
 /// One feedback event, attributed to a flag's variation and a user.

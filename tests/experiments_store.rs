@@ -35,6 +35,7 @@ fn exposure(
         user: user.into(),
         request_id: request_id.into(),
         at_ms,
+        repeat: false,
     }
 }
 
@@ -202,6 +203,47 @@ async fn request_lookup(url: &str) {
     assert_eq!(
         store.exposure_counts("f", None).await.unwrap(),
         counts(&[("control", 1), ("treatment", 1)], 1)
+    );
+}
+
+/// A repeat (the proxy recorded the same flag, user and variation lately) writes its request
+/// id only: it resolves like any other, and the user is counted once.
+async fn repeats_write_request_ids_only(url: &str) {
+    let store = open(url).await;
+    let repeat = |user: &str, variation: &str, id: &str, at: u64| Exposure {
+        repeat: true,
+        ..exposure("f", user, variation, Some("r"), id, at)
+    };
+    store
+        .record_exposures(&[
+            exposure("f", "alice", "control", Some("r"), "req-a1", 1_000),
+            repeat("alice", "control", "req-a2", 1_001),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_exposures(&[
+            repeat("alice", "control", "req-a3", 2_000),
+            exposure("f", "bob", "treatment", Some("r"), "req-b1", 2_001),
+            repeat("bob", "treatment", "req-b2", 2_002),
+        ])
+        .await
+        .unwrap();
+    for (id, variation, user) in [
+        ("req-a1", "control", "alice"),
+        ("req-a2", "control", "alice"),
+        ("req-a3", "control", "alice"),
+        ("req-b2", "treatment", "bob"),
+    ] {
+        assert_eq!(
+            store.lookup_request(id).await.unwrap(),
+            Some(("f".to_owned(), variation.to_owned(), user.to_owned())),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        store.exposure_counts("f", Some("r")).await.unwrap(),
+        counts(&[("control", 1), ("treatment", 1)], 0)
     );
 }
 
@@ -831,6 +873,13 @@ async fn sqlite_request_lookup_and_pruning() {
 }
 
 #[tokio::test]
+async fn sqlite_repeats_write_request_ids_only() {
+    let db = Db::sqlite("repeat");
+    repeats_write_request_ids_only(&db.url()).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
 async fn sqlite_feedback_duplicates_are_not_stored() {
     let db = Db::sqlite("dup");
     feedback_duplicates(&db.url()).await;
@@ -885,6 +934,13 @@ async fn postgres_first_exposure_wins_and_switches_are_counted() {
 async fn postgres_request_lookup_and_pruning() {
     let db = Db::postgres("req");
     request_lookup(&db.url()).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_repeats_write_request_ids_only() {
+    let db = Db::postgres("repeat");
+    repeats_write_request_ids_only(&db.url()).await;
     db.cleanup().await;
 }
 

@@ -606,6 +606,7 @@ async fn assert_upgraded(store: &Store) {
             user: "u".into(),
             request_id: "q".into(),
             at_ms: 1,
+            repeat: false,
         }])
         .await
         .unwrap();

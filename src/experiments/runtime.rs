@@ -2,7 +2,8 @@
 //! in batches into the state store), recent request ids remembered for feedback attribution,
 //! `POST /v1/feedback`, results, and the business-metric gauges.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ use crate::state::{Exposure, FeedbackRow, StateError, Store};
 const QUEUE: usize = 65_536;
 /// Request ids remembered in memory, at most (older ones are looked up in the store).
 const RECENT: usize = 100_000;
+/// Exposures remembered as already recorded, per generation (two generations are kept).
+const SEEN: usize = 100_000;
 /// Exposures written in one transaction, at most.
 const BATCH: usize = 4096;
 /// How long the writer gathers exposures before a transaction.
@@ -34,11 +37,40 @@ const KEEP_REQUESTS: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A request id's decision: (flag, variation, user).
 type Decided = (String, String, String);
 
+/// What the request path remembers, under one lock.
+#[derive(Default)]
+struct Recent {
+    /// Request id → its decision, for the newest `RECENT` requests.
+    map: HashMap<String, Decided>,
+    order: VecDeque<String>,
+    /// Hashes of (flag, user, variation) recorded lately: the current generation and the one
+    /// before it. A repeat is sent to the store as a request id only.
+    seen: HashSet<u64>,
+    seen_before: HashSet<u64>,
+}
+
+impl Recent {
+    /// Whether `key` was recorded lately; remembers it either way.
+    fn repeat(&mut self, key: u64) -> bool {
+        if self.seen.contains(&key) {
+            return true;
+        }
+        let before = self.seen_before.contains(&key);
+        if self.seen.len() >= SEEN {
+            self.seen_before = std::mem::take(&mut self.seen);
+        }
+        self.seen.insert(key);
+        before
+    }
+}
+
 /// The experiments side of the app.
 pub struct Experiments {
     tx: mpsc::Sender<Exposure>,
     rx: Mutex<Option<mpsc::Receiver<Exposure>>>,
-    recent: Mutex<(HashMap<String, Decided>, VecDeque<String>)>,
+    recent: Mutex<Recent>,
+    /// Keyed per process, so which exposures collide is not predictable from outside.
+    hasher: RandomState,
 }
 
 impl std::fmt::Debug for Experiments {
@@ -53,16 +85,21 @@ impl Default for Experiments {
         Experiments {
             tx,
             rx: Mutex::new(Some(rx)),
-            recent: Mutex::new((HashMap::new(), VecDeque::new())),
+            recent: Mutex::new(Recent::default()),
+            hasher: RandomState::new(),
         }
     }
 }
 
 impl Experiments {
     /// Records an answered request (cheap: a map insert and a queue push; never waits).
-    pub fn expose(&self, app: &App, exposure: Exposure) {
+    pub fn expose(&self, app: &App, mut exposure: Exposure) {
+        let key = self
+            .hasher
+            .hash_one((&exposure.flag, &exposure.user, &exposure.variation));
         if let Ok(mut recent) = self.recent.lock() {
-            let (map, order) = &mut *recent;
+            exposure.repeat = recent.repeat(key);
+            let Recent { map, order, .. } = &mut *recent;
             if order.len() >= RECENT {
                 if let Some(old) = order.pop_front() {
                     map.remove(&old);
@@ -88,7 +125,7 @@ impl Experiments {
             .recent
             .lock()
             .ok()
-            .and_then(|r| r.0.get(request_id).cloned())
+            .and_then(|r| r.map.get(request_id).cloned())
         {
             return Ok(Some(found));
         }
@@ -439,5 +476,29 @@ async fn refresh_gauges(app: &App) {
                     .set(arm.n as i64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recorded_exposure_is_a_repeat_for_two_generations() {
+        let mut r = Recent::default();
+        assert!(!r.repeat(1));
+        assert!(r.repeat(1));
+        // Fill the current generation: 1 moves to the previous one and still counts.
+        for k in 2..=SEEN as u64 {
+            assert!(!r.repeat(k));
+        }
+        assert!(!r.repeat(0));
+        assert!(r.repeat(1));
+        assert!(r.seen.len() <= SEEN && r.seen_before.len() <= SEEN);
+        // After two more generations a key is forgotten (and recorded again).
+        for k in 10 * SEEN as u64..12 * SEEN as u64 + 2 {
+            r.repeat(k);
+        }
+        assert!(!r.repeat(2));
     }
 }

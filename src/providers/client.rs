@@ -49,6 +49,13 @@ fn build(connect_timeout: Duration, http2_prior_knowledge: bool) -> HttpClient {
         // holding one each (with thousands of streams open, that connection per stream was
         // most of the proxy's memory and receive calls).
         .http2_only(http2_prior_knowledge)
+        // HTTP/2 receive window of a whole provider connection (hyper's default is 5 MB). The
+        // h2 library tears a connection down when the small DATA frames it holds unread cost
+        // more than half this window in framing overhead; token streams are small frames, so
+        // with thousands of streams on one connection a short lag of the proxy (a burst of new
+        // requests) would otherwise cut every stream on it. Each stream keeps its own 2 MB
+        // window, so one slow stream still cannot hold more than that.
+        .http2_initial_connection_window_size(32 << 20)
         .build(https)
 }
 

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -32,9 +33,25 @@ pub struct SseRelay {
     finished: bool,
     saw_done: bool,
     idle: Duration,
-    idle_timer: Pin<Box<Sleep>>,
-    total_timer: Pin<Box<Sleep>>,
+    /// When the last data arrived: the idle deadline counts from it.
+    last_data: tokio::time::Instant,
+    /// When the whole stream must be over.
+    deadline: tokio::time::Instant,
+    /// One timer, armed at the earlier of the idle and total deadlines. Data does not re-arm
+    /// it (that would be a timer update per chunk); when it fires before the idle deadline
+    /// counted from the last data, it is re-armed there.
+    timer: Pin<Box<Sleep>>,
 }
+
+/// Searchers built once (building one per search cost more than the search on small events).
+static EVENT_END_LF: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\n\n"));
+static EVENT_END_CRLF: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+static DATA_FIELD: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"data:"));
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 
 impl SseRelay {
     /// Relays `first` and then `rest`; `strip_usage` removes usage the client did not ask
@@ -50,6 +67,7 @@ impl SseRelay {
         deadline: Instant,
     ) -> SseRelay {
         let now = tokio::time::Instant::now();
+        let deadline = tokio::time::Instant::from(deadline);
         SseRelay {
             first: Some(first),
             inner: rest,
@@ -60,8 +78,11 @@ impl SseRelay {
             finished: false,
             saw_done: false,
             idle: timeouts.idle,
-            idle_timer: Box::pin(tokio::time::sleep_until(now + timeouts.idle)),
-            total_timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+            last_data: now,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(
+                (now + timeouts.idle).min(deadline),
+            )),
         }
     }
 }
@@ -74,17 +95,16 @@ pub fn error_event(message: &str, code: &str) -> Bytes {
 
 /// The end of the first complete event in `buf` (after its blank line), if any.
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    let lf = EVENT_END_LF.find(buf).map(|i| i + 2);
+    // A CRLF boundary contains no "\n\n": it can only come first if it ends before `lf`.
+    let before = lf.map_or(buf, |end| &buf[..end]);
+    let crlf = EVENT_END_CRLF.find(before).map(|i| i + 4);
+    crlf.or(lf)
 }
 
 /// The JSON payload of an event's `data:` line.
 fn data_of(event: &[u8]) -> Option<&[u8]> {
-    let start = memmem::find(event, b"data:")? + 5;
+    let start = DATA_FIELD.find(event)? + 5;
     let rest = &event[start..];
     let rest = rest.strip_prefix(b" ").unwrap_or(rest);
     let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
@@ -108,7 +128,7 @@ impl SseRelay {
             return Edit::Keep;
         }
         self.recorder.first_token();
-        if memmem::find(data, b"\"usage\"").is_none() {
+        if USAGE_KEY.find(data).is_none() {
             return Edit::Keep;
         }
         if let Some(usage) = read_usage(data) {
@@ -184,6 +204,7 @@ impl SseRelay {
     /// Ends the stream with an error event: what the client has is all it gets, and it is
     /// told so (no `[DONE]`, so it never mistakes a cut stream for a complete one).
     fn interrupt(&mut self, message: &str, provider_error: Option<String>) -> Bytes {
+        tracing::debug!(reason = message, "stream interrupted");
         // A half-received event is dropped rather than relayed broken.
         self.buf.clear();
         self.recorder.stream_interrupted();
@@ -220,26 +241,30 @@ impl HttpBody for SseRelay {
                 None => Pin::new(&mut this.inner).poll_frame(cx),
             };
             match polled {
-                Poll::Pending => {
-                    if this.total_timer.as_mut().poll(cx).is_ready() {
+                Poll::Pending => loop {
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let now = tokio::time::Instant::now();
+                    if now >= this.deadline {
                         return Poll::Ready(Some(Ok(Frame::data(
                             this.interrupt("the stream exceeded its total timeout", None),
                         ))));
                     }
-                    if this.idle_timer.as_mut().poll(cx).is_ready() {
+                    let idle_at = this.last_data + this.idle;
+                    if now >= idle_at {
                         let msg =
                             format!("no data from the provider for {} ms", this.idle.as_millis());
                         return Poll::Ready(Some(Ok(Frame::data(this.interrupt(&msg, None)))));
                     }
-                    return Poll::Pending;
-                }
+                    this.timer.as_mut().reset(idle_at.min(this.deadline));
+                },
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
                     let t = Instant::now();
-                    let deadline = tokio::time::Instant::now() + this.idle;
-                    this.idle_timer.as_mut().reset(deadline);
+                    this.last_data = t.into();
                     let out = if this.buf.is_empty()
                         && data.ends_with(b"\n\n")
                         && !this.needs_edit(&data)
@@ -259,6 +284,16 @@ impl HttpBody for SseRelay {
                 Poll::Ready(Some(Err(e))) => {
                     let fault = e.downcast_ref::<StreamFault>().map(|f| f.0.clone());
                     let msg = format!("the provider's stream failed: {e}");
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let mut cause = String::new();
+                        let mut source = std::error::Error::source(&*e);
+                        while let Some(s) = source {
+                            cause.push_str(": ");
+                            cause.push_str(&s.to_string());
+                            source = s.source();
+                        }
+                        tracing::debug!(error = %e, cause = %cause, "provider stream failed");
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(this.interrupt(&msg, fault)))));
                 }
                 Poll::Ready(None) => {
@@ -285,7 +320,7 @@ impl HttpBody for SseRelay {
 impl SseRelay {
     /// Whether any event in `data` may need editing (only usage ever does).
     fn needs_edit(&self, data: &[u8]) -> bool {
-        self.strip_usage && memmem::find(data, b"\"usage\"").is_some()
+        self.strip_usage && USAGE_KEY.find(data).is_some()
     }
 
     /// Records what whole events carry, without changing them.
@@ -295,5 +330,38 @@ impl SseRelay {
             let _ = self.inspect(&data[offset..offset + end]);
             offset += end;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_end_finds_the_first_blank_line_of_either_kind() {
+        let cases: &[(&[u8], Option<usize>)] = &[
+            (b"data: a\n\ndata: b\n\n", Some(9)),
+            (b"data: a\r\n\r\ndata: b\n\n", Some(11)),
+            (b"data: a\n\ndata: b\r\n\r\n", Some(9)),
+            (b"data: a\r\n\n", Some(10)),
+            (b"data: a\r\n", None),
+            (b"data: a\n", None),
+            (b"", None),
+            (b"\n\n", Some(2)),
+            (b"\r\n\r\n", Some(4)),
+        ];
+        for (buf, want) in cases {
+            assert_eq!(event_end(buf), *want, "{:?}", String::from_utf8_lossy(buf));
+        }
+    }
+
+    #[test]
+    fn data_of_reads_the_data_line() {
+        assert_eq!(
+            data_of(b"event: x\ndata: {\"a\":1}\n\n"),
+            Some(&b"{\"a\":1}"[..])
+        );
+        assert_eq!(data_of(b"data:[DONE]\r\n\r\n"), Some(&b"[DONE]"[..]));
+        assert_eq!(data_of(b": comment\n\n"), None);
     }
 }

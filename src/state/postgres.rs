@@ -868,6 +868,10 @@ async fn record_exposures_txn(
     let mut users: BTreeMap<(&str, &str), (&Exposure, bool)> = BTreeMap::new();
     let mut requests: BTreeMap<&str, &Exposure> = BTreeMap::new();
     for e in batch {
+        requests.entry(&e.request_id).or_insert(e);
+        if e.repeat {
+            continue;
+        }
         match users.entry((&e.flag, &e.user)) {
             Entry::Vacant(slot) => {
                 slot.insert((e, false));
@@ -879,7 +883,6 @@ async fn record_exposures_txn(
                 }
             }
         }
-        requests.entry(&e.request_id).or_insert(e);
     }
     let users: Vec<(&Exposure, bool)> = users.into_values().collect();
     let column = |f: fn(&Exposure) -> &str| users.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();

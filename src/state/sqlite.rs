@@ -646,7 +646,9 @@ fn record_exposures_db(conn: &mut Connection, batch: &[Exposure]) -> Result<(), 
         )?;
         for e in batch {
             let at = ms_to_db(e.at_ms);
-            expose.execute(params![e.flag, e.user, e.variation, e.rule, at])?;
+            if !e.repeat {
+                expose.execute(params![e.flag, e.user, e.variation, e.rule, at])?;
+            }
             remember.execute(params![e.request_id, e.flag, e.variation, e.user, at])?;
         }
     }
