@@ -21,8 +21,9 @@ use crate::state::{Exposure, FeedbackRow, StateError, Store};
 
 /// Exposures waiting to be written, at most.
 const QUEUE: usize = 65_536;
-/// Request ids remembered in memory, at most (older ones are looked up in the store).
-const RECENT: usize = 100_000;
+/// Request ids remembered in memory, at most (older ones are looked up in the store, where
+/// they land within `GATHER`; the memory only spares a store query for fresh feedback).
+const RECENT: usize = 20_000;
 /// Exposures remembered as already recorded, per generation (two generations are kept).
 const SEEN: usize = 100_000;
 /// Exposures written in one transaction, at most.
@@ -339,21 +340,26 @@ fn experiment_shares(flag: &Flag) -> (Option<String>, BTreeMap<String, f64>) {
     (Some(r.id.clone()), shares)
 }
 
-/// Per-variation figures of a flag from the store.
+/// Per-variation figures of a flag from the store. With `only_with_feedback`, a flag without
+/// feedback yields nothing (and its exposures are not counted: that query reads them all).
 async fn gather(
     app: &App,
     flag: &Flag,
     since_ms: Option<u64>,
+    only_with_feedback: bool,
 ) -> Result<(BTreeMap<String, VariationData>, u64, Option<String>), StateError> {
     let live = app.live.load();
     let (rule, shares) = experiment_shares(flag);
-    let (counts, switched) = app
-        .store
-        .exposure_counts(&flag.key, rule.as_deref())
-        .await?;
     let aggs = app
         .store
         .feedback_aggs(&flag.key, rule.as_deref(), since_ms)
+        .await?;
+    if only_with_feedback && aggs.is_empty() {
+        return Ok((BTreeMap::new(), 0, rule));
+    }
+    let (counts, switched) = app
+        .store
+        .exposure_counts(&flag.key, rule.as_deref())
         .await?;
     let mut data: BTreeMap<String, VariationData> = BTreeMap::new();
     for (v, share) in &shares {
@@ -410,7 +416,7 @@ pub async fn results(app: &App, flag_key: &str, metric: Option<&str>) -> Result<
             return Err(ApiError::field("metric", format!("unknown metric `{m}`")));
         }
     }
-    let (data, switched, rule) = gather(app, flag, None)
+    let (data, switched, rule) = gather(app, flag, None, false)
         .await
         .map_err(|e| ApiError::StateUnavailable(e.to_string()))?;
     let control = flag.variations[flag.stable_variation].key.clone();
@@ -440,7 +446,7 @@ pub async fn business_values(
         return Ok(HashMap::new());
     };
     let since = crate::admin::api::now_ms().saturating_sub(window.as_millis() as u64);
-    let (data, _, _) = gather(app, flag, Some(since)).await?;
+    let (data, _, _) = gather(app, flag, Some(since), true).await?;
     let mut out = HashMap::new();
     for (variation, d) in &data {
         for (metric, sums) in &d.metrics {
@@ -457,7 +463,7 @@ pub async fn business_values(
 async fn refresh_gauges(app: &App) {
     let live = app.live.load_full();
     for flag in &live.config.flags {
-        let Ok((data, _, _)) = gather(app, flag, None).await else {
+        let Ok((data, _, _)) = gather(app, flag, None, true).await else {
             return;
         };
         for (variation, d) in &data {
