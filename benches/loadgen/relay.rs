@@ -18,31 +18,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpSocket;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Serves until the process is killed.
 pub async fn serve(listen: &str, upstream: &str) -> Result<(), String> {
-    let wanted: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("--listen {listen:?}: write IP:PORT"))?;
     let target: std::net::SocketAddr = upstream
         .parse()
         .map_err(|_| format!("--upstream {upstream:?}: write IP:PORT"))?;
-    if !wanted.ip().is_loopback() || !target.ip().is_loopback() {
-        return Err("the relay only binds and forwards to loopback addresses".into());
+    if !target.ip().is_loopback() {
+        return Err(format!("{target} is not a loopback address"));
     }
-    let socket = if wanted.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| e.to_string())?;
-    socket
-        .bind(wanted)
-        .map_err(|e| format!("cannot bind {wanted}: {e}"))?;
-    let listener = socket.listen(8192).map_err(|e| e.to_string())?;
+    let listener = crate::upstream::listen_loopback(listen)?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("relay listening on http://{addr}");
 

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use memchr::memmem;
-use tokio::net::TcpSocket;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::{Instant, Sleep};
 
 /// How the fake provider answers.
@@ -176,12 +176,13 @@ async fn answer(settings: Arc<Settings>, req: Request<Incoming>) -> Response<Ans
     resp
 }
 
-/// Serves until the process is killed.
-pub async fn serve(settings: Settings) -> Result<(), String> {
-    let wanted: std::net::SocketAddr = settings
-        .listen
+/// Binds `listen` (IP:PORT on loopback; port 0 picks a free one) with a deep accept queue:
+/// streams are opened in bursts, and an overflowing queue costs a client a one-second SYN
+/// retransmit, which would show up as time to first token.
+pub fn listen_loopback(listen: &str) -> Result<TcpListener, String> {
+    let wanted: std::net::SocketAddr = listen
         .parse()
-        .map_err(|_| format!("--listen {:?}: write IP:PORT", settings.listen))?;
+        .map_err(|_| format!("--listen {listen:?}: write IP:PORT"))?;
     if !wanted.ip().is_loopback() {
         return Err(format!("{wanted} is not a loopback address"));
     }
@@ -194,9 +195,12 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     socket
         .bind(wanted)
         .map_err(|e| format!("cannot bind {wanted}: {e}"))?;
-    // A deep accept queue: streams are opened in bursts, and an overflowing queue costs a
-    // client a one-second SYN retransmit, which would show up as time to first token.
-    let listener = socket.listen(4096).map_err(|e| e.to_string())?;
+    socket.listen(8192).map_err(|e| e.to_string())
+}
+
+/// Serves until the process is killed.
+pub async fn serve(settings: Settings) -> Result<(), String> {
+    let listener = listen_loopback(&settings.listen)?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     // The script reads this line to find the port.
     println!("upstream listening on http://{addr}");

@@ -48,22 +48,42 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject<'de>, A::Error> {
-                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-                    let v: &'de RawValue = map.next_value()?;
-                    // A repeated key: the last one wins, as in most JSON parsers.
-                    if let Some(slot) = fields.iter_mut().find(|(name, _)| *name == k) {
-                        slot.1 = v;
-                    } else {
-                        fields.push((k, v));
-                    }
-                }
-                Ok(RawObject(fields))
+                read_members(&mut map, None).map(RawObject)
             }
         }
         d.deserialize_map(V)
     }
+}
+
+/// `messages` taken apart by [`read_members`]: its elements (the last `messages` wins), and its
+/// place among the other members.
+type MessagesSlot<'de> = (Option<RawMessages<'de>>, usize);
+
+/// An object's members in order, as raw JSON. A repeated key: the last value wins, in the first
+/// one's place, as in most JSON parsers. With `messages`, that member is split into its
+/// elements instead of being kept raw.
+fn read_members<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    mut messages: Option<&mut MessagesSlot<'de>>,
+) -> Result<Vec<(Cow<'de, str>, &'de RawValue)>, A::Error> {
+    let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> =
+        Vec::with_capacity(map.size_hint().unwrap_or(8));
+    while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+        if let Some(slot) = messages.as_deref_mut().filter(|_| k == "messages") {
+            if slot.0.is_none() {
+                slot.1 = fields.len();
+            }
+            slot.0 = Some(map.next_value_seed(MessagesSeed)?);
+            continue;
+        }
+        let v: &'de RawValue = map.next_value()?;
+        if let Some(slot) = fields.iter_mut().find(|(name, _)| *name == k) {
+            slot.1 = v;
+        } else {
+            fields.push((k, v));
+        }
+    }
+    Ok(fields)
 }
 
 impl<'a> RawObject<'a> {
@@ -168,30 +188,12 @@ impl<'de> Deserialize<'de> for TopLevel<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
-                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8));
-                let mut messages = None;
-                let mut messages_at = 0;
-                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-                    if k == "messages" {
-                        // A repeated key: the last one wins, in the first one's place.
-                        if messages.is_none() {
-                            messages_at = fields.len();
-                        }
-                        messages = Some(map.next_value_seed(MessagesSeed)?);
-                        continue;
-                    }
-                    let v: &'de RawValue = map.next_value()?;
-                    if let Some(slot) = fields.iter_mut().find(|(name, _)| *name == k) {
-                        slot.1 = v;
-                    } else {
-                        fields.push((k, v));
-                    }
-                }
+                let mut slot = (None, 0);
+                let fields = read_members(&mut map, Some(&mut slot))?;
                 Ok(TopLevel {
                     fields: RawObject(fields),
-                    messages,
-                    messages_at,
+                    messages: slot.0,
+                    messages_at: slot.1,
                 })
             }
         }
