@@ -207,7 +207,8 @@ async fn request_lookup(url: &str) {
 }
 
 /// A repeat (the proxy recorded the same flag, user and variation lately) writes its request
-/// id only: it resolves like any other, and the user is counted once.
+/// id only: it resolves like any other, the user is counted once, and a repeat whose exposure
+/// the store never saw adds no user.
 async fn repeats_write_request_ids_only(url: &str) {
     let store = open(url).await;
     let repeat = |user: &str, variation: &str, id: &str, at: u64| Exposure {
@@ -226,6 +227,7 @@ async fn repeats_write_request_ids_only(url: &str) {
             repeat("alice", "control", "req-a3", 2_000),
             exposure("f", "bob", "treatment", Some("r"), "req-b1", 2_001),
             repeat("bob", "treatment", "req-b2", 2_002),
+            repeat("carol", "control", "req-c1", 2_003),
         ])
         .await
         .unwrap();
@@ -234,6 +236,7 @@ async fn repeats_write_request_ids_only(url: &str) {
         ("req-a2", "control", "alice"),
         ("req-a3", "control", "alice"),
         ("req-b2", "treatment", "bob"),
+        ("req-c1", "control", "carol"),
     ] {
         assert_eq!(
             store.lookup_request(id).await.unwrap(),
