@@ -993,9 +993,8 @@ mod tests {
 
     use super::*;
 
-    fn rule(toml_tail: &str) -> AlertRule {
-        let src = format!(
-            r#"
+    /// One flag `f` (variations a, the control, and b) on the mock provider.
+    const FLAG: &str = r#"
 [providers.mock]
 kind = "mock"
 [flags.f]
@@ -1009,13 +1008,11 @@ provider = "mock"
 model_id = "m-b"
 [[flags.f.rules]]
 id = "all"
-allocation = [{{ variation = "b", end = 10000 }}]
-[[alerts]]
-name = "x"
-flag = "f"
-{toml_tail}
-"#
-        );
+allocation = [{ variation = "b", end = 10000 }]
+"#;
+
+    fn rule(toml_tail: &str) -> AlertRule {
+        let src = format!("{FLAG}\n[[alerts]]\nname = \"x\"\nflag = \"f\"\n{toml_tail}\n");
         let c = crate::Config::parse(&src, "t.toml").unwrap();
         c.alerts[0].clone()
     }
@@ -1053,26 +1050,7 @@ flag = "f"
     fn targets_skip_the_control_when_relative() {
         let r = rule("metric = \"p95_latency_seconds\"\nrelative_to_control = true\nabove = { warning = 1.5 }");
         let src_flag = {
-            let c = crate::Config::parse(
-                r#"
-[providers.mock]
-kind = "mock"
-[flags.f]
-off_variation = "a"
-stable_variation = "a"
-[flags.f.variations.a]
-provider = "mock"
-model_id = "m-a"
-[flags.f.variations.b]
-provider = "mock"
-model_id = "m-b"
-[[flags.f.rules]]
-id = "all"
-allocation = [{ variation = "b", end = 10000 }]
-"#,
-                "t.toml",
-            )
-            .unwrap();
+            let c = crate::Config::parse(FLAG, "t.toml").unwrap();
             c.flags[0].clone()
         };
         assert_eq!(targets(&r, &src_flag), vec![1]);
