@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod body;
 pub mod config;

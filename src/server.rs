@@ -62,6 +62,10 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
     let method = req.method();
     match (path, method) {
         ("/v1/chat/completions", &Method::POST) => proxy::chat_completions(app, req).await,
+        ("/v1/responses", &Method::POST) => proxy::responses(app, req).await,
+        ("/v1/messages", &Method::POST) => proxy::messages(app, req).await,
+        ("/v1/messages/count_tokens", &Method::POST) => proxy::count_tokens(app, req).await,
+        ("/v1/embeddings", &Method::POST) => proxy::embeddings(app, req).await,
         ("/v1/models", &Method::GET) => {
             let live = app.live.load();
             proxy::json_response(StatusCode::OK, &proxy::decide::models(&live.config))
@@ -87,18 +91,27 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 Err(e) => e.into_response(),
             }
         }
-        ("/v1/chat/completions" | "/v1/feedback", _) => ApiError::MethodNotAllowed {
+        ("/v1/messages" | "/v1/messages/count_tokens", _) => ApiError::MethodNotAllowed {
             method: method.to_string(),
             path: path.to_owned(),
             allow: "POST",
         }
-        .into_response(),
+        .into_response_for(crate::api::ClientApi::Messages),
+        ("/v1/chat/completions" | "/v1/feedback" | "/v1/responses" | "/v1/embeddings", _) => {
+            ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                path: path.to_owned(),
+                allow: "POST",
+            }
+            .into_response()
+        }
         ("/v1/models" | "/v1/decide", _) => ApiError::MethodNotAllowed {
             method: method.to_string(),
             path: path.to_owned(),
             allow: "GET",
         }
         .into_response(),
+        _ if path.starts_with("/v1/") => crate::api::passthrough::forward(app, req).await,
         _ => ApiError::NotFound(path.to_owned()).into_response(),
     }
 }
