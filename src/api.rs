@@ -25,9 +25,9 @@ use serde_json::{Map, Value};
 
 use crate::body::Body;
 use crate::flags::{PromptMode, ToolPolicy, Variation};
-use crate::proxy::request::RawObject;
 use crate::openai::ApiError;
 use crate::providers::WireFormat;
+use crate::proxy::request::RawObject;
 
 /// A client API: the `api` metric label, and the shape answers and errors take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,14 +161,17 @@ pub fn parse_object(body: &[u8]) -> Result<Parsed<'_>, ApiError> {
     };
     let mut value = Map::with_capacity(raw.0.len());
     for (k, v) in &raw.0 {
-        let decoded: Value = serde_json::from_str(v.get())
-            .map_err(|e| ApiError::InvalidJson(format!("the request body is not valid JSON: {e}")))?;
+        let decoded: Value = serde_json::from_str(v.get()).map_err(|e| {
+            ApiError::InvalidJson(format!("the request body is not valid JSON: {e}"))
+        })?;
         value.insert(k.to_string(), decoded);
     }
     match value.get("model") {
         None => return Err(ApiError::field("model", "`model` is required")),
         Some(Value::String(m)) if !m.trim().is_empty() => {}
-        Some(Value::String(_)) => return Err(ApiError::field("model", "`model` must not be empty")),
+        Some(Value::String(_)) => {
+            return Err(ApiError::field("model", "`model` must not be empty"))
+        }
         Some(_) => return Err(ApiError::field("model", "`model` must be a string")),
     }
     if let Some(s) = value.get("stream") {
@@ -187,12 +190,18 @@ pub fn parse_object(body: &[u8]) -> Result<Parsed<'_>, ApiError> {
 impl Parsed<'_> {
     /// `model`.
     pub fn model(&self) -> &str {
-        self.value.get("model").and_then(Value::as_str).unwrap_or("")
+        self.value
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 
     /// `stream`.
     pub fn stream(&self) -> bool {
-        self.value.get("stream").and_then(Value::as_bool).unwrap_or(false)
+        self.value
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
     }
 
     /// A string member.
@@ -214,7 +223,10 @@ impl Parsed<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) if n >= 1 => Ok(Some(n)),
-                _ => Err(ApiError::field(key, format!("`{key}` must be a positive integer"))),
+                _ => Err(ApiError::field(
+                    key,
+                    format!("`{key}` must be a positive integer"),
+                )),
             },
         }
     }
@@ -303,7 +315,11 @@ pub fn to_json(v: &Value) -> String {
 
 /// A new unique id with a prefix (`resp_`, `msg_`, `fc_`…).
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
+    format!(
+        "{prefix}{:016x}{:08x}",
+        fastrand::u64(..),
+        fastrand::u32(..)
+    )
 }
 
 /// Seconds since the epoch.

@@ -683,7 +683,12 @@ impl Validator<'_> {
 
     /// `apis`: the wire formats a provider accepts as they are. Defaults: chat and embeddings
     /// for OpenAI-compatible endpoints and the mock, messages for Anthropic.
-    fn apis(&mut self, path: &KeyPath, kind: &ProviderKind, raw: Option<&[String]>) -> Vec<WireFormat> {
+    fn apis(
+        &mut self,
+        path: &KeyPath,
+        kind: &ProviderKind,
+        raw: Option<&[String]>,
+    ) -> Vec<WireFormat> {
         let possible: &[WireFormat] = match kind {
             ProviderKind::Mock(_) => &[WireFormat::Chat, WireFormat::Embeddings],
             ProviderKind::OpenAi(_) => &[

@@ -326,9 +326,9 @@ impl ApiError {
                 openai_body: Some(raw),
                 ..
             } => raw.clone(),
-            _ if api.anthropic_errors() => Bytes::from(
-                crate::api::messages::error_json(status, &self.to_string()).to_string(),
-            ),
+            _ if api.anthropic_errors() => {
+                Bytes::from(crate::api::messages::error_json(status, &self.to_string()).to_string())
+            }
             _ => Bytes::from(self.to_json().to_string()),
         };
         let mut resp = Response::new(full(body));

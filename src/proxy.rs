@@ -116,10 +116,17 @@ async fn count(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiE
                 None => bytes.to_vec(),
             };
             let request_id = request_id(&parts.headers);
-            let mut out = crate::providers::post(&settings.count_tokens_url, Bytes::from(body), false, &request_id)
-                .map_err(ApiError::Internal)?;
+            let mut out = crate::providers::post(
+                &settings.count_tokens_url,
+                Bytes::from(body),
+                false,
+                &request_id,
+            )
+            .map_err(ApiError::Internal)?;
             settings.sign(out.headers_mut());
-            let client = app.clients.get(provider.timeouts.connect, provider.http2_prior_knowledge);
+            let client = app
+                .clients
+                .get(provider.timeouts.connect, provider.http2_prior_knowledge);
             let answer = tokio::time::timeout(provider.timeouts.total, client.request(out))
                 .await
                 .map_err(|_| ApiError::UpstreamTimeout {
@@ -179,7 +186,10 @@ fn parse(api: ClientApi, bytes: &[u8]) -> Result<Box<dyn Inbound + '_>, ApiError
     })
 }
 
-async fn handle(ctx: &mut RequestCtx<'_>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn handle(
+    ctx: &mut RequestCtx<'_>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let live = ctx.live.clone();
     let config = &live.config;
     let (parts, body) = req.into_parts();
@@ -289,8 +299,8 @@ struct Hop<'a> {
     mode: PromptMode,
 }
 
-/// 4. rewrite and 5. forward: the request in the client's format when the provider accepts
-/// it, else through chat; returns the answer and the format it is in.
+/// Phases 4 (rewrite) and 5 (forward): the request in the client's format when the provider
+/// accepts it, else through chat; returns the answer and the format it is in.
 async fn send(
     ctx: &mut RequestCtx<'_>,
     req: &dyn Inbound,
@@ -339,8 +349,8 @@ async fn send(
     upstream.map(|u| (u, format))
 }
 
-/// 7. respond: a complete answer, or a relayed stream (8. record happens as it completes), in
-/// the client's shape (translated from chat when the provider answered in chat).
+/// Phase 7, respond: a complete answer, or a relayed stream (phase 8, record, happens as it
+/// completes), in the client's shape (translated from chat when the provider answered chat).
 fn respond(
     ctx: &mut RequestCtx<'_>,
     req: &dyn Inbound,

@@ -70,8 +70,14 @@ impl<'a> MessagesRequest<'a> {
 
     /// The body for `v`: model, system, temperature, token budget and tool policy applied
     /// (`count`: only what `count_tokens` takes: model, system, tools).
-    pub fn rewrite(&self, v: &Variation, mode: PromptMode, count: bool) -> Result<Vec<u8>, ApiError> {
-        let mut edits: Vec<Edit> = vec![("model", Some(Value::from(v.model_id.as_str()).to_string()))];
+    pub fn rewrite(
+        &self,
+        v: &Variation,
+        mode: PromptMode,
+        count: bool,
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut edits: Vec<Edit> =
+            vec![("model", Some(Value::from(v.model_id.as_str()).to_string()))];
         if let Some((_, prompt)) = &v.system_prompt {
             let ours = json!({"type": "text", "text": prompt.as_ref()});
             let system = match (mode, self.parsed.value.get("system")) {
@@ -327,7 +333,9 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Value, ApiError> {
             Some("auto") => Value::from("auto"),
             Some("any") => Value::from("required"),
             Some("none") => Value::from("none"),
-            Some("tool") => json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}}),
+            Some("tool") => {
+                json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(Value::Null)}})
+            }
             _ => return Err(untranslatable("tool_choice", "this `tool_choice`")),
         };
         if choice.get("disable_parallel_tool_use") == Some(&Value::Bool(true)) {
@@ -450,7 +458,10 @@ pub fn from_chat_completion(chat: &Value, requested_model: &str) -> Value {
     let choice = &chat["choices"][0];
     let message = &choice["message"];
     let mut content = Vec::new();
-    if let Some(text) = message["content"].as_str().or_else(|| message["refusal"].as_str()) {
+    if let Some(text) = message["content"]
+        .as_str()
+        .or_else(|| message["refusal"].as_str())
+    {
         if !text.is_empty() {
             content.push(json!({"type": "text", "text": text}));
         }
@@ -458,8 +469,14 @@ pub fn from_chat_completion(chat: &Value, requested_model: &str) -> Value {
     for call in message["tool_calls"].as_array().into_iter().flatten() {
         content.push(tool_use_block(&AssembledCall {
             id: call["id"].as_str().unwrap_or_default().to_owned(),
-            name: call["function"]["name"].as_str().unwrap_or_default().to_owned(),
-            arguments: call["function"]["arguments"].as_str().unwrap_or("{}").to_owned(),
+            name: call["function"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            arguments: call["function"]["arguments"]
+                .as_str()
+                .unwrap_or("{}")
+                .to_owned(),
         }));
     }
     let usage = serde_json::from_value::<Usage>(chat["usage"].clone()).ok();
@@ -489,7 +506,9 @@ pub fn read_usage_value(usage: Option<&Value>) -> Option<Usage> {
     let u = usage?;
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     Some(Usage {
-        prompt_tokens: n("input_tokens") + n("cache_creation_input_tokens") + n("cache_read_input_tokens"),
+        prompt_tokens: n("input_tokens")
+            + n("cache_creation_input_tokens")
+            + n("cache_read_input_tokens"),
         completion_tokens: n("output_tokens"),
     })
 }
@@ -542,7 +561,11 @@ impl ChatToMessages {
 
     fn close_block(&mut self, out: &mut Vec<u8>) {
         if let Some((index, _)) = self.open.take() {
-            super::sse::write_event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
+            super::sse::write_event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
         }
     }
 }
@@ -554,20 +577,28 @@ impl ChatStreamTranslator for ChatToMessages {
             if let Some(m) = chunk.model.as_deref().filter(|m| !m.is_empty()) {
                 self.model = m.to_owned();
             }
-            super::sse::write_event(out, "message_start", &json!({
-                "type": "message_start",
-                "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": 0, "output_tokens": 0}
-                }
-            }));
+            super::sse::write_event(
+                out,
+                "message_start",
+                &json!({
+                    "type": "message_start",
+                    "message": {
+                        "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                        "content": [], "stop_reason": null, "stop_sequence": null,
+                        "usage": {"input_tokens": 0, "output_tokens": 0}
+                    }
+                }),
+            );
         }
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
         }
         for choice in chunk.choices.into_iter().take(1) {
-            let text = choice.delta.content.or(choice.delta.refusal).unwrap_or_default();
+            let text = choice
+                .delta
+                .content
+                .or(choice.delta.refusal)
+                .unwrap_or_default();
             if !text.is_empty() {
                 let index = match self.open {
                     Some((i, None)) => i,
@@ -576,11 +607,19 @@ impl ChatStreamTranslator for ChatToMessages {
                         let i = self.next_block;
                         self.next_block += 1;
                         self.open = Some((i, None));
-                        super::sse::write_event(out, "content_block_start", &json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}));
+                        super::sse::write_event(
+                            out,
+                            "content_block_start",
+                            &json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
+                        );
                         i
                     }
                 };
-                super::sse::write_event(out, "content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}));
+                super::sse::write_event(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
+                );
             }
             for call in choice.delta.tool_calls {
                 let index = match self.open {
@@ -590,15 +629,27 @@ impl ChatStreamTranslator for ChatToMessages {
                         let i = self.next_block;
                         self.next_block += 1;
                         self.open = Some((i, Some(call.index)));
-                        let name = call.function.as_ref().and_then(|f| f.name.clone()).unwrap_or_default();
+                        let name = call
+                            .function
+                            .as_ref()
+                            .and_then(|f| f.name.clone())
+                            .unwrap_or_default();
                         let id = call.id.clone().unwrap_or_else(|| new_id("toolu_"));
-                        super::sse::write_event(out, "content_block_start", &json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}));
+                        super::sse::write_event(
+                            out,
+                            "content_block_start",
+                            &json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+                        );
                         i
                     }
                 };
                 let delta = call.function.and_then(|f| f.arguments).unwrap_or_default();
                 if !delta.is_empty() {
-                    super::sse::write_event(out, "content_block_delta", &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": delta}}));
+                    super::sse::write_event(
+                        out,
+                        "content_block_delta",
+                        &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": delta}}),
+                    );
                 }
             }
             if let Some(r) = choice.finish_reason {
@@ -613,11 +664,15 @@ impl ChatStreamTranslator for ChatToMessages {
         }
         self.close_block(out);
         let u = self.usage.unwrap_or_default();
-        super::sse::write_event(out, "message_delta", &json!({
-            "type": "message_delta",
-            "delta": {"stop_reason": stop_reason(self.finish_reason.as_deref()), "stop_sequence": null},
-            "usage": {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}
-        }));
+        super::sse::write_event(
+            out,
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason(self.finish_reason.as_deref()), "stop_sequence": null},
+                "usage": {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}
+            }),
+        );
         super::sse::write_event(out, "message_stop", &json!({"type": "message_stop"}));
     }
 }
@@ -644,21 +699,49 @@ mod tests {
             "tool_choice": {"type": "any"}
         })))
         .unwrap_or_default();
-        assert_eq!(chat["messages"][0], json!({"role": "system", "content": "be kind"}));
+        assert_eq!(
+            chat["messages"][0],
+            json!({"role": "system", "content": "be kind"})
+        );
         assert_eq!(chat["user"], "u-1");
         assert_eq!(chat["stop"], json!(["END"]));
-        assert_eq!(chat["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"q\":\"x\"}");
-        assert_eq!(chat["messages"][3], json!({"role": "tool", "tool_call_id": "t1", "content": "found"}));
+        assert_eq!(
+            chat["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"q\":\"x\"}"
+        );
+        assert_eq!(
+            chat["messages"][3],
+            json!({"role": "tool", "tool_call_id": "t1", "content": "found"})
+        );
         assert_eq!(chat["tool_choice"], "required");
-        assert_eq!(chat["tools"][0]["function"]["parameters"], json!({"type": "object"}));
+        assert_eq!(
+            chat["tools"][0]["function"]["parameters"],
+            json!({"type": "object"})
+        );
     }
 
     #[test]
     fn thinking_and_server_tools_are_refused_by_name() {
-        let e = to_chat(&req(json!({"model": "m", "max_tokens": 1, "messages": [], "thinking": {"type": "enabled", "budget_tokens": 1024}})));
-        assert!(matches!(e, Err(ApiError::InvalidField { field: "messages", .. })), "{e:?}");
-        let e = to_chat(&req(json!({"model": "m", "max_tokens": 1, "messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]})));
-        assert!(matches!(e, Err(ApiError::InvalidField { field: "tools", .. })), "{e:?}");
+        let e = to_chat(&req(
+            json!({"model": "m", "max_tokens": 1, "messages": [], "thinking": {"type": "enabled", "budget_tokens": 1024}}),
+        ));
+        assert!(
+            matches!(
+                e,
+                Err(ApiError::InvalidField {
+                    field: "messages",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let e = to_chat(&req(
+            json!({"model": "m", "max_tokens": 1, "messages": [], "tools": [{"type": "web_search_20250305", "name": "web_search"}]}),
+        ));
+        assert!(
+            matches!(e, Err(ApiError::InvalidField { field: "tools", .. })),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -666,17 +749,33 @@ mod tests {
         let mut t = ChatToMessages::new("flag");
         let mut out = Vec::new();
         let chunk = |s: &str| serde_json::from_str::<ChatChunk>(s).unwrap_or_default();
-        t.chunk(chunk(r#"{"model":"claude","choices":[{"delta":{"content":"Hi"}}]}"#), &mut out);
+        t.chunk(
+            chunk(r#"{"model":"claude","choices":[{"delta":{"content":"Hi"}}]}"#),
+            &mut out,
+        );
         t.chunk(chunk(r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"kb","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#), &mut out);
-        t.chunk(chunk(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#), &mut out);
+        t.chunk(
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#),
+            &mut out,
+        );
         t.done(&mut out);
         let text = String::from_utf8(out).unwrap_or_default();
-        let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+        let kinds: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
         assert_eq!(
             kinds,
             [
-                "message_start", "content_block_start", "content_block_delta", "content_block_stop",
-                "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
             ]
         );
         assert!(text.contains(r#""stop_reason":"tool_use""#));

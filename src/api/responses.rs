@@ -9,7 +9,9 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::sse::{AssembledCall, ChatChunk, ChatStreamTranslator, Translated};
-use super::{kept_tools, new_id, now_secs, number_json, parse_object, ClientApi, Edit, Inbound, Parsed};
+use super::{
+    kept_tools, new_id, now_secs, number_json, parse_object, ClientApi, Edit, Inbound, Parsed,
+};
 use crate::body::Body;
 use crate::flags::{PromptMode, Variation};
 use crate::openai::{ApiError, Usage};
@@ -41,8 +43,16 @@ impl<'a> ResponsesRequest<'a> {
                 return Err(ApiError::field("tools", "`tools` must be an array"));
             }
         }
-        for key in ["instructions", "previous_response_id", "user", "safety_identifier"] {
-            if !matches!(parsed.value.get(key), None | Some(Value::String(_) | Value::Null)) {
+        for key in [
+            "instructions",
+            "previous_response_id",
+            "user",
+            "safety_identifier",
+        ] {
+            if !matches!(
+                parsed.value.get(key),
+                None | Some(Value::String(_) | Value::Null)
+            ) {
                 return Err(ApiError::InvalidField {
                     field: match key {
                         "instructions" => "instructions",
@@ -102,7 +112,8 @@ impl Affinity {
             g.previous = std::mem::take(&mut g.current);
             g.since = Some(now);
         }
-        g.current.insert(id.to_owned(), (flag.clone(), variation.clone()));
+        g.current
+            .insert(id.to_owned(), (flag.clone(), variation.clone()));
     }
 
     /// The variation of `flag` that answered the response `req` continues, if known.
@@ -175,7 +186,8 @@ impl Inbound for ResponsesRequest<'_> {
         let Some(v) = variation else {
             return Ok(self.body.to_vec());
         };
-        let mut edits: Vec<Edit> = vec![("model", Some(Value::from(v.model_id.as_str()).to_string()))];
+        let mut edits: Vec<Edit> =
+            vec![("model", Some(Value::from(v.model_id.as_str()).to_string()))];
         if let Some((_, prompt)) = &v.system_prompt {
             let text = match (mode, self.parsed.string("instructions")) {
                 (PromptMode::Insert, Some(theirs)) if !theirs.is_empty() => {
@@ -200,7 +212,10 @@ impl Inbound for ResponsesRequest<'_> {
                 edits.push(("parallel_tool_calls", None));
             } else {
                 let names: Vec<&str> = kept.iter().filter_map(|t| tool_name(t)).collect();
-                edits.push(("tools", Some(Value::from(kept.into_iter().cloned().collect::<Vec<_>>()).to_string())));
+                edits.push((
+                    "tools",
+                    Some(Value::from(kept.into_iter().cloned().collect::<Vec<_>>()).to_string()),
+                ));
                 let chosen = self
                     .parsed
                     .value
@@ -222,12 +237,18 @@ impl Inbound for ResponsesRequest<'_> {
     fn answer_from_chat(&self, chat: &[u8]) -> Result<Vec<u8>, ApiError> {
         let v: Value = serde_json::from_slice(chat)
             .map_err(|e| ApiError::Internal(format!("a chat answer did not parse: {e}")))?;
-        Ok(from_chat_completion(&v, &self.parsed.value).to_string().into_bytes())
+        Ok(from_chat_completion(&v, &self.parsed.value)
+            .to_string()
+            .into_bytes())
     }
 
     fn stream_from_chat(&self, chat: Body) -> Body {
         use http_body_util::BodyExt;
-        Translated::new(chat, ChatToResponses::new(self.parsed.model(), &self.parsed.value)).boxed()
+        Translated::new(
+            chat,
+            ChatToResponses::new(self.parsed.model(), &self.parsed.value),
+        )
+        .boxed()
     }
 }
 
@@ -273,7 +294,12 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Value, ApiError> {
             continue;
         }
         match key.as_str() {
-            "model" | "temperature" | "top_p" | "user" | "safety_identifier" | "parallel_tool_calls" => {
+            "model"
+            | "temperature"
+            | "top_p"
+            | "user"
+            | "safety_identifier"
+            | "parallel_tool_calls" => {
                 chat.insert(key.clone(), value.clone());
             }
             "stream" => {
@@ -331,7 +357,10 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Value, ApiError> {
                 other => {
                     return Err(untranslatable(
                         "tools",
-                        format!("`tools[{i}]` (the built-in tool {:?})", other.unwrap_or("?")),
+                        format!(
+                            "`tools[{i}]` (the built-in tool {:?})",
+                            other.unwrap_or("?")
+                        ),
                     ))
                 }
             }
@@ -371,10 +400,19 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Value, ApiError> {
                     json!({"type": "json_schema", "json_schema": schema}),
                 );
             }
-            Some(other) => return Err(untranslatable("text", format!("`text.format.type` {other:?}"))),
+            Some(other) => {
+                return Err(untranslatable(
+                    "text",
+                    format!("`text.format.type` {other:?}"),
+                ))
+            }
         }
     }
-    if let Some(effort) = req.get("reasoning").and_then(|r| r.get("effort")).and_then(Value::as_str) {
+    if let Some(effort) = req
+        .get("reasoning")
+        .and_then(|r| r.get("effort"))
+        .and_then(Value::as_str)
+    {
         chat.insert("reasoning_effort".into(), Value::from(effort));
     }
     Ok(Value::Object(chat))
@@ -383,7 +421,10 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Value, ApiError> {
 /// Input items as chat messages.
 fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), ApiError> {
     for (i, item) in items.iter().enumerate() {
-        let kind = item.get("type").and_then(Value::as_str).unwrap_or("message");
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
         match kind {
             "message" => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
@@ -424,9 +465,13 @@ fn input_items(items: &[Value], messages: &mut Vec<Value>) -> Result<(), ApiErro
                         && m.get("tool_calls").is_some())
                     .then_some(m)
                 });
-                match merged.and_then(|m| m.get_mut("tool_calls")).and_then(Value::as_array_mut) {
+                match merged
+                    .and_then(|m| m.get_mut("tool_calls"))
+                    .and_then(Value::as_array_mut)
+                {
                     Some(calls) => calls.push(call),
-                    None => messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+                    None => messages
+                        .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
                 }
             }
             "function_call_output" => {
@@ -487,7 +532,10 @@ fn content_parts(parts: &[Value], i: usize, role: &str) -> Result<Vec<Value>, Ap
             other => {
                 return Err(untranslatable(
                     "input",
-                    format!("`input[{i}].content[{j}]` (a part of type {:?})", other.unwrap_or("?")),
+                    format!(
+                        "`input[{i}].content[{j}]` (a part of type {:?})",
+                        other.unwrap_or("?")
+                    ),
                 ))
             }
         }
@@ -579,14 +627,24 @@ pub fn from_chat_completion(chat: &Value, req: &Map<String, Value>) -> Value {
         .as_str()
         .or_else(|| message["refusal"].as_str())
         .unwrap_or("");
-    if !text.is_empty() || message["tool_calls"].as_array().is_none_or(|c| c.is_empty()) {
+    if !text.is_empty()
+        || message["tool_calls"]
+            .as_array()
+            .is_none_or(|c| c.is_empty())
+    {
         output.push(message_item(&new_id("msg_"), text, "completed"));
     }
     for call in message["tool_calls"].as_array().into_iter().flatten() {
         let assembled = AssembledCall {
             id: call["id"].as_str().unwrap_or_default().to_owned(),
-            name: call["function"]["name"].as_str().unwrap_or_default().to_owned(),
-            arguments: call["function"]["arguments"].as_str().unwrap_or("{}").to_owned(),
+            name: call["function"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            arguments: call["function"]["arguments"]
+                .as_str()
+                .unwrap_or("{}")
+                .to_owned(),
         };
         output.push(call_item(&new_id("fc_"), &assembled, "completed"));
     }
@@ -636,8 +694,15 @@ pub fn answer_id(body: &[u8]) -> Option<String> {
 }
 
 enum Item {
-    Message { id: String, text: String },
-    Call { id: String, call: AssembledCall, tool_index: usize },
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        call: AssembledCall,
+        tool_index: usize,
+    },
 }
 
 /// Chat chunks as Responses events: `response.created`, `response.in_progress`, output items
@@ -683,7 +748,15 @@ impl ChatToResponses {
     }
 
     fn response(&self, status: &str, output: Vec<Value>) -> Value {
-        response_object(&self.id, self.created_at, &self.model, status, output, self.usage, &self.req)
+        response_object(
+            &self.id,
+            self.created_at,
+            &self.model,
+            status,
+            output,
+            self.usage,
+            &self.req,
+        )
     }
 
     fn close_message(&mut self, out: &mut Vec<u8>) {
@@ -696,7 +769,11 @@ impl ChatToResponses {
         let (id, text) = (id.clone(), text.clone());
         self.emit(out, "response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
         self.emit(out, "response.content_part.done", json!({"item_id": id, "output_index": index, "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": []}}));
-        self.emit(out, "response.output_item.done", json!({"output_index": index, "item": message_item(&id, &text, "completed")}));
+        self.emit(
+            out,
+            "response.output_item.done",
+            json!({"output_index": index, "item": message_item(&id, &text, "completed")}),
+        );
     }
 
     fn item_json(item: &Item, status: &str) -> Value {
@@ -723,14 +800,21 @@ impl ChatStreamTranslator for ChatToResponses {
             self.usage = Some(u);
         }
         for choice in chunk.choices.into_iter().take(1) {
-            let text = choice.delta.content.or(choice.delta.refusal).unwrap_or_default();
+            let text = choice
+                .delta
+                .content
+                .or(choice.delta.refusal)
+                .unwrap_or_default();
             if !text.is_empty() {
                 let index = match self.open_message {
                     Some(i) => i,
                     None => {
                         let id = new_id("msg_");
                         let index = self.items.len();
-                        self.items.push(Item::Message { id: id.clone(), text: String::new() });
+                        self.items.push(Item::Message {
+                            id: id.clone(),
+                            text: String::new(),
+                        });
                         self.open_message = Some(index);
                         self.emit(out, "response.output_item.added", json!({"output_index": index, "item": {"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []}}));
                         self.emit(out, "response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}));
@@ -746,20 +830,34 @@ impl ChatStreamTranslator for ChatToResponses {
             }
             for call in choice.delta.tool_calls {
                 self.close_message(out);
-                let existing = self.items.iter().position(|i| matches!(i, Item::Call { tool_index, .. } if *tool_index == call.index));
+                let existing = self.items.iter().position(
+                    |i| matches!(i, Item::Call { tool_index, .. } if *tool_index == call.index),
+                );
                 let index = match existing {
                     Some(i) => i,
                     None => {
                         let id = new_id("fc_");
                         let assembled = AssembledCall {
                             id: call.id.clone().unwrap_or_else(|| new_id("call_")),
-                            name: call.function.as_ref().and_then(|f| f.name.clone()).unwrap_or_default(),
+                            name: call
+                                .function
+                                .as_ref()
+                                .and_then(|f| f.name.clone())
+                                .unwrap_or_default(),
                             arguments: String::new(),
                         };
                         let index = self.items.len();
                         let item = call_item(&id, &assembled, "in_progress");
-                        self.items.push(Item::Call { id, call: assembled, tool_index: call.index });
-                        self.emit(out, "response.output_item.added", json!({"output_index": index, "item": item}));
+                        self.items.push(Item::Call {
+                            id,
+                            call: assembled,
+                            tool_index: call.index,
+                        });
+                        self.emit(
+                            out,
+                            "response.output_item.added",
+                            json!({"output_index": index, "item": item}),
+                        );
                         index
                     }
                 };
@@ -770,7 +868,11 @@ impl ChatStreamTranslator for ChatToResponses {
                         call.arguments.push_str(&delta);
                         item_id = id.clone();
                     }
-                    self.emit(out, "response.function_call_arguments.delta", json!({"item_id": item_id, "output_index": index, "delta": delta}));
+                    self.emit(
+                        out,
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item_id, "output_index": index, "delta": delta}),
+                    );
                 }
             }
             if let Some(reason) = choice.finish_reason {
@@ -794,15 +896,27 @@ impl ChatStreamTranslator for ChatToResponses {
             })
             .collect();
         for (index, id, call) in calls {
-            self.emit(out, "response.function_call_arguments.done", json!({"item_id": id, "output_index": index, "arguments": call.arguments}));
-            self.emit(out, "response.output_item.done", json!({"output_index": index, "item": call_item(&id, &call, "completed")}));
+            self.emit(
+                out,
+                "response.function_call_arguments.done",
+                json!({"item_id": id, "output_index": index, "arguments": call.arguments}),
+            );
+            self.emit(
+                out,
+                "response.output_item.done",
+                json!({"output_index": index, "item": call_item(&id, &call, "completed")}),
+            );
         }
         let status = if self.finish_reason.as_deref() == Some("length") {
             "incomplete"
         } else {
             "completed"
         };
-        let output: Vec<Value> = self.items.iter().map(|i| Self::item_json(i, "completed")).collect();
+        let output: Vec<Value> = self
+            .items
+            .iter()
+            .map(|i| Self::item_json(i, "completed"))
+            .collect();
         let r = self.response(status, output);
         let kind = if status == "completed" {
             "response.completed"
@@ -838,21 +952,48 @@ mod tests {
         let chat = to_chat(&r).unwrap_or_default();
         assert_eq!(chat["max_tokens"], 50);
         assert_eq!(chat["stream_options"]["include_usage"], true);
-        assert_eq!(chat["messages"][0], json!({"role": "system", "content": "be brief"}));
-        assert_eq!(chat["messages"][2]["tool_calls"][0]["function"]["name"], "get_weather");
-        assert_eq!(chat["messages"][3], json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"}));
+        assert_eq!(
+            chat["messages"][0],
+            json!({"role": "system", "content": "be brief"})
+        );
+        assert_eq!(
+            chat["messages"][2]["tool_calls"][0]["function"]["name"],
+            "get_weather"
+        );
+        assert_eq!(
+            chat["messages"][3],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"})
+        );
         assert_eq!(chat["tools"][0]["function"]["name"], "get_weather");
         assert_eq!(chat["tool_choice"]["function"]["name"], "get_weather");
     }
 
     #[test]
     fn built_in_tools_and_stored_responses_are_refused_by_name() {
-        let e = to_chat(&req(json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})));
-        assert!(matches!(e, Err(ApiError::InvalidField { field: "tools", .. })), "{e:?}");
-        let e = to_chat(&req(json!({"model": "m", "input": "x", "previous_response_id": "resp_1"})));
-        assert!(matches!(e, Err(ApiError::InvalidField { field: "previous_response_id", .. })));
-        let e = to_chat(&req(json!({"model": "m", "input": [{"type": "reasoning", "summary": []}]})));
-        assert!(matches!(e, Err(ApiError::InvalidField { field: "input", .. })));
+        let e = to_chat(&req(
+            json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}),
+        ));
+        assert!(
+            matches!(e, Err(ApiError::InvalidField { field: "tools", .. })),
+            "{e:?}"
+        );
+        let e = to_chat(&req(
+            json!({"model": "m", "input": "x", "previous_response_id": "resp_1"}),
+        ));
+        assert!(matches!(
+            e,
+            Err(ApiError::InvalidField {
+                field: "previous_response_id",
+                ..
+            })
+        ));
+        let e = to_chat(&req(
+            json!({"model": "m", "input": [{"type": "reasoning", "summary": []}]}),
+        ));
+        assert!(matches!(
+            e,
+            Err(ApiError::InvalidField { field: "input", .. })
+        ));
     }
 
     #[test]
@@ -860,9 +1001,18 @@ mod tests {
         let mut t = ChatToResponses::new("m", &req(json!({"model": "m", "input": "hi"})));
         let mut out = Vec::new();
         let chunk = |s: &str| serde_json::from_str::<ChatChunk>(s).unwrap_or_default();
-        t.chunk(chunk(r#"{"model":"gpt","choices":[{"delta":{"content":"Hel"}}]}"#), &mut out);
-        t.chunk(chunk(r#"{"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}"#), &mut out);
-        t.chunk(chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#), &mut out);
+        t.chunk(
+            chunk(r#"{"model":"gpt","choices":[{"delta":{"content":"Hel"}}]}"#),
+            &mut out,
+        );
+        t.chunk(
+            chunk(r#"{"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}"#),
+            &mut out,
+        );
+        t.chunk(
+            chunk(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#),
+            &mut out,
+        );
         t.done(&mut out);
         let text = String::from_utf8(out).unwrap_or_default();
         let events: Vec<Value> = text

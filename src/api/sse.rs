@@ -121,10 +121,7 @@ impl<T: ChatStreamTranslator> Translated<T> {
     /// Every complete event in the buffer, translated.
     fn drain(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
-        loop {
-            let Some(end) = event_end(&self.buf) else {
-                break;
-            };
+        while let Some(end) = event_end(&self.buf) {
             let event = self.buf.split_to(end);
             for line in event[..].split(|b| *b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -271,12 +268,13 @@ mod tests {
         let text = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"}}]}\r\n\r\ndata: [DONE]\n\n";
         for split in 1..text.len() {
             let (a, b) = text.split_at(split);
-            let frames = VecDeque::from(vec![
-                Bytes::from(a.to_owned()),
-                Bytes::from(b.to_owned()),
-            ]);
+            let frames = VecDeque::from(vec![Bytes::from(a.to_owned()), Bytes::from(b.to_owned())]);
             let body = Translated::new(Frames(frames).boxed(), Echo);
-            let got = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let got = body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             assert_eq!(&got[..], b"ab|end", "split at {split}");
         }
     }
@@ -287,7 +285,11 @@ mod tests {
             b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
         )]);
         let body = Translated::new(Frames(frames).boxed(), Echo);
-        let got = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let got = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         assert_eq!(&got[..], b"a");
     }
 }

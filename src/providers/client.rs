@@ -85,7 +85,11 @@ impl Clients {
     }
 
     /// The streaming-body client for a connect timeout and protocol (created on first use).
-    pub fn streaming(&self, connect_timeout: Duration, http2_prior_knowledge: bool) -> StreamingClient {
+    pub fn streaming(
+        &self,
+        connect_timeout: Duration,
+        http2_prior_knowledge: bool,
+    ) -> StreamingClient {
         let key = (connect_timeout, http2_prior_knowledge);
         if let Some(c) = self.streaming.get(&key) {
             return c.clone();

@@ -244,7 +244,12 @@ pub fn embeddings(body: &[u8]) -> Bytes {
                     f64::from(h) / f64::from(u32::MAX) * 2.0 - 1.0
                 })
                 .collect();
-            let norm = raw.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::EPSILON);
+            let norm = raw
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt()
+                .max(f64::EPSILON);
             let vector: Vec<f64> = raw.iter().map(|x| (x / norm * 1e6).round() / 1e6).collect();
             json!({"object": "embedding", "index": index, "embedding": vector})
         })

@@ -14,7 +14,7 @@ use crate::app::{App, Live};
 use crate::body::Body;
 use crate::metrics::{Outcome, VariationMetrics};
 use crate::openai::{ApiError, ErrorClass, Usage};
-use crate::proxy::stream::{RelayOptions, SseRelay};
+use crate::proxy::stream::{IdSink, RelayOptions, SseRelay};
 use crate::proxy::Target;
 
 /// One request's context, from its arrival to its answer.
@@ -98,7 +98,7 @@ impl<'a> RequestCtx<'a> {
 
     /// For a Responses request on a flag: where the answered response's id is remembered, so
     /// `previous_response_id` continues on the same variation.
-    fn response_sink(&self) -> Option<Box<dyn FnOnce(&str) + Send + Sync>> {
+    fn response_sink(&self) -> Option<IdSink> {
         if self.api != ClientApi::Responses {
             return None;
         }

@@ -5,10 +5,10 @@ use std::borrow::Cow;
 
 use http::HeaderMap;
 
+use crate::api::Inbound;
 use crate::config::{IdSource, IdentitySettings, OnMissing};
 use crate::flags::audience::{AttrValue, Attributes};
 use crate::openai::ApiError;
-use crate::api::Inbound;
 
 /// Who the request is for.
 #[derive(Debug)]

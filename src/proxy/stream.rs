@@ -24,6 +24,9 @@ use crate::providers::{Timeouts, WireFormat};
 use crate::proxy::context::Recorder;
 use crate::proxy::request::RawObject;
 
+/// Receives a Responses stream's response id.
+pub type IdSink = Box<dyn FnOnce(&str) + Send + Sync>;
+
 /// How a stream is relayed.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOptions {
@@ -45,7 +48,7 @@ pub struct SseRelay {
     format: WireFormat,
     /// The last `sequence_number` seen (Responses), so an error event continues the count.
     sequence: Option<u64>,
-    on_id: Option<Box<dyn FnOnce(&str) + Send + Sync>>,
+    on_id: Option<IdSink>,
     inner: Body,
     buf: BytesMut,
     strip_usage: bool,
@@ -84,7 +87,7 @@ impl SseRelay {
         rest: Body,
         recorder: Recorder,
         opts: RelayOptions,
-        on_id: Option<Box<dyn FnOnce(&str) + Send + Sync>>,
+        on_id: Option<IdSink>,
     ) -> SseRelay {
         let RelayOptions {
             strip_usage,
@@ -150,7 +153,8 @@ pub fn error_event_for(
             Bytes::from(format!("event: error\ndata: {v}\n\n"))
         }
         WireFormat::Chat | WireFormat::Embeddings => {
-            let v = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+            let v =
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
             Bytes::from(format!("data: {v}\n\n"))
         }
     }
@@ -165,7 +169,9 @@ fn provider_error_event(format: WireFormat, openai_json: &str, sequence: Option<
     let e = &v["error"];
     error_event_for(
         format,
-        e["message"].as_str().unwrap_or("the provider's stream failed"),
+        e["message"]
+            .as_str()
+            .unwrap_or("the provider's stream failed"),
         e["type"].as_str().unwrap_or("upstream_error"),
         e["code"].as_str().unwrap_or("stream_interrupted"),
         sequence,
@@ -272,7 +278,10 @@ impl SseRelay {
         if let Some(at) = SEQUENCE_KEY.find(data) {
             let digits = &data[at + 18..];
             let digits = &digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()];
-            if let Some(n) = std::str::from_utf8(digits).ok().and_then(|d| d.parse().ok()) {
+            if let Some(n) = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+            {
                 self.sequence = Some(n);
             }
         }
@@ -308,7 +317,8 @@ impl SseRelay {
                     if let Some(u) = crate::api::messages::read_usage_value(usage) {
                         let mut merged = self.recorder.usage_so_far().unwrap_or_default();
                         merged.prompt_tokens = merged.prompt_tokens.max(u.prompt_tokens);
-                        merged.completion_tokens = merged.completion_tokens.max(u.completion_tokens);
+                        merged.completion_tokens =
+                            merged.completion_tokens.max(u.completion_tokens);
                         self.recorder.usage(merged);
                     }
                 }
