@@ -517,6 +517,7 @@ impl Validator<'_> {
             "header:x-switchyard-user",
             "body:user",
             "body:safety_identifier",
+            "metadata:user_id",
         ];
         let specs: Vec<String> = match &raw.identity.bucketing_id {
             Some(list) => list.clone(),

@@ -183,9 +183,21 @@ static SEQUENCE_KEY: LazyLock<memmem::Finder<'static>> =
 static TYPE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"type\":\""));
 
-/// The value of the first `"type":"…"` member of an event's data (the event's type, written
-/// first by every provider and by our translators).
-fn event_type(data: &[u8]) -> &[u8] {
+static EVENT_FIELD: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"event:"));
+
+/// An event's type: its `event:` line (Responses and Anthropic streams name every event),
+/// else the first `"type":"…"` member of its data.
+fn event_type<'e>(event: &'e [u8], data: &'e [u8]) -> &'e [u8] {
+    let line_start = EVENT_FIELD
+        .find(event)
+        .filter(|at| *at == 0 || event[at - 1] == b'\n');
+    if let Some(at) = line_start {
+        let rest = &event[at + 6..];
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        return &rest[..end];
+    }
     let Some(at) = TYPE_KEY.find(data) else {
         return b"";
     };
@@ -226,11 +238,11 @@ impl SseRelay {
         };
         match self.format {
             WireFormat::Responses => {
-                self.inspect_responses(data);
+                self.inspect_responses(event_type(event, data), data);
                 return Edit::Keep;
             }
             WireFormat::Messages => {
-                self.inspect_messages(data);
+                self.inspect_messages(event_type(event, data), data);
                 return Edit::Keep;
             }
             WireFormat::Chat | WireFormat::Embeddings => {}
@@ -274,7 +286,7 @@ impl SseRelay {
 
     /// A Responses event: deltas are tokens, `response.completed` (or `.incomplete`) ends the
     /// stream with usage and the response id; sequence numbers are followed.
-    fn inspect_responses(&mut self, data: &[u8]) {
+    fn inspect_responses(&mut self, kind: &[u8], data: &[u8]) {
         if let Some(at) = SEQUENCE_KEY.find(data) {
             let digits = &data[at + 18..];
             let digits = &digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()];
@@ -285,7 +297,6 @@ impl SseRelay {
                 self.sequence = Some(n);
             }
         }
-        let kind = event_type(data);
         if kind.ends_with(b".delta") {
             self.recorder.first_token();
         }
@@ -307,8 +318,7 @@ impl SseRelay {
 
     /// A Messages event: deltas are tokens, `message_start` and `message_delta` carry usage,
     /// `message_stop` ends the stream.
-    fn inspect_messages(&mut self, data: &[u8]) {
-        let kind = event_type(data);
+    fn inspect_messages(&mut self, kind: &[u8], data: &[u8]) {
         match kind {
             b"content_block_delta" => self.recorder.first_token(),
             b"message_start" | b"message_delta" => {
