@@ -68,26 +68,26 @@ def _stop(process: subprocess.Popen[str]) -> int:
         return -signal.SIGKILL
 
 
-@pytest.fixture(scope="session")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+def start_proxy(config: Path, workdir: Path, env: dict[str, str] | None = None) -> Proxy:
+    """Starts `switchyard serve` on `config` with both listeners on free ports."""
     binary = _binary()
-    workdir = tmp_path_factory.mktemp("switchyard")
-    env = dict(os.environ)
-    env.setdefault("SWITCHYARD_ADMIN_TOKEN", "test-admin-token")
+    full_env = dict(os.environ)
+    full_env.setdefault("SWITCHYARD_ADMIN_TOKEN", "test-admin-token")
+    full_env.update(env or {})
     with open(workdir / "stderr.log", "wb") as stderr:
         process = subprocess.Popen(
             [
                 str(binary),
                 "serve",
                 "--config",
-                str(REPO_ROOT / "proxy.toml"),
+                str(config),
                 "--listen",
                 "127.0.0.1:0",
                 "--admin-listen",
                 "127.0.0.1:0",
             ],
             cwd=workdir,
-            env=env,
+            env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -126,14 +126,22 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
             url = m.group(1)
         elif m := ADMIN_LISTEN_RE.match(line):
             admin_url = m.group(1)
+    return Proxy(url=url, admin_url=admin_url, process=process, workdir=workdir)
 
-    running = Proxy(url=url, admin_url=admin_url, process=process, workdir=workdir)
-    yield running
 
-    code = _stop(process)
+def stop_proxy(running: Proxy) -> None:
+    """SIGTERM; the proxy must exit 0."""
+    code = _stop(running.process)
     assert code == 0, (
         f"switchyard exited with {code} after SIGTERM (expected 0).\nstderr:\n{running.stderr()}"
     )
+
+
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    running = start_proxy(REPO_ROOT / "proxy.toml", tmp_path_factory.mktemp("switchyard"))
+    yield running
+    stop_proxy(running)
 
 
 @pytest.fixture(scope="session")
