@@ -59,6 +59,8 @@ pub struct Target {
     pub decision: Option<Decision>,
     /// The bucketing id, when it identifies a user (not made up for this request).
     pub user: Option<String>,
+    /// Where the bucketing id came from (the `x-switchyard-identity` header).
+    pub identity: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -94,7 +96,7 @@ pub async fn count_tokens(app: Arc<App>, req: Request<Incoming>) -> Response<Bod
 async fn count(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let live = app.live.load_full();
     let (parts, body) = req.into_parts();
-    let bytes = read_body(body, &parts.headers, live.config.server.max_body_bytes).await?;
+    let bytes = read_body(body, &parts.headers, &live.config.server).await?;
     let msg = MessagesRequest::parse_count(&bytes)?;
     let target = decide_target(app, &live, &parts.headers, &msg, &bytes)?;
     let (provider, counted) = match target.route {
@@ -194,7 +196,7 @@ async fn handle(
     let config = &live.config;
     let (parts, body) = req.into_parts();
     // 1. parse
-    let bytes = read_body(body, &parts.headers, config.server.max_body_bytes).await?;
+    let bytes = read_body(body, &parts.headers, &config.server).await?;
     let req = parse(ctx.api, &bytes)?;
     let req = req.as_ref();
     // 2. identify + 3. decide
@@ -493,11 +495,17 @@ fn decide_target(
                 route: Route::Passthrough,
                 decision: None,
                 user: None,
+                identity: None,
             }),
             None => Err(ApiError::ModelNotFound(req.model().to_owned())),
         };
     };
     let identity = identify::identify(&config.identity, headers, req)?;
+    if identity.random {
+        if let Some(c) = live.without_id.get(flag_index) {
+            c.inc();
+        }
+    }
     let rt = &live.runtime[flag_index];
     let mut decision = flag.decide_at(
         rt.enabled,
@@ -517,6 +525,7 @@ fn decide_target(
         },
         decision: Some(decision),
         user: (!identity.random).then(|| identity.bucketing_id.into_owned()),
+        identity: Some(identity.source),
     })
 }
 
@@ -567,31 +576,14 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
-/// Reads the body up to `limit` bytes (413 beyond).
+/// Reads the body within `[server]`'s limits (413 beyond `max_body_bytes`, 408 when it stalls).
 pub async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
-    limit: usize,
+    server: &crate::config::ServerSettings,
 ) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::InvalidJson(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
+    let limits = crate::server::linger::BodyLimits::new(server, server.max_body_bytes);
+    crate::server::linger::read_body(body, headers, limits).await
 }
 
 /// A JSON response with a status.

@@ -151,6 +151,14 @@ impl<'a> RequestCtx<'a> {
         };
         let live = &self.live;
         crate::proxy::set_decision_headers(resp.headers_mut(), live, target.route, target.decision);
+        if let Some(v) = target
+            .identity
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            resp.headers_mut()
+                .insert(crate::proxy::identify::IDENTITY_HEADER, v);
+        }
         if let (Route::Variation { flag, variation }, Some(user)) = (target.route, &target.user) {
             if let Some(f) = live.config.flags.get(flag) {
                 let rule = target
