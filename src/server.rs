@@ -131,7 +131,13 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 allow: "GET",
             },
         ),
-        _ if path.starts_with("/v1/") => crate::api::passthrough::forward(app, req).await,
+        _ if path.starts_with("/v1/") => {
+            let checked = crate::api::passthrough::check(&app.live.load().config, path);
+            match checked {
+                Ok(()) => crate::api::passthrough::forward(app, req).await,
+                Err(e) => early_answer(&app, req, e),
+            }
+        }
         _ => {
             let e = ApiError::NotFound(path.to_owned());
             early_answer(&app, req, e)

@@ -89,6 +89,22 @@ pub async fn forward(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
+/// Whether `path` can be relayed: a 404 naming why not (no `[passthrough]`, or one that is
+/// not an OpenAI-compatible endpoint).
+pub fn check(config: &crate::config::Config, path: &str) -> Result<(), ApiError> {
+    match &config.passthrough {
+        None => Err(ApiError::NotFound(format!(
+            "{path}: this proxy serves chat completions, responses, messages and embeddings; other /v1 paths need a [passthrough] provider"
+        ))),
+        Some(p) if !matches!(p.kind, ProviderKind::OpenAi(_)) => Err(ApiError::NotFound(format!(
+            "{path}: the passthrough provider `{}` ({}) takes only model requests",
+            p.name,
+            p.kind.as_str()
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn relay(
     app: &App,
     req: Request<Incoming>,
@@ -96,17 +112,12 @@ async fn relay(
 ) -> Result<Response<Body>, ApiError> {
     let live = app.live.load();
     let path = req.uri().path().to_owned();
+    check(&live.config, &path)?;
     let Some(provider) = live.config.passthrough.clone() else {
-        return Err(ApiError::NotFound(format!(
-            "{path}: this proxy serves chat completions, responses, messages and embeddings; other /v1 paths need a [passthrough] provider"
-        )));
+        return Err(ApiError::Internal("no passthrough provider".into()));
     };
     let ProviderKind::OpenAi(settings) = &provider.kind else {
-        return Err(ApiError::NotFound(format!(
-            "{path}: the passthrough provider `{}` ({}) takes only model requests",
-            provider.name,
-            provider.kind.as_str()
-        )));
+        return Err(ApiError::Internal("no passthrough provider".into()));
     };
     let rest = path.strip_prefix("/v1").unwrap_or(&path);
     let mut url = format!("{}{rest}", settings.base_url);
