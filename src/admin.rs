@@ -68,9 +68,15 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
             } else {
                 let live = app.live.load();
                 let last_reload_error = app.last_reload_error.lock().ok().and_then(|e| e.clone());
+                // Flags from a datafile must have loaded once before traffic is sent here.
+                let (status, word) = if app.sources.ready(&live.config) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "waiting_for_sources")
+                };
                 json_response(
-                    StatusCode::OK,
-                    &json!({"status": "ready", "config": live.config.hash, "flags": live.config.flags.len(), "state_store": app.store.kind(), "last_reload_error": last_reload_error}),
+                    status,
+                    &json!({"status": word, "config": live.config.hash, "flags": live.config.flags.len(), "state_store": app.store.kind(), "last_reload_error": last_reload_error, "sources": app.sources.status_json(&live.config)}),
                 )
             }
         }

@@ -99,6 +99,7 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
             allow: "GET",
         }
         .into_response(),
+        (p, _) if p.starts_with("/ofrep/") => crate::api::ofrep::route(app, req).await,
         _ => ApiError::NotFound(path.to_owned()).into_response(),
     }
 }
