@@ -62,6 +62,8 @@ pub struct Datafile {
     typed_audiences: Vec<AudienceDef>,
     #[serde(default)]
     holdouts: Vec<Value>,
+    #[serde(default)]
+    local_holdouts: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,7 +199,7 @@ pub fn to_flags(
             "the proxy's config defines no providers for datafile flags to use".into(),
         ]);
     };
-    if !d.holdouts.is_empty() {
+    if !d.holdouts.is_empty() || !d.local_holdouts.is_empty() {
         errors.push("the datafile has holdouts, which Switchyard does not evaluate".to_owned());
     }
     let mut experiments: HashMap<&str, (&Experiment, Option<&GroupDef>)> = HashMap::new();
