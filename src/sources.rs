@@ -169,6 +169,11 @@ impl Sources {
         }})
     }
 
+    /// Whether the source's last poll was good (or it is not configured).
+    pub fn healthy(&self, config: &Config) -> bool {
+        config.optimizely.is_none() || self.inner.lock().map(|i| i.status.healthy).unwrap_or(false)
+    }
+
     /// Whether the source has served flags at least once (or is not configured).
     pub fn ready(&self, config: &Config) -> bool {
         config.optimizely.is_none()

@@ -147,6 +147,13 @@ async fn readyz(p: &TestProxy) -> Resp {
     client::get(&p.admin_url("/readyz")).await
 }
 
+/// The datafile source's details (`GET /admin/status`).
+async fn source_status(p: &TestProxy) -> Value {
+    let r = admin(p, Method::GET, "/admin/status", Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()["sources"]["optimizely"].clone()
+}
+
 async fn decide(p: &TestProxy, user: &str) -> Value {
     let r = client::get(&p.url(&format!("/v1/decide?flag=helper&user={user}"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
@@ -285,7 +292,7 @@ async fn a_new_revision_is_picked_up_and_a_bad_one_keeps_the_last_good() {
     // An unknown prompt: rejected, the last good flags keep serving.
     write(&df, &datafile("3", "model-b3", "no-such-prompt"));
     let status = eventually("the rejection", async || {
-        let s = readyz(&p).await.json()["sources"]["optimizely"].clone();
+        let s = source_status(&p).await;
         s["error"]
             .as_str()
             .is_some_and(|e| e.contains("unknown prompt \"no-such-prompt\""))
@@ -294,6 +301,16 @@ async fn a_new_revision_is_picked_up_and_a_bad_one_keeps_the_last_good() {
     .await;
     assert_eq!(status["healthy"], false);
     assert_eq!(status["revision"], "2");
+    let r = readyz(&p).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Optimizely datafile"),
+        "{}",
+        r.text()
+    );
     assert_eq!(decide(&p, "vip").await["variables"]["model_id"], "model-b2");
     let metrics = client::get(&p.admin_url("/metrics")).await.text();
     assert!(
@@ -318,10 +335,12 @@ async fn a_new_revision_is_picked_up_and_a_bad_one_keeps_the_last_good() {
         (decide_ok(&p).await?["variables"]["model_id"] == "model-b4").then_some(())
     })
     .await;
-    assert_eq!(
-        readyz(&p).await.json()["sources"]["optimizely"]["healthy"],
-        true
-    );
+    assert_eq!(source_status(&p).await["healthy"], true);
+    write(&file, &config(&dir, &source, ""));
+    let r = admin(&p, Method::POST, "/admin/reload", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(decide(&p, "vip").await["variables"]["model_id"], "model-b4");
+    assert_eq!(readyz(&p).await.json(), json!({"status": "ready"}));
 }
 
 async fn decide_ok(p: &TestProxy) -> Option<Value> {
@@ -336,20 +355,20 @@ async fn readyz_waits_for_the_first_datafile_and_reports_fetch_errors() {
     // Any variable that is set stands in for the SDK key.
     let source = format!("datafile_url = \"{url}\"\nsdk_key_env = \"PATH\"");
     let p = TestProxy::start(&config(&dir, &source, "")).await;
-    let body = eventually("a fetch error", async || {
-        let r = readyz(&p).await;
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-        let b = r.json();
-        b["sources"]["optimizely"]["error"].is_string().then_some(b)
+    let status = eventually("a fetch error", async || {
+        let s = source_status(&p).await;
+        s["error"].is_string().then_some(s)
     })
     .await;
-    assert_eq!(body["status"], "waiting_for_sources");
+    let r = readyz(&p).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["status"], "waiting_for_sources");
     // The URL is reported as configured: the SDK key is never shown.
-    assert!(body["sources"]["optimizely"]["datafile"]
+    assert!(status["datafile"]
         .as_str()
         .unwrap()
         .ends_with("/datafiles/{sdk_key}.json"));
-    assert!(!body.to_string().contains(&std::env::var("PATH").unwrap()));
+    assert!(!status.to_string().contains(&std::env::var("PATH").unwrap()));
     let metrics = client::get(&p.admin_url("/metrics")).await.text();
     assert!(metrics.contains(
         "switchyard_source_updates_total{outcome=\"fetch_error\",source=\"optimizely\"}"

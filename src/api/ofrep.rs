@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
@@ -114,16 +113,19 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         return f.response(key.as_deref());
     }
     let (parts, body) = req.into_parts();
-    let limit = live.config.server.max_body_bytes;
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return Failure::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "GENERAL",
-                format!("the request body is larger than {limit} bytes"),
-            )
-            .response(key.as_deref())
+    let limits = crate::server::linger::BodyLimits::new(
+        &live.config.server,
+        live.config.server.max_body_bytes,
+    );
+    let bytes = match crate::server::linger::read_body(body, &parts.headers, limits).await {
+        Ok(b) => b,
+        Err(e) => {
+            let mut resp =
+                Failure::new(e.status(), "GENERAL", e.to_string()).response(key.as_deref());
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                crate::server::linger::close_after(&mut resp);
+            }
+            return resp;
         }
     };
     let context = match parse_context(&bytes) {

@@ -30,6 +30,7 @@ from conftest import Proxy, launch, stop
 from pipelined import request, send_all
 
 SDK_KEY = "sdk-key-secret-1234"
+ADMIN = "optimizely-admin-token"
 USERS = 10_000
 FLAGS = ["assistant", "summarizer", "writer"]
 
@@ -38,6 +39,9 @@ CONFIG = """
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 reload_check_interval = "0s"
+
+[admin]
+tokens = [{ name = "ops", token_env = "OPTIMIZELY_TEST_ADMIN" }]
 
 [state]
 url = "sqlite::memory:"
@@ -127,7 +131,7 @@ def proxy(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prox
     workdir = tmp_path_factory.mktemp("optimizely")
     config = workdir / "proxy.toml"
     config.write_text(CONFIG.replace("STUB_URL", stub.url))
-    env = dict(os.environ, OPTIMIZELY_TEST_SDK_KEY=SDK_KEY, SWITCHYARD_LOG="info")
+    env = dict(os.environ, OPTIMIZELY_TEST_SDK_KEY=SDK_KEY, OPTIMIZELY_TEST_ADMIN=ADMIN, SWITCHYARD_LOG="info")
     running = launch(config, workdir, env)
     wait_for(lambda: readyz(running)["status"] == "ready", "the first datafile to load")
     yield running
@@ -139,7 +143,9 @@ def readyz(p: Proxy) -> dict:
 
 
 def source(p: Proxy) -> dict:
-    return readyz(p)["sources"]["optimizely"]
+    r = requests.get(f"{p.admin_url}/admin/status", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["sources"]["optimizely"]
 
 
 def wait_for(cond, what: str, within: float = 30.0) -> None:
@@ -295,7 +301,10 @@ def test_new_revision_then_broken_datafiles_keep_the_last_good(proxy: Proxy, stu
         wait_for(lambda: needle.replace("\\", "") in (source(proxy)["error"] or ""), f"rejection: {needle}")
         st = source(proxy)
         assert st["healthy"] is False and st["revision"] == "2"
-        assert readyz(proxy)["status"] == "ready"
+        assert readyz(proxy) == {
+            "status": "ready",
+            "reason": "the Optimizely datafile cannot be used; its last good flags are serving",
+        }
         # The last good flags keep serving.
         r = requests.get(f"{proxy.url}/v1/decide", params={"flag": "assistant", "user": "forced-user-1"}, timeout=10)
         assert r.json()["variation"] == "a_treatment" and r.json()["variables"]["model_id"] == "large-3"
@@ -305,7 +314,7 @@ def test_new_revision_then_broken_datafiles_keep_the_last_good(proxy: Proxy, stu
     assert "datafile rejected" in proxy.stderr()
     # The SDK key never shows: not in logs, not on /readyz.
     assert SDK_KEY not in proxy.stderr()
-    assert SDK_KEY not in json.dumps(readyz(proxy))
+    assert SDK_KEY not in json.dumps(source(proxy))
 
     # Runtime overrides work on datafile flags: kill switch through the admin API is covered
     # by the Rust tests; here the good datafile comes back and is healthy again.
