@@ -606,3 +606,91 @@ impl FeatureCtx<'_> {
 fn values_json(values: &[(String, Value)]) -> Value {
     Value::Object(values.iter().cloned().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> Config {
+        Config::parse(
+            "[providers.mock]\nkind = \"mock\"\n[prompts]\nbrief = \"Be brief.\"\n",
+            "test.toml",
+        )
+        .unwrap()
+    }
+
+    fn datafile(extra: Value) -> Datafile {
+        let mut d = json!({
+            "version": "4", "revision": "7",
+            "experiments": [
+                {"id": "1", "key": "e1", "status": "Running", "variations": [
+                    {"id": "11", "key": "same", "featureEnabled": true, "variables": [{"id": "m", "value": "m1"}]}],
+                 "trafficAllocation": [{"entityId": "11", "endOfRange": 10000}]},
+                {"id": "2", "key": "e2", "status": "Running", "variations": [
+                    {"id": "21", "key": "same", "featureEnabled": true, "variables": [{"id": "m", "value": "m2"}]},
+                    {"id": "22", "key": "dark", "featureEnabled": false, "variables": [{"id": "m", "value": "ignored"}]}],
+                 "trafficAllocation": [{"entityId": "21", "endOfRange": 5000}, {"entityId": "22", "endOfRange": 10000}]}
+            ],
+            "featureFlags": [
+                {"id": "f", "key": "ai", "experimentIds": ["1", "2"], "rolloutId": "", "variables": [
+                    {"id": "m", "key": "model_id", "type": "string", "defaultValue": "m0"},
+                    {"id": "n", "key": "limit", "type": "integer", "defaultValue": "3"},
+                    {"id": "j", "key": "ui", "type": "json", "defaultValue": "{\"a\": [1]}"},
+                    {"id": "p", "key": "system_prompt_variant", "type": "string", "defaultValue": "brief"}]},
+                {"id": "g", "key": "banner", "experimentIds": [], "rolloutId": "", "variables": []}
+            ]
+        });
+        if let (Value::Object(d), Value::Object(e)) = (&mut d, extra) {
+            d.extend(e);
+        }
+        serde_json::from_value(d).unwrap()
+    }
+
+    #[test]
+    fn variations_keep_their_keys_unless_a_key_means_two_configurations() {
+        let m = to_flags(&datafile(json!({})), &config(), None).unwrap();
+        assert_eq!(m.skipped, ["banner"]);
+        let f = &m.flags[0];
+        let keys: Vec<&str> = f.variations.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, ["same", "e2.same", "dark", "off"]);
+        assert_eq!(f.variations[1].model_id, "m2");
+        // A disabled variation serves the defaults, typed.
+        let dark = &f.variations[2].variables;
+        assert_eq!(dark["model_id"], "m0");
+        assert_eq!(dark["limit"], 3);
+        assert_eq!(dark["ui"], json!({"a": [1]}));
+        assert_eq!(dark["system_prompt_variant"], "brief");
+        assert_eq!(f.off_variation, 3);
+        assert!(f
+            .rules
+            .iter()
+            .all(|r| r.datafile.as_ref().unwrap().experiment));
+        assert_eq!(
+            f.bucketing_id_attribute.as_deref(),
+            Some(BUCKETING_ID_ATTRIBUTE)
+        );
+    }
+
+    #[test]
+    fn holdouts_unknown_prompts_and_bad_versions_are_rejected() {
+        let e = to_flags(
+            &datafile(json!({"holdouts": [{"id": "h"}]})),
+            &config(),
+            None,
+        )
+        .unwrap_err();
+        assert!(e[0].contains("holdouts"), "{e:?}");
+        let mut d = datafile(json!({}));
+        d.feature_flags[0].variables[3].default_value = "nope".into();
+        let e = to_flags(&d, &config(), None).unwrap_err();
+        assert!(
+            e.iter().any(|m| m.contains("unknown prompt \"nope\"")),
+            "{e:?}"
+        );
+        assert!(Datafile::parse(br#"{"version": "2", "revision": "1"}"#).is_err());
+        assert!(Datafile::parse(b"{")
+            .unwrap_err()
+            .contains("does not parse"));
+    }
+}
