@@ -10,11 +10,13 @@
 //! | [`messages`] | `POST /v1/messages`, `POST /v1/messages/count_tokens` |
 //! | [`embeddings`] | `POST /v1/embeddings` |
 //! | [`passthrough`] | any other `/v1/*` path, streamed to the `[passthrough]` provider |
+//! | [`ofrep`] | OpenFeature's remote evaluation (`/ofrep/v1/…`): flags read by apps |
 //!
 //! Adding a client API means one module here implementing [`Inbound`], and one route.
 
 pub mod embeddings;
 pub mod messages;
+pub mod ofrep;
 pub mod passthrough;
 pub mod responses;
 pub mod sse;

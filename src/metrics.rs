@@ -105,6 +105,12 @@ pub struct Metrics {
     pub exposures: IntCounterVec,
     passthrough_requests: IntCounterVec,
     passthrough_duration: HistogramVec,
+    /// `switchyard_source_updates_total{source,outcome}`: polls of a flag source by outcome
+    /// (applied, unchanged, rejected, fetch_error).
+    pub source_updates: IntCounterVec,
+    /// `switchyard_source_healthy{source}`: 1 while the source's last poll was good, 0 while
+    /// it fails (the last good flags keep serving).
+    pub source_healthy: IntGaugeVec,
     /// `switchyard_requests_without_id_total{flag}`: flag requests with no bucketing id (a
     /// random one was used).
     without_id: IntCounterVec,
@@ -552,6 +558,16 @@ impl Metrics {
         )?;
         registry.register(Box::new(passthrough_requests.clone()))?;
         registry.register(Box::new(passthrough_duration.clone()))?;
+        let source_updates = IntCounterVec::new(
+            Opts::new("switchyard_source_updates_total", "Polls of a flag source (the Optimizely datafile) by outcome: applied, unchanged, rejected (invalid; the last good flags keep serving), fetch_error."),
+            &["source", "outcome"],
+        )?;
+        let source_healthy = IntGaugeVec::new(
+            Opts::new("switchyard_source_healthy", "1 while a flag source's last poll was good, 0 while it fails (the last good flags keep serving)."),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_updates.clone()))?;
+        registry.register(Box::new(source_healthy.clone()))?;
         let without_id = IntCounterVec::new(
             Opts::new(
                 "switchyard_requests_without_id_total",
@@ -632,6 +648,8 @@ impl Metrics {
             exposures,
             passthrough_requests,
             passthrough_duration,
+            source_updates,
+            source_healthy,
             without_id,
             connections_refused,
             connections_closed,

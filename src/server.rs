@@ -131,6 +131,7 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 allow: "GET",
             },
         ),
+        (p, _) if p.starts_with("/ofrep/") => crate::api::ofrep::route(app, req).await,
         _ if path.starts_with("/v1/") => {
             let checked = crate::api::passthrough::check(&app.live.load().config, path);
             match checked {

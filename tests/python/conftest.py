@@ -68,12 +68,28 @@ def _stop(process: subprocess.Popen[str]) -> int:
         return -signal.SIGKILL
 
 
-def start_proxy(config: Path, workdir: Path, env: dict[str, str] | None = None) -> Proxy:
-    """Starts `switchyard serve` on `config` with both listeners on free ports."""
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    workdir = tmp_path_factory.mktemp("switchyard")
+    env = dict(os.environ)
+    env.setdefault("SWITCHYARD_ADMIN_TOKEN", "test-admin-token")
+    running = launch(REPO_ROOT / "proxy.toml", workdir, env)
+    yield running
+
+    code = _stop(running.process)
+    assert code == 0, (
+        f"switchyard exited with {code} after SIGTERM (expected 0).\nstderr:\n{running.stderr()}"
+    )
+
+
+def stop(running: Proxy) -> int:
+    """SIGTERM, wait, then SIGKILL; the exit code."""
+    return _stop(running.process)
+
+
+def launch(config: Path, workdir: Path, env: dict[str, str]) -> Proxy:
+    """Starts the binary on `config` (ports 0) and waits until both listeners are announced."""
     binary = _binary()
-    full_env = dict(os.environ)
-    full_env.setdefault("SWITCHYARD_ADMIN_TOKEN", "test-admin-token")
-    full_env.update(env or {})
     with open(workdir / "stderr.log", "wb") as stderr:
         process = subprocess.Popen(
             [
@@ -87,7 +103,7 @@ def start_proxy(config: Path, workdir: Path, env: dict[str, str] | None = None) 
                 "127.0.0.1:0",
             ],
             cwd=workdir,
-            env=full_env,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -126,22 +142,8 @@ def start_proxy(config: Path, workdir: Path, env: dict[str, str] | None = None) 
             url = m.group(1)
         elif m := ADMIN_LISTEN_RE.match(line):
             admin_url = m.group(1)
+
     return Proxy(url=url, admin_url=admin_url, process=process, workdir=workdir)
-
-
-def stop_proxy(running: Proxy) -> None:
-    """SIGTERM; the proxy must exit 0."""
-    code = _stop(running.process)
-    assert code == 0, (
-        f"switchyard exited with {code} after SIGTERM (expected 0).\nstderr:\n{running.stderr()}"
-    )
-
-
-@pytest.fixture(scope="session")
-def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    running = start_proxy(REPO_ROOT / "proxy.toml", tmp_path_factory.mktemp("switchyard"))
-    yield running
-    stop_proxy(running)
 
 
 @pytest.fixture(scope="session")

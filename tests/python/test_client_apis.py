@@ -20,7 +20,9 @@ import openai
 import pytest
 from openai.types.responses import Response
 
-from conftest import Proxy, start_proxy, stop_proxy
+import os
+
+from conftest import Proxy, launch, stop
 
 FLAG = "support-assistant"
 
@@ -206,9 +208,9 @@ def agent_proxy(tmp_path: Path) -> Iterator[Proxy]:
     _ScriptedChat.seen = []
     config = tmp_path / "agent.toml"
     config.write_text(AGENT_CONFIG.format(base=f"http://127.0.0.1:{server.server_port}/v1"))
-    running = start_proxy(config, tmp_path)
+    running = launch(config, tmp_path, dict(os.environ))
     yield running
-    stop_proxy(running)
+    assert stop(running) == 0, running.stderr()
     server.shutdown()
 
 
