@@ -39,6 +39,9 @@ pub struct Config {
     pub origin: String,
     /// A short hex digest of the source text, to tell versions apart.
     pub hash: String,
+    /// A digest of every flag (`flags.KEY`) and every other top-level section, to tell what a
+    /// reload changed.
+    pub section_digests: BTreeMap<String, String>,
     /// `[server]`.
     pub server: ServerSettings,
     /// `[identity]`.
@@ -83,6 +86,8 @@ pub struct ServerSettings {
     pub gate_interval: Duration,
     /// How often the config file is checked for changes (zero: never).
     pub reload_check_interval: Duration,
+    /// How long a changed file must stay unchanged before the watch applies it.
+    pub reload_settle: Duration,
     /// After SIGTERM: how long `/readyz` answers 503 `draining` while the listeners still
     /// accept, so a load balancer takes the replica out before it stops accepting.
     pub drain_delay: Duration,
@@ -339,6 +344,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"30s\", \"250ms\")"))
 }
 
+/// Digests of each flag and each other top-level section of `src` (already parsed once).
+fn section_digests(src: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(table) = src.parse::<toml::Table>() else {
+        return out;
+    };
+    for (key, value) in &table {
+        match (key.as_str(), value) {
+            ("flags", toml::Value::Table(flags)) => {
+                for (flag, v) in flags {
+                    out.insert(format!("flags.{flag}"), short_hash(&format!("{v:?}")));
+                }
+            }
+            _ => {
+                out.insert(key.clone(), short_hash(&format!("{value:?}")));
+            }
+        }
+    }
+    out
+}
+
 fn short_hash(src: &str) -> String {
     // FNV-1a: a version tag, not a security property.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -465,6 +491,11 @@ impl Validator<'_> {
                 raw.server.reload_check_interval.as_deref(),
                 Duration::from_secs(2),
             ),
+            reload_settle: self.duration(
+                &s.key("reload_settle"),
+                raw.server.reload_settle.as_deref(),
+                Duration::from_secs(1),
+            ),
             drain_delay: self.duration(
                 &s.key("drain_delay"),
                 raw.server.drain_delay.as_deref(),
@@ -587,9 +618,17 @@ impl Validator<'_> {
         }
         let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
+        if raw.flags.is_empty() && raw.passthrough.is_none() {
+            self.err(
+                &root,
+                "the configuration defines no flag and no [passthrough]: every request would be \
+                 answered 404 (an empty or truncated file?)",
+            );
+        }
         Config {
             origin: self.origin.to_owned(),
             hash: short_hash(src),
+            section_digests: section_digests(src),
             server,
             identity,
             passthrough,

@@ -76,11 +76,23 @@ enum CtlCommand {
     Flags,
     /// One flag in detail.
     Flag { flag: String },
-    /// Kill switch off: the flag serves its variations again.
-    Enable { flag: String },
-    /// Kill switch on: everyone gets the off variation.
-    Disable { flag: String },
-    /// Force rule-based answers for a flag (or one variation); --off lifts it.
+    /// Kill switch off: the flag serves its variations again (an override of the file until
+    /// cleared; --clear drops the override and returns to the file's `enabled`).
+    Enable {
+        flag: String,
+        /// Drop the runtime override instead.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Kill switch on: everyone gets the off variation (--clear: back to the file).
+    Disable {
+        flag: String,
+        /// Drop the runtime override instead.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Force rule-based answers for a flag (or one variation); --off lifts it (even where the
+    /// file forces it); --clear drops the override and returns to the file.
     Fallback {
         flag: String,
         /// Only this variation.
@@ -89,6 +101,16 @@ enum CtlCommand {
         /// Lift the forced fallback.
         #[arg(long)]
         off: bool,
+        /// Drop the runtime override instead.
+        #[arg(long, conflicts_with = "off")]
+        clear: bool,
+    },
+    /// Drop every runtime override of a flag (or one: --field enabled | force_fallback |
+    /// variation:V | stage:RULE | held:RULE): back to proxy.toml.
+    Clear {
+        flag: String,
+        #[arg(long)]
+        field: Option<String>,
     },
     /// Rollout status: stage, gate, figures.
     Rollout { flag: String },
@@ -146,12 +168,32 @@ fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
     let action = match action {
         CtlCommand::Flags => Action::Flags,
         CtlCommand::Flag { flag } => Action::Flag(flag),
-        CtlCommand::Enable { flag } => Action::SetEnabled(flag, true),
-        CtlCommand::Disable { flag } => Action::SetEnabled(flag, false),
+        CtlCommand::Enable { flag, clear: true } | CtlCommand::Disable { flag, clear: true } => {
+            Action::Clear {
+                flag,
+                field: Some("enabled".into()),
+            }
+        }
+        CtlCommand::Enable { flag, .. } => Action::SetEnabled(flag, true),
+        CtlCommand::Disable { flag, .. } => Action::SetEnabled(flag, false),
+        CtlCommand::Fallback {
+            flag,
+            variation,
+            clear: true,
+            ..
+        } => Action::Clear {
+            flag,
+            field: Some(match variation {
+                Some(v) => format!("variation:{v}"),
+                None => "force_fallback".into(),
+            }),
+        },
+        CtlCommand::Clear { flag, field } => Action::Clear { flag, field },
         CtlCommand::Fallback {
             flag,
             variation,
             off,
+            ..
         } => Action::Fallback {
             flag,
             forced: !off,

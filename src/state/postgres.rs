@@ -728,7 +728,7 @@ async fn apply_txn(
                 .await?;
             let before = parse_overrides(shared, flag, row.try_get(0)?)?;
             let mut after = before.clone();
-            change.apply(&mut after);
+            change.apply_by(&mut after, actor);
             if after.is_empty() {
                 tx.execute(
                     &format!("DELETE FROM {s}.switchyard_flag_state WHERE flag = $1"),

@@ -518,7 +518,7 @@ fn apply_db(
                 None => FlagOverrides::default(),
             };
             let mut after = before.clone();
-            change.apply(&mut after);
+            change.apply_by(&mut after, actor);
             if after.is_empty() {
                 tx.execute("DELETE FROM switchyard_flag_state WHERE flag = ?1", [flag])?;
             } else {
