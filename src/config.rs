@@ -296,21 +296,43 @@ impl Config {
         env: EnvLookup<'_>,
     ) -> Result<Config, ConfigErrors> {
         let map = SourceMap::new(src);
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let (line, key) = match e.span() {
-                Some(span) => (
-                    Some(map.line_of(span.start)),
-                    map.path_at(span.start).to_string(),
-                ),
-                None => (None, String::new()),
-            };
-            ConfigErrors(vec![ConfigError {
-                origin: origin.to_owned(),
-                line,
-                key,
-                message: e.message().trim().to_owned(),
-            }])
-        })?;
+        // Every unknown key is reported, not only the first: each one found is blanked out
+        // (its line, or its whole table) and the file parsed again.
+        let mut errors = Vec::new();
+        let mut text = std::borrow::Cow::Borrowed(src);
+        let raw: RawConfig = loop {
+            match toml::from_str::<RawConfig>(&text) {
+                Ok(raw) => break raw,
+                Err(e) => {
+                    let here = SourceMap::new(&text);
+                    let (line, key) = match e.span() {
+                        Some(span) => (
+                            Some(here.line_of(span.start)),
+                            here.path_at(span.start).to_string(),
+                        ),
+                        None => (None, String::new()),
+                    };
+                    let unknown = e.message().starts_with("unknown field");
+                    if !unknown && !errors.is_empty() {
+                        // Most likely an artefact of a blanked key: report what is certain.
+                        return Err(ConfigErrors(errors));
+                    }
+                    errors.push(ConfigError {
+                        origin: origin.to_owned(),
+                        line,
+                        key,
+                        message: e.message().trim().to_owned(),
+                    });
+                    match e.span() {
+                        Some(span) if unknown && errors.len() < 100 => {
+                            text = std::borrow::Cow::Owned(blank_out(&text, span.start));
+                        }
+                        _ => return Err(ConfigErrors(errors)),
+                    }
+                }
+            }
+        };
+        errors.sort_by_key(|e| e.line.unwrap_or(0));
         let mut v = Validator {
             origin,
             map: &map,
@@ -318,10 +340,11 @@ impl Config {
             errors: Vec::new(),
         };
         let config = v.config(raw, src);
-        if v.errors.is_empty() {
+        errors.extend(v.errors);
+        if errors.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(v.errors))
+            Err(ConfigErrors(errors))
         }
     }
 
@@ -342,6 +365,33 @@ struct Validator<'a> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"30s\", \"250ms\")"))
+}
+
+/// `text` with the line holding `offset` emptied, or, when it is a table header, the whole
+/// table (up to the next header); line numbers stay the same.
+fn blank_out(text: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    let mut blanking_table = false;
+    for line in text.split_inclusive('\n') {
+        let start = pos;
+        pos += line.len();
+        let is_header = line.trim_start().starts_with('[');
+        let hit = (start..pos).contains(&offset);
+        if hit && is_header {
+            blanking_table = true;
+        } else if blanking_table && is_header {
+            blanking_table = false;
+        }
+        if hit || blanking_table {
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
 }
 
 /// Digests of each flag and each other top-level section of `src` (already parsed once).
