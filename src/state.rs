@@ -606,6 +606,16 @@ fn overrides_json(o: &FlagOverrides) -> serde_json::Value {
     serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
 }
 
+/// Overrides as an audit entry shows them: the fields, without who set them (the entry's
+/// actor says that).
+fn audit_json(o: &FlagOverrides) -> serde_json::Value {
+    let mut v = overrides_json(o);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("set_by");
+    }
+    v
+}
+
 /// Unix milliseconds as stored (BIGINT / INTEGER), saturating.
 fn ms_to_db(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
