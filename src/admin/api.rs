@@ -120,6 +120,13 @@ struct AdvanceBody {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct ClearBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RuleBody {
     #[serde(default)]
     rule: Option<String>,
@@ -261,7 +268,16 @@ async fn dispatch(
             ok(json!({"flag": flag_json(app, &live, i, f), "audit": entry}))
         }
         (&Method::DELETE, ["flags", key, "overrides"]) => {
-            let b: RuleBody = optional(body)?;
+            let b: ClearBody = optional(body)?;
+            if !body.iter().all(|c| c.is_ascii_whitespace())
+                && !serde_json::from_slice::<Value>(body).is_ok_and(|v| v.is_object())
+            {
+                return Err(AdminError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    "the body must be a JSON object: {\"reason\": \"…\"}",
+                ));
+            }
             let field = query_param(query, "field");
             let live = app.live.load_full();
             if flag(&live, key).is_err() && !live.state.flags.contains_key(*key) {
@@ -466,7 +482,13 @@ async fn dispatch(
 /// The methods an admin path takes, if it is one.
 fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
     Some(match segs {
-        ["flags"] | ["flags", _] | ["flags", _, "results"] | ["audit"] | ["alerts"] => "GET",
+        ["flags"]
+        | ["flags", _]
+        | ["flags", _, "results"]
+        | ["audit"]
+        | ["alerts"]
+        | ["status"] => "GET",
+        ["flags", _, "overrides"] => "DELETE",
         ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
         ["flags", _, "rollout"] => "GET, PUT",
         ["flags", _, "rollout", "advance" | "rollback"] | ["reload"] => "POST",

@@ -78,8 +78,8 @@ pub fn document(metrics: &[&str]) -> Value {
             "/admin/flags/{flag}/overrides": {"delete": {
                 "summary": "Drop the flag's runtime overrides (all, or one `field`: enabled, force_fallback, variation:V, stage:RULE, held:RULE): back to proxy.toml",
                 "security": [{"bearer": []}],
-                "parameters": [flag_param(), {"name": "field", "in": "query", "required": false, "schema": {"type": "string"}}],
-                "requestBody": {"required": false, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RuleRequest"}}}},
+                "parameters": [flag_param(), {"name": "field", "in": "query", "required": false, "schema": {"type": "string", "pattern": "^(enabled|force_fallback|(variation|stage|held):.+)$"}}],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {"reason": reason()}}}}},
                 "responses": {
                     "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "required": ["flag", "audit"], "properties": {"flag": {"oneOf": [{"$ref": "#/components/schemas/FlagState"}, {"type": "null"}]}, "audit": {"type": "object"}}}}}},
                     "400": {"$ref": "#/components/responses/Error"},
