@@ -113,6 +113,8 @@ pub struct App {
     pub config_path: Option<PathBuf>,
     /// The last reload failure, for the admin API.
     pub last_reload_error: Mutex<Option<String>>,
+    /// Flags from other sources (an Optimizely datafile) and how their last poll went.
+    pub sources: crate::sources::Sources,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -135,6 +137,8 @@ impl App {
         config_path: Option<PathBuf>,
     ) -> Result<Arc<App>, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
+        let sources = crate::sources::Sources::default();
+        sources.set_base(&config);
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(live),
@@ -145,6 +149,7 @@ impl App {
             experiments: Default::default(),
             config_path,
             last_reload_error: Mutex::new(None),
+            sources,
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
@@ -173,6 +178,12 @@ impl App {
         let live = Live::new(config, state, &self.metrics)?;
         self.live.store(Arc::new(live));
         Ok(())
+    }
+
+    /// Swaps in a config built outside a reload (the file's config with a new datafile's
+    /// flags), keeping the runtime state.
+    pub async fn swap_config(&self, config: Config) -> Result<(), prometheus::Error> {
+        self.rebuild(Some(Arc::new(config)), None).await
     }
 
     /// Applies an operator's change: durable and audited in the store first, then in force
@@ -225,7 +236,10 @@ impl App {
             }]));
         };
         let old = self.live.load().config.clone();
-        let loaded = Config::load(path).and_then(|c| keeps_admin_access(&old, c));
+        let _sources = self.sources.lock().await;
+        let loaded = Config::load(path)
+            .and_then(|c| self.sources.merge(c))
+            .and_then(|c| keeps_admin_access(&old, c));
         match loaded {
             Ok(config) => {
                 let hash = config.hash.clone();

@@ -28,6 +28,8 @@
 //! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
+//! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
 //! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
 
@@ -36,6 +38,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -52,6 +55,7 @@ pub mod resilience;
 pub mod rollout;
 pub mod runtime;
 pub mod server;
+pub mod sources;
 pub mod state;
 
 use std::future::Future;

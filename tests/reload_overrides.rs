@@ -63,7 +63,7 @@ async fn empty_and_tokenless_files_are_refused_and_every_reload_is_audited_with_
     let r = p.admin(Method::POST, "/admin/reload", None).await;
     assert_eq!(r.status.as_u16(), 422, "{}", r.text());
     assert!(
-        r.text().contains("no flag and no [passthrough]"),
+        r.text().contains("no flag, no [passthrough]"),
         "{}",
         r.text()
     );

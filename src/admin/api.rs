@@ -210,6 +210,7 @@ async fn dispatch(
                 "flags": live.config.flags.len(),
                 "state_store": app.store.kind(),
                 "last_reload_error": last_reload_error,
+                "sources": app.sources.status_json(&live.config),
             }))
         }
         (&Method::GET, ["flags"]) => {

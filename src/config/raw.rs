@@ -40,6 +40,37 @@ pub struct RawConfig {
     pub prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
     pub experiments: RawExperiments,
+    /// `[ofrep]`: the OpenFeature remote evaluation endpoints.
+    #[serde(default)]
+    pub ofrep: RawOfrep,
+    /// `[sources.*]`: flags from other systems.
+    #[serde(default)]
+    pub sources: RawSources,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOfrep {
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
+    pub exposures: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSources {
+    pub optimizely: Option<RawOptimizely>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptimizely {
+    pub datafile_url: Option<String>,
+    pub datafile_path: Option<String>,
+    pub sdk_key_env: Option<String>,
+    pub access_token_env: Option<String>,
+    pub poll_interval: Option<String>,
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
