@@ -293,7 +293,20 @@ impl Config {
                 message: format!("cannot read the file: {e}"),
             }])
         })?;
-        Config::parse(&src, &origin)
+        let config = Config::parse(&src, &origin)?;
+        // A file that serves nothing is a mistake (an empty or truncated file, a wrong path in
+        // a deploy): refuse it rather than answer every request 404.
+        if config.flags.is_empty() && config.passthrough.is_none() && config.optimizely.is_none() {
+            return Err(ConfigErrors(vec![ConfigError {
+                origin,
+                line: None,
+                key: String::new(),
+                message: "the configuration defines no flag, no [passthrough] and no flag source: \
+                          every request would be answered 404 (an empty or truncated file?)"
+                    .into(),
+            }]));
+        }
+        Ok(config)
     }
 
     /// Validates a configuration held in memory, reading keys from the process environment.
@@ -713,13 +726,6 @@ impl Validator<'_> {
         }
         let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
-        if raw.flags.is_empty() && raw.passthrough.is_none() && raw.sources.optimizely.is_none() {
-            self.err(
-                &root,
-                "the configuration defines no flag, no [passthrough] and no flag source: every request would be \
-                 answered 404 (an empty or truncated file?)",
-            );
-        }
         let ofrep = crate::api::ofrep::OfrepSettings {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
             exposures: raw.ofrep.exposures.unwrap_or(false),
