@@ -689,7 +689,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .split('&')
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
-        .and_then(|(_, v)| crate::proxy::decide::decode_segment(v).ok())
+        .and_then(|(_, v)| crate::query::decode_segment(v).ok())
 }
 
 /// Where each effective value of flag `i` comes from: the file, or an override and who set it.
