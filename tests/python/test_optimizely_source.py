@@ -31,6 +31,7 @@ from pipelined import request, send_all
 
 SDK_KEY = "sdk-key-secret-1234"
 ADMIN = "optimizely-admin-token"
+ACCESS_TOKEN = "datafile-access-token-5678"
 USERS = 10_000
 FLAGS = ["assistant", "summarizer", "writer"]
 
@@ -56,6 +57,7 @@ short = "Answer briefly."
 [sources.optimizely]
 datafile_url = "STUB_URL/datafiles/{sdk_key}.json"
 sdk_key_env = "OPTIMIZELY_TEST_SDK_KEY"
+access_token_env = "OPTIMIZELY_TEST_ACCESS_TOKEN"
 poll_interval = "200ms"
 
 [flags.local-only]
@@ -83,6 +85,11 @@ class Stub:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                if self.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}":
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path != f"/datafiles/{SDK_KEY}.json":
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -131,7 +138,7 @@ def proxy(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prox
     workdir = tmp_path_factory.mktemp("optimizely")
     config = workdir / "proxy.toml"
     config.write_text(CONFIG.replace("STUB_URL", stub.url))
-    env = dict(os.environ, OPTIMIZELY_TEST_SDK_KEY=SDK_KEY, OPTIMIZELY_TEST_ADMIN=ADMIN, SWITCHYARD_LOG="info")
+    env = dict(os.environ, OPTIMIZELY_TEST_SDK_KEY=SDK_KEY, OPTIMIZELY_TEST_ADMIN=ADMIN, OPTIMIZELY_TEST_ACCESS_TOKEN=ACCESS_TOKEN, SWITCHYARD_LOG="info")
     running = launch(config, workdir, env)
     wait_for(lambda: readyz(running)["status"] == "ready", "the first datafile to load")
     yield running
@@ -312,9 +319,9 @@ def test_new_revision_then_broken_datafiles_keep_the_last_good(proxy: Proxy, stu
     assert 'switchyard_source_updates_total{outcome="rejected",source="optimizely"} 3' in metrics
     assert 'switchyard_source_healthy{source="optimizely"} 0' in metrics
     assert "datafile rejected" in proxy.stderr()
-    # The SDK key never shows: not in logs, not on /readyz.
-    assert SDK_KEY not in proxy.stderr()
-    assert SDK_KEY not in json.dumps(source(proxy))
+    # The SDK key and the access token never show: not in logs, not in the status.
+    assert SDK_KEY not in proxy.stderr() and ACCESS_TOKEN not in proxy.stderr()
+    assert SDK_KEY not in json.dumps(source(proxy)) and ACCESS_TOKEN not in json.dumps(source(proxy))
 
     # Runtime overrides work on datafile flags: kill switch through the admin API is covered
     # by the Rust tests; here the good datafile comes back and is healthy again.
