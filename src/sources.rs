@@ -214,11 +214,11 @@ pub fn expose(app: &App, e: &crate::state::Exposure) {
         return;
     }
     let live = app.live.load();
-    if !live
+    if live
         .config
         .optimizely
         .as_ref()
-        .is_some_and(|o| o.events_url.is_some())
+        .is_none_or(|o| o.events_url.is_none())
     {
         return;
     }

@@ -233,14 +233,16 @@ pub fn to_flags(
             .chain(&d.typed_audiences)
             .map(|a| (a.id.as_str(), &a.conditions)),
     );
-    let mut out = Mapped::default();
-    out.event_ids = events::EventIds {
-        account_id: d.account_id.clone(),
-        project_id: d.project_id.clone(),
-        revision: d.revision.clone(),
-        anonymize_ip: d.anonymize_ip,
-        bot_filtering: d.bot_filtering,
-        decisions: HashMap::new(),
+    let mut out = Mapped {
+        event_ids: events::EventIds {
+            account_id: d.account_id.clone(),
+            project_id: d.project_id.clone(),
+            revision: d.revision.clone(),
+            anonymize_ip: d.anonymize_ip,
+            bot_filtering: d.bot_filtering,
+            decisions: HashMap::new(),
+        },
+        ..Mapped::default()
     };
     for feature in &d.feature_flags {
         if !feature.variables.iter().any(|v| v.key == "model_id") {
