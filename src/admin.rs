@@ -70,7 +70,7 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
                 let last_reload_error = app.last_reload_error.lock().ok().and_then(|e| e.clone());
                 json_response(
                     StatusCode::OK,
-                    &json!({"status": "ready", "config": live.config.hash, "flags": live.config.flags.len(), "state_store": app.store.kind(), "last_reload_error": last_reload_error}),
+                    &json!({"status": "ready", "config": live.config.hash, "flags": live.config.flags.len(), "state_store": app.store.kind(), "last_reload_error": last_reload_error, "fleet": app.fleet.readyz_json()}),
                 )
             }
         }

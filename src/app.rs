@@ -105,6 +105,8 @@ pub struct App {
     pub config_path: Option<PathBuf>,
     /// The last reload failure, for the admin API.
     pub last_reload_error: Mutex<Option<String>>,
+    /// This replica in its fleet: leadership, fleet-wide figures.
+    pub fleet: crate::fleet::Fleet,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -137,6 +139,7 @@ impl App {
             experiments: Default::default(),
             config_path,
             last_reload_error: Mutex::new(None),
+            fleet: crate::fleet::Fleet::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),

@@ -1,6 +1,7 @@
 //! `proxy.toml`: parsed into raw serde types ([`raw`]), then validated into a [`Config`] that
 //! cannot hold a dangling reference. Every error names the file, the line and the key.
 
+mod fleet;
 mod locate;
 mod raw;
 
@@ -65,6 +66,8 @@ pub struct Config {
     pub prices: BTreeMap<String, (f64, f64)>,
     /// `[experiments]`: the verdict policy.
     pub experiment_policy: crate::experiments::results::Policy,
+    /// `[fleet]`: where fleet-wide figures come from.
+    pub fleet: FleetSettings,
     flag_index: HashMap<String, usize>,
 }
 
@@ -111,6 +114,37 @@ pub struct AlertRule {
     pub actions: [Vec<AlertAction>; 3],
     /// Webhooks notified on every change of level.
     pub webhooks: Vec<Uri>,
+    /// Where the figures come from: this process's counters or the fleet's, from Prometheus.
+    pub source: FigureSource,
+}
+
+/// Where a gate or an alert reads its figures (`source = "local" | "prometheus"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FigureSource {
+    /// This process's own counters (the default).
+    #[default]
+    Local,
+    /// The fleet's, aggregated across replicas by Prometheus (`[fleet] prometheus_url`).
+    Prometheus,
+}
+
+impl FigureSource {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FigureSource::Local => "local",
+            FigureSource::Prometheus => "prometheus",
+        }
+    }
+}
+
+/// `[fleet]`.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Prometheus' base URL (`http://host:port`, optionally with a path prefix).
+    pub prometheus_url: Option<Uri>,
+    /// Budget for one query.
+    pub query_timeout: Duration,
 }
 
 /// Which side of the thresholds is bad.
@@ -487,6 +521,7 @@ impl Validator<'_> {
         }
         let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
+        let fleet = self.fleet(&raw, &flags, &alerts);
         Config {
             origin: self.origin.to_owned(),
             hash: short_hash(src),
@@ -508,6 +543,7 @@ impl Validator<'_> {
             catalog,
             prices,
             experiment_policy,
+            fleet,
         }
     }
 
@@ -1215,6 +1251,11 @@ impl Validator<'_> {
                 g.rollback_min_requests,
                 20,
             ),
+            source: self.source(&gp.key("source"), g.source.as_deref()),
+            window: g
+                .window
+                .as_deref()
+                .map(|w| self.duration(&gp.key("window"), Some(w), Duration::ZERO)),
         };
         for (key, v) in [
             ("max_p95_seconds", gate.max_p95_seconds),
@@ -1594,6 +1635,7 @@ impl Validator<'_> {
                     min_samples,
                     actions,
                     webhooks,
+                    source: self.source(&path.key("source"), a.source.as_deref()),
                 });
             }
         }

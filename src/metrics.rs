@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use hdrhistogram::Histogram as Hdr;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -102,6 +102,10 @@ pub struct Metrics {
     pub business_users: IntGaugeVec,
     /// `switchyard_exposures_total{result}`: written, dropped (queue full), failed.
     pub exposures: IntCounterVec,
+    /// `switchyard_leader`: 1 on the replica running the acting loops.
+    pub leader: IntGauge,
+    /// `switchyard_prometheus_queries_total{result}`: fleet-figure queries, `ok` or `failed`.
+    pub prometheus_queries: IntCounterVec,
     rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
 }
 
@@ -445,6 +449,22 @@ impl Metrics {
             Opts::new("switchyard_exposures_total", "Exposures (answered chat requests) by what became of them: written, dropped (queue full), failed (store error)."),
             &["result"],
         )?;
+        let leader = IntGauge::new(
+            "switchyard_leader",
+            "1 on the replica that runs the acting loops (gate advance and rollback, alert actions), else 0.",
+        )?;
+        let prometheus_queries = IntCounterVec::new(
+            Opts::new(
+                "switchyard_prometheus_queries_total",
+                "Queries to Prometheus for fleet-wide gate and alert figures, by result (ok, failed: unreachable, timed out or a nonsense answer).",
+            ),
+            &["result"],
+        )?;
+        for result in ["ok", "failed"] {
+            let _ = prometheus_queries.with_label_values(&[result]);
+        }
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(prometheus_queries.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(feedback_events.clone()))?;
         registry.register(Box::new(business.clone()))?;
@@ -496,6 +516,8 @@ impl Metrics {
             business,
             business_users,
             exposures,
+            leader,
+            prometheus_queries,
             rolling: DashMap::new(),
         })
     }

@@ -40,6 +40,17 @@ pub struct RawConfig {
     pub prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
     pub experiments: RawExperiments,
+    /// `[fleet]`: fleet-wide figures from Prometheus.
+    #[serde(default)]
+    pub fleet: RawFleet,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub prometheus_url: Option<String>,
+    pub query_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +281,10 @@ pub struct RawGate {
     pub rollback_error_rate: Option<f64>,
     pub rollback_fallback_rate: Option<f64>,
     pub rollback_min_requests: Option<i64>,
+    /// `local` (default) or `prometheus`.
+    pub source: Option<String>,
+    /// With `source = "prometheus"`: figures over the last `window` of the stage.
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +312,8 @@ pub struct RawAlert {
     pub actions: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub webhooks: Vec<String>,
+    /// `local` (default) or `prometheus`.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
