@@ -18,6 +18,7 @@
 
 pub mod figures;
 pub mod leader;
+pub mod probe;
 pub mod prometheus;
 pub mod queries;
 

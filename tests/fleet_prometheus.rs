@@ -261,7 +261,7 @@ provider = "mock"
 model_id = "model-held-b"
 [[flags.held.rules]]
 id = "ramp"
-rollout = {{ variation = "b", stages = [10, 100], initial_stage = 0, auto_advance = false, gate = {{ source = "prometheus", min_requests = 0, hold = "0s", max_p95_seconds = 10.0 }} }}
+rollout = {{ variation = "b", stages = [10, 100], initial_stage = 0, auto_advance = false, gate = {{ source = "prometheus", min_requests = 0, hold = "0s", max_error_rate = 0.5 }} }}
 [[flags.held.rules]]
 id = "everyone-else"
 allocation = [{{ variation = "a", end = 10000 }}]
@@ -635,6 +635,23 @@ async fn a_fleet_of_three_acts_once_on_fleet_wide_figures_from_prometheus() {
             r.name
         );
     }
+    // The exposition passes Prometheus' own linter.
+    let text = a.metrics().await;
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package 'prometheus')");
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = lint.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     until("Prometheus listening", Duration::from_secs(20), || async {
         std::net::TcpStream::connect(("127.0.0.1", prom_port))
             .ok()
