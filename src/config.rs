@@ -522,6 +522,7 @@ impl Validator<'_> {
         let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
         let fleet = self.fleet(&raw, &flags, &alerts);
+        let state_url = self.state_url(&raw);
         Config {
             origin: self.origin.to_owned(),
             hash: short_hash(src),
@@ -533,11 +534,7 @@ impl Validator<'_> {
             audience_count: audiences.len(),
             flags,
             flag_index,
-            state_url: raw
-                .state
-                .url
-                .clone()
-                .unwrap_or_else(|| "sqlite:switchyard-state.db".into()),
+            state_url,
             admin_tokens,
             alerts,
             catalog,
@@ -1622,6 +1619,7 @@ impl Validator<'_> {
                     _ => self.err(&path.key("webhooks").index(j), format!("invalid URL {w:?}")),
                 }
             }
+            let source = self.source(&path.key("source"), a.source.as_deref());
             if self.errors.len() == before {
                 out.push(AlertRule {
                     name: a.name.clone(),
@@ -1635,7 +1633,7 @@ impl Validator<'_> {
                     min_samples,
                     actions,
                     webhooks,
-                    source: self.source(&path.key("source"), a.source.as_deref()),
+                    source,
                 });
             }
         }

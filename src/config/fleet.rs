@@ -13,6 +13,30 @@ use crate::flags::Flag;
 const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Validator<'_> {
+    /// `[state] url`, or the URL in the environment variable `url_env` names (so a fleet's
+    /// database password stays out of the file).
+    pub(super) fn state_url(&mut self, raw: &RawConfig) -> String {
+        let file = raw
+            .state
+            .url
+            .clone()
+            .unwrap_or_else(|| "sqlite:switchyard-state.db".into());
+        let Some(var) = raw.state.url_env.as_deref() else {
+            return file;
+        };
+        match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+            Some(url) => url.trim().to_owned(),
+            None if raw.state.url.is_some() => file,
+            None => {
+                self.err(
+                    &KeyPath::root().key("state").key("url_env"),
+                    format!("environment variable {var} is not set (and no `url` to fall back on)"),
+                );
+                file
+            }
+        }
+    }
+
     /// A gate's or an alert's `source` (default `local`).
     pub(super) fn source(&mut self, path: &KeyPath, value: Option<&str>) -> FigureSource {
         match value {
@@ -104,5 +128,96 @@ impl Validator<'_> {
             prometheus_url,
             query_timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::config::{Config, FigureSource};
+
+    const FLAG: &str = r#"
+[providers.mock]
+kind = "mock"
+[flags.f]
+off_variation = "a"
+stable_variation = "a"
+[flags.f.variations.a]
+provider = "mock"
+model_id = "m"
+[flags.f.variations.b]
+provider = "mock"
+model_id = "m"
+[[flags.f.rules]]
+id = "ramp"
+rollout = { variation = "b", stages = [10, 100], gate = { source = "prometheus", window = "2m" } }
+[[flags.f.rules]]
+id = "rest"
+allocation = [{ variation = "a", end = 10000 }]
+[[alerts]]
+name = "e"
+flag = "f"
+metric = "error_rate"
+source = "prometheus"
+above = { critical = 0.1 }
+"#;
+
+    fn parse(src: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Config::parse_with_env(src, "t.toml", &lookup).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn prometheus_sources_need_the_fleet_url() {
+        let e = parse(FLAG, &[]).unwrap_err();
+        assert!(e.contains("flags.f.rules[0].rollout.gate.source"), "{e}");
+        assert!(e.contains("alerts[0].source"), "{e}");
+        let c = parse(
+            &format!(
+                "[fleet]\nprometheus_url = \"http://prom:9090/\"\nquery_timeout = \"3s\"\n{FLAG}"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.fleet.query_timeout.as_secs(), 3);
+        assert_eq!(c.alerts[0].source, FigureSource::Prometheus);
+        let gate = &c.flags[0].rules[0].rollout.as_ref().unwrap().gate;
+        assert_eq!(gate.source, FigureSource::Prometheus);
+        assert_eq!(gate.window.unwrap().as_secs(), 120);
+    }
+
+    #[test]
+    fn bad_fleet_settings_are_named() {
+        for (src, needle) in [
+            ("[fleet]\nprometheus_url = \"ftp://x\"\n", "fleet.prometheus_url"),
+            ("[fleet]\nquery_timeout = \"0s\"\n", "fleet.query_timeout"),
+            ("[[alerts]]\nname = \"x\"\nflag = \"f\"\nmetric = \"requests\"\nsource = \"graphite\"\nabove = { info = 1 }\n", "unknown source"),
+        ] {
+            let e = parse(src, &[]).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_state_url_may_come_from_the_environment() {
+        let src = "[state]\nurl_env = \"STATE_URL\"\n";
+        let c = parse(src, &[("STATE_URL", "postgres://u:secret@db/x")]).unwrap();
+        assert_eq!(c.state_url, "postgres://u:secret@db/x");
+        let e = parse(src, &[]).unwrap_err();
+        assert!(
+            e.contains("state.url_env") && e.contains("STATE_URL"),
+            "{e}"
+        );
+        let c = parse(
+            "[state]\nurl = \"sqlite:x.db\"\nurl_env = \"STATE_URL\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.state_url, "sqlite:x.db");
     }
 }

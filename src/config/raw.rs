@@ -157,6 +157,8 @@ pub struct RawAdminToken {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub url: Option<String>,
+    /// An environment variable holding the URL (with its password): it wins over `url`.
+    pub url_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

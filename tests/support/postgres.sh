@@ -57,8 +57,17 @@ ensure_postgres() {
     return 0
   fi
   if [[ "${SWITCHYARD_TEST_PG_THROWAWAY:-0}" != 1 ]] && (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
-    echo "PostgreSQL for the tests: 127.0.0.1:5432"
-    return 0
+    # Usable as the tests expect it: user postgres without a password, a database `test`.
+    local local_url=postgres://postgres@127.0.0.1:5432
+    if command -v psql >/dev/null 2>&1 &&
+      PGCONNECT_TIMEOUT=5 psql "${local_url}/postgres" -X -q -tAc 'SELECT 1' </dev/null >/dev/null 2>&1; then
+      if ! psql "${local_url}/postgres" -X -q -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" </dev/null | grep -q 1; then
+        psql "${local_url}/postgres" -X -q -c 'CREATE DATABASE test' </dev/null >/dev/null 2>&1 || true
+      fi
+      echo "PostgreSQL for the tests: 127.0.0.1:5432"
+      return 0
+    fi
+    echo "a server answers on 127.0.0.1:5432 but not to user postgres without a password: starting a throwaway cluster instead"
   fi
   if ! pg_find_bin; then
     pg_install || return 1
