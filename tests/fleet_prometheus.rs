@@ -575,6 +575,16 @@ fn dashboard_exprs() -> Vec<(String, String)> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dashboards/switchyard.json");
     let dash: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
         .expect("the dashboard is JSON");
+    // Each variable as "All" selects it.
+    let all = |name: &str| -> String {
+        dash["templating"]["list"]
+            .as_array()
+            .and_then(|l| l.iter().find(|v| v["name"] == name))
+            .and_then(|v| v["allValue"].as_str())
+            .unwrap_or(".+")
+            .to_owned()
+    };
+    let (flag_all, variation_all) = (all("flag"), all("variation"));
     let mut out = Vec::new();
     let mut panels: Vec<Value> = dash["panels"].as_array().cloned().unwrap_or_default();
     while let Some(p) = panels.pop() {
@@ -586,8 +596,8 @@ fn dashboard_exprs() -> Vec<(String, String)> {
                 let filled = expr
                     .replace("$__rate_interval", "1m")
                     .replace("$__range", "5m")
-                    .replace("$flag", ".+")
-                    .replace("$variation", ".+");
+                    .replace("$flag", &flag_all)
+                    .replace("$variation", &variation_all);
                 out.push((p["title"].as_str().unwrap_or("?").to_owned(), filled));
             }
         }
