@@ -81,7 +81,7 @@ def main():
             ax.legend(*zip(*shown), fontsize=6, loc="upper left", ncol=2, framealpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=80)
     print(f"wrote {a.out}")
