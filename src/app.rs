@@ -115,6 +115,8 @@ pub struct App {
     pub last_reload_error: Mutex<Option<String>>,
     /// This replica in its fleet: leadership, fleet-wide figures.
     pub fleet: crate::fleet::Fleet,
+    /// Flags from other sources (an Optimizely datafile) and how their last poll went.
+    pub sources: crate::sources::Sources,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -137,6 +139,8 @@ impl App {
         config_path: Option<PathBuf>,
     ) -> Result<Arc<App>, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
+        let sources = crate::sources::Sources::default();
+        sources.set_base(&config);
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(live),
@@ -148,6 +152,7 @@ impl App {
             config_path,
             last_reload_error: Mutex::new(None),
             fleet: crate::fleet::Fleet::default(),
+            sources,
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
@@ -176,6 +181,12 @@ impl App {
         let live = Live::new(config, state, &self.metrics)?;
         self.live.store(Arc::new(live));
         Ok(())
+    }
+
+    /// Swaps in a config built outside a reload (the file's config with a new datafile's
+    /// flags), keeping the runtime state.
+    pub async fn swap_config(&self, config: Config) -> Result<(), prometheus::Error> {
+        self.rebuild(Some(Arc::new(config)), None).await
     }
 
     /// Applies an operator's change: durable and audited in the store first, then in force
@@ -228,7 +239,8 @@ impl App {
             }]));
         };
         let old_hash = self.live.load().config.hash.clone();
-        match Config::load(path) {
+        let _sources = self.sources.lock().await;
+        match Config::load(path).and_then(|c| self.sources.merge(c)) {
             Ok(config) => {
                 let hash = config.hash.clone();
                 let changed = hash != old_hash;

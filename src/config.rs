@@ -34,7 +34,7 @@ use crate::providers::{
 };
 
 /// A validated configuration: what the proxy runs on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where it came from (a path, or a label for in-memory sources).
     pub origin: String,
@@ -68,6 +68,18 @@ pub struct Config {
     pub experiment_policy: crate::experiments::results::Policy,
     /// `[fleet]`: where fleet-wide figures come from.
     pub fleet: FleetSettings,
+    /// `[prompts]`, by name (flags from other sources resolve their prompts here).
+    pub prompts: BTreeMap<String, Arc<str>>,
+    /// `[tool_policies]`, by name.
+    pub tool_policies: BTreeMap<String, Vec<String>>,
+    /// The rule-based responder of flags without their own.
+    pub default_responder: Arc<Responder>,
+    /// `[ofrep]`: the OpenFeature remote evaluation endpoints.
+    pub ofrep: crate::api::ofrep::OfrepSettings,
+    /// `[sources.optimizely]`: flags from an Optimizely datafile.
+    pub optimizely: Option<crate::sources::OptimizelySettings>,
+    /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
+    pub sources_revision: Option<String>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -354,6 +366,39 @@ impl Config {
         }
     }
 
+    /// Adds flags from another source (`origin`, e.g. a datafile) after those of the file; a
+    /// key the config already defines is an error.
+    pub fn add_flags(
+        &mut self,
+        flags: Vec<Arc<Flag>>,
+        origin: &str,
+        revision: &str,
+    ) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        for f in &flags {
+            if self.flag_index.contains_key(&f.key) {
+                errors.push(ConfigError {
+                    origin: origin.to_owned(),
+                    line: None,
+                    key: format!("flags.{}", f.key),
+                    message: format!(
+                        "flag {:?} is defined both in {} and in {origin}: a key must come from one place",
+                        f.key, self.origin
+                    ),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        for f in flags {
+            self.flag_index.insert(f.key.clone(), self.flags.len());
+            self.flags.push(f);
+        }
+        self.sources_revision = Some(revision.to_owned());
+        Ok(())
+    }
+
     /// The flag a client names in `model`.
     pub fn flag(&self, key: &str) -> Option<(usize, &Arc<Flag>)> {
         let i = *self.flag_index.get(key)?;
@@ -623,6 +668,14 @@ impl Validator<'_> {
         let admin_tokens = self.admin(&raw);
         let fleet = self.fleet(&raw, &flags, &alerts);
         let state_url = self.state_url(&raw);
+        let ofrep = crate::api::ofrep::OfrepSettings {
+            tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
+            exposures: raw.ofrep.exposures.unwrap_or(false),
+        };
+        let optimizely =
+            raw.sources.optimizely.as_ref().and_then(|o| {
+                self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
+            });
         Config {
             origin: self.origin.to_owned(),
             hash: short_hash(src),
@@ -641,7 +694,113 @@ impl Validator<'_> {
             prices,
             experiment_policy,
             fleet,
+            prompts,
+            tool_policies: raw.tool_policies.clone(),
+            default_responder,
+            ofrep,
+            optimizely,
+            sources_revision: None,
         }
+    }
+
+    fn optimizely(
+        &mut self,
+        path: &KeyPath,
+        o: &raw::RawOptimizely,
+        providers: &BTreeMap<String, Arc<Provider>>,
+    ) -> Option<crate::sources::OptimizelySettings> {
+        use crate::sources::{DatafileLocation, OptimizelySettings};
+        let location = match (&o.datafile_url, &o.datafile_path) {
+            (Some(url), None) => {
+                let sdk_key = match &o.sdk_key_env {
+                    Some(var) => match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+                        Some(v) => match HeaderValue::from_str(v.trim()) {
+                            Ok(h) => Some(Secret::new(h)),
+                            Err(_) => {
+                                self.err(&path.key("sdk_key_env"), format!("environment variable {var} holds characters an SDK key cannot have"));
+                                None
+                            }
+                        },
+                        None => {
+                            self.err(
+                                &path.key("sdk_key_env"),
+                                format!("environment variable {var} is not set"),
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                if url.contains("{sdk_key}") && o.sdk_key_env.is_none() {
+                    self.err(&path.key("sdk_key_env"), "datafile_url has {sdk_key}: name the environment variable holding it in sdk_key_env");
+                }
+                let probe = url.replace("{sdk_key}", "key");
+                match probe.parse::<Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.host().is_some() => {}
+                    _ => self.err(
+                        &path.key("datafile_url"),
+                        format!("{url:?} is not an http(s) URL"),
+                    ),
+                }
+                DatafileLocation::Url {
+                    template: url.clone(),
+                    sdk_key,
+                }
+            }
+            (None, Some(p)) => DatafileLocation::Path(p.into()),
+            _ => {
+                self.err(path, "give exactly one of datafile_url or datafile_path");
+                return None;
+            }
+        };
+        let access_token = match &o.access_token_env {
+            Some(var) => {
+                match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+                    Some(v) => match HeaderValue::from_str(&format!("Bearer {}", v.trim())) {
+                        Ok(h) => Some(Secret::new(h)),
+                        Err(_) => {
+                            self.err(&path.key("access_token_env"), format!("environment variable {var} holds characters a token cannot have"));
+                            None
+                        }
+                    },
+                    None => {
+                        self.err(
+                            &path.key("access_token_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let poll_interval = self.duration(
+            &path.key("poll_interval"),
+            o.poll_interval.as_deref(),
+            Duration::from_secs(300),
+        );
+        if poll_interval < Duration::from_millis(100) {
+            self.err(
+                &path.key("poll_interval"),
+                "poll_interval must be at least 100ms",
+            );
+        }
+        if let Some(p) = &o.provider {
+            if !providers.contains_key(p) {
+                self.err(
+                    &path.key("provider"),
+                    format!("unknown provider {p:?}{}", known(providers.keys())),
+                );
+            }
+        }
+        Some(OptimizelySettings {
+            location,
+            access_token,
+            poll_interval,
+            default_provider: o.provider.clone(),
+        })
     }
 
     fn identity(&mut self, raw: &RawConfig) -> IdentitySettings {
@@ -1170,6 +1329,7 @@ impl Validator<'_> {
             responder,
             variations,
             rules,
+            bucketing_id_attribute: None,
         })
     }
 
@@ -1275,6 +1435,7 @@ impl Validator<'_> {
                 audience,
                 allocation,
                 rollout,
+                datafile: None,
             });
         }
         rules
@@ -1857,9 +2018,26 @@ impl Validator<'_> {
     }
 
     fn admin(&mut self, raw: &RawConfig) -> Vec<AdminToken> {
+        let tokens = self.tokens(&KeyPath::root().key("admin"), &raw.admin.tokens);
+        if let Some(url) = &raw.state.url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                self.err(
+                    &KeyPath::root().key("state").key("url"),
+                    "write \"sqlite:PATH\" or \"postgres://…\"",
+                );
+            }
+        }
+        tokens
+    }
+
+    /// Named bearer tokens of a section (`[admin]`, `[ofrep]`).
+    fn tokens(&mut self, section: &KeyPath, list: &[raw::RawAdminToken]) -> Vec<AdminToken> {
         let mut tokens = Vec::new();
-        for (i, t) in raw.admin.tokens.iter().enumerate() {
-            let path = KeyPath::root().key("admin").key("tokens").index(i);
+        for (i, t) in list.iter().enumerate() {
+            let path = section.key("tokens").index(i);
             if t.name.trim().is_empty() {
                 self.err(&path.key("name"), "a token needs a name (the audit actor)");
             }
@@ -1884,17 +2062,6 @@ impl Validator<'_> {
                 token,
                 source,
             });
-        }
-        if let Some(url) = &raw.state.url {
-            if !(url.starts_with("sqlite:")
-                || url.starts_with("postgres://")
-                || url.starts_with("postgresql://"))
-            {
-                self.err(
-                    &KeyPath::root().key("state").key("url"),
-                    "write \"sqlite:PATH\" or \"postgres://…\"",
-                );
-            }
         }
         tokens
     }

@@ -22,6 +22,7 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
     tokio::spawn(state_sync(app.clone(), stop.clone()));
     tokio::spawn(gates(app.clone(), stop.clone()));
     crate::alerts::spawn(app, stop.clone());
+    crate::sources::spawn(app, stop.clone());
     crate::experiments::runtime::spawn(app, stop.clone());
     if app.config_path.is_some() {
         tokio::spawn(file_watch(app.clone(), stop.clone()));

@@ -29,6 +29,8 @@
 //! | [`fleet`] | a fleet of replicas: leader election over the state store (only the leader acts), fleet-wide gate and alert figures from Prometheus |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
+//! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
 //! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
 
@@ -37,6 +39,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -54,6 +57,7 @@ pub mod resilience;
 pub mod rollout;
 pub mod runtime;
 pub mod server;
+pub mod sources;
 pub mod state;
 
 use std::future::Future;

@@ -106,6 +106,12 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// `switchyard_prometheus_queries_total{result}`: fleet-figure queries, `ok` or `failed`.
     pub prometheus_queries: IntCounterVec,
+    /// `switchyard_source_updates_total{source,outcome}`: polls of a flag source by outcome
+    /// (applied, unchanged, rejected, fetch_error).
+    pub source_updates: IntCounterVec,
+    /// `switchyard_source_healthy{source}`: 1 while the source's last poll was good, 0 while
+    /// it fails (the last good flags keep serving).
+    pub source_healthy: IntGaugeVec,
     /// `switchyard_requests_without_id_total{flag}`: flag requests with no bucketing id (a
     /// random one was used).
     without_id: IntCounterVec,
@@ -489,6 +495,16 @@ impl Metrics {
         registry.register(Box::new(business.clone()))?;
         registry.register(Box::new(business_users.clone()))?;
         registry.register(Box::new(exposures.clone()))?;
+        let source_updates = IntCounterVec::new(
+            Opts::new("switchyard_source_updates_total", "Polls of a flag source (the Optimizely datafile) by outcome: applied, unchanged, rejected (invalid; the last good flags keep serving), fetch_error."),
+            &["source", "outcome"],
+        )?;
+        let source_healthy = IntGaugeVec::new(
+            Opts::new("switchyard_source_healthy", "1 while a flag source's last poll was good, 0 while it fails (the last good flags keep serving)."),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_updates.clone()))?;
+        registry.register(Box::new(source_healthy.clone()))?;
         let without_id = IntCounterVec::new(
             Opts::new(
                 "switchyard_requests_without_id_total",
@@ -569,6 +585,8 @@ impl Metrics {
             exposures,
             leader,
             prometheus_queries,
+            source_updates,
+            source_healthy,
             without_id,
             connections_refused,
             connections_closed,

@@ -116,6 +116,7 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 allow: "GET",
             },
         ),
+        (p, _) if p.starts_with("/ofrep/") => crate::api::ofrep::route(app, req).await,
         _ => {
             let e = ApiError::NotFound(path.to_owned());
             early_answer(&app, req, e)

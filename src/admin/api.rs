@@ -204,6 +204,7 @@ async fn dispatch(
                 "state_store": app.store.kind(),
                 "last_reload_error": last_reload_error,
                 "fleet": app.fleet.readyz_json(),
+                "sources": app.sources.status_json(&live.config),
             }))
         }
         (&Method::GET, ["flags"]) => {

@@ -43,14 +43,37 @@ pub struct RawConfig {
     /// `[fleet]`: fleet-wide figures from Prometheus.
     #[serde(default)]
     pub fleet: RawFleet,
+    /// `[ofrep]`: the OpenFeature remote evaluation endpoints.
+    #[serde(default)]
+    pub ofrep: RawOfrep,
+    /// `[sources.*]`: flags from other systems.
+    #[serde(default)]
+    pub sources: RawSources,
 }
 
-/// `[fleet]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFleet {
-    pub prometheus_url: Option<String>,
-    pub query_timeout: Option<String>,
+pub struct RawOfrep {
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
+    pub exposures: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSources {
+    pub optimizely: Option<RawOptimizely>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptimizely {
+    pub datafile_url: Option<String>,
+    pub datafile_path: Option<String>,
+    pub sdk_key_env: Option<String>,
+    pub access_token_env: Option<String>,
+    pub poll_interval: Option<String>,
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,4 +359,12 @@ pub struct RawTiers {
     pub info: Option<f64>,
     pub warning: Option<f64>,
     pub critical: Option<f64>,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub prometheus_url: Option<String>,
+    pub query_timeout: Option<String>,
 }
