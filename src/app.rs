@@ -56,7 +56,7 @@ impl Live {
     pub fn new(
         config: Arc<Config>,
         state: Arc<RuntimeState>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<Live, prometheus::Error> {
         let routes = metrics.routes(&config)?;
         let headers = config
@@ -107,6 +107,8 @@ pub struct App {
     pub clients: Clients,
     /// Circuit breakers and retry budgets per provider.
     pub resilience: Resilience,
+    /// Which variation answered each Responses id (`previous_response_id` continues there).
+    pub responses: Arc<crate::api::responses::Affinity>,
     /// Exposures, request ids, feedback.
     pub experiments: crate::experiments::runtime::Experiments,
     /// The file the config came from (reloads read it again).
@@ -147,6 +149,7 @@ impl App {
             store,
             metrics,
             clients: Clients::default(),
+            responses: Arc::default(),
             resilience: Resilience::default(),
             experiments: Default::default(),
             config_path,

@@ -30,7 +30,7 @@ use crate::flags::{
 use crate::providers::mock::MockSettings;
 use crate::providers::{
     AnthropicSettings, CircuitPolicy, OpenAiSettings, Provider, ProviderKind, RetryPolicy, Secret,
-    Timeouts,
+    Timeouts, WireFormat,
 };
 
 /// A validated configuration: what the proxy runs on.
@@ -809,6 +809,7 @@ impl Validator<'_> {
             "header:x-switchyard-user",
             "body:user",
             "body:safety_identifier",
+            "metadata:user_id",
         ];
         let specs: Vec<String> = match &raw.identity.bucketing_id {
             Some(list) => list.clone(),
@@ -985,6 +986,7 @@ impl Validator<'_> {
                 );
             }
         }
+        let apis = self.apis(&path.key("apis"), &kind, p.apis.as_deref());
         Some(Provider {
             name: name.to_owned(),
             kind,
@@ -992,7 +994,57 @@ impl Validator<'_> {
             retry,
             circuit,
             http2_prior_knowledge,
+            apis,
         })
+    }
+
+    /// `apis`: the wire formats a provider accepts as they are. Defaults: chat and embeddings
+    /// for OpenAI-compatible endpoints and the mock, messages for Anthropic.
+    fn apis(
+        &mut self,
+        path: &KeyPath,
+        kind: &ProviderKind,
+        raw: Option<&[String]>,
+    ) -> Vec<WireFormat> {
+        let possible: &[WireFormat] = match kind {
+            ProviderKind::Mock(_) => &[WireFormat::Chat, WireFormat::Embeddings],
+            ProviderKind::OpenAi(_) => &[
+                WireFormat::Chat,
+                WireFormat::Responses,
+                WireFormat::Embeddings,
+            ],
+            ProviderKind::Anthropic(_) => &[WireFormat::Messages],
+        };
+        let Some(raw) = raw else {
+            return match kind {
+                ProviderKind::Anthropic(_) => vec![WireFormat::Messages],
+                _ => vec![WireFormat::Chat, WireFormat::Embeddings],
+            };
+        };
+        let mut apis = Vec::new();
+        for (i, name) in raw.iter().enumerate() {
+            match WireFormat::parse(name) {
+                Some(f) if possible.contains(&f) => {
+                    if !apis.contains(&f) {
+                        apis.push(f);
+                    }
+                }
+                Some(f) => self.err(
+                    &path.index(i),
+                    format!(
+                        "a {} provider cannot accept {:?} (it accepts {})",
+                        kind.as_str(),
+                        f.as_str(),
+                        possible.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                None => self.err(
+                    &path.index(i),
+                    format!("unknown API {name:?} (one of \"chat\", \"responses\", \"messages\", \"embeddings\")"),
+                ),
+            }
+        }
+        apis
     }
 
     fn retry(&mut self, path: &KeyPath, r: Option<&RawRetry>) -> RetryPolicy {
@@ -1179,8 +1231,19 @@ impl Validator<'_> {
             _ => None,
         };
         let headers = self.extra_headers(path, p);
+        let responses_url = self.url(path, base, "/responses", &p.query);
+        let embeddings_url = self.url(path, base, "/embeddings", &p.query);
         Some(OpenAiSettings {
             chat_url: chat_url?,
+            responses_url: responses_url?,
+            embeddings_url: embeddings_url?,
+            base_url: base.trim_end_matches('/').to_owned(),
+            query: p
+                .query
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&"),
             auth,
             headers,
         })
@@ -1220,8 +1283,10 @@ impl Validator<'_> {
             }
         };
         let headers = self.extra_headers(path, p);
+        let count_tokens_url = self.url(path, base, "/messages/count_tokens", &p.query);
         Some(AnthropicSettings {
             messages_url: messages_url?,
+            count_tokens_url: count_tokens_url?,
             api_key,
             version: version?,
             default_max_tokens,

