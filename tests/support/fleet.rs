@@ -405,9 +405,31 @@ pub async fn audit(r: &Replica, flag: &str) -> Vec<Value> {
 
 /// The leader as every replica sees it: (index of the replica whose `/readyz` says it leads,
 /// the name all agree on), once exactly one leads and all agree.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+/// The sum of family `name`'s series whose labels include every pair of `labels` (`None`:
+/// no such series).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (family, set) = match series.split_once('{') {
+            Some((f, rest)) => (f, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if family != name {
+            continue;
+        }
+        let has = |k: &str, v: &str| {
+            let want = format!("\"{v}\"");
+            set.split(',')
+                .any(|pair| pair.split_once('=') == Some((k, want.as_str())))
+        };
+        if labels.iter().all(|(k, v)| has(k, v)) {
+            if let Ok(x) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += x;
+            }
+        }
+    }
+    found
 }
