@@ -241,37 +241,54 @@ impl App {
                 message: "this proxy was not started from a file".into(),
             }]));
         };
-        let old_hash = self.live.load().config.hash.clone();
+        let old = self.live.load().config.clone();
         let _sources = self.sources.lock().await;
-        match Config::load(path).and_then(|c| self.sources.merge(c)) {
+        let loaded = Config::load(path)
+            .and_then(|c| self.sources.merge(c))
+            .and_then(|c| keeps_admin_access(&old, c));
+        match loaded {
             Ok(config) => {
                 let hash = config.hash.clone();
-                let changed = hash != old_hash;
+                let changed = hash != old.hash;
+                let summary = reload_summary(&old, &config);
                 if changed {
                     if let Err(e) = self.rebuild(Some(Arc::new(config)), None).await {
                         tracing::error!(error = %e, "cannot rebuild after reload");
                     }
+                    let mut detail = json!({"from": old.hash, "to": hash});
+                    merge(&mut detail, &summary);
                     let note = Change::Note {
                         flag: None,
                         action: "reload".into(),
-                        detail: json!({"from": old_hash, "to": hash}),
+                        detail,
                     };
                     if let Err(e) = self.store.apply(&note, actor, None).await {
                         tracing::warn!(error = %e, "reload not audited: state store unavailable");
                     }
-                    tracing::info!(actor, from = %old_hash, to = %hash, "configuration reloaded");
+                    tracing::info!(actor, from = %old.hash, to = %hash, summary = %summary, "configuration reloaded");
                 }
                 self.metrics.reload(true);
                 if let Ok(mut last) = self.last_reload_error.lock() {
                     *last = None;
                 }
-                Ok(json!({"reloaded": true, "changed": changed, "hash": hash}))
+                let mut answer = json!({"reloaded": true, "changed": changed, "hash": hash});
+                merge(&mut answer, &summary);
+                Ok(answer)
             }
             Err(errors) => {
                 self.metrics.reload(false);
-                tracing::error!(errors = %errors, "configuration reload rejected: the old configuration keeps serving");
+                tracing::error!(errors = %errors, "configuration reload refused: the old configuration keeps serving");
                 if let Ok(mut last) = self.last_reload_error.lock() {
                     *last = Some(errors.to_string());
+                }
+                let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                let note = Change::Note {
+                    flag: None,
+                    action: "reload_refused".into(),
+                    detail: json!({"serving": old.hash, "errors": list}),
+                };
+                if let Err(e) = self.store.apply(&note, actor, None).await {
+                    tracing::warn!(error = %e, "refused reload not audited: state store unavailable");
                 }
                 Err(errors)
             }
@@ -324,5 +341,64 @@ impl App {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Refuses a new config that would leave the admin API without a usable token while the
+/// running one has one: nobody could undo the reload through the API.
+fn keeps_admin_access(old: &Config, new: Config) -> Result<Config, ConfigErrors> {
+    let usable = |c: &Config| c.admin_tokens.iter().filter(|t| t.token.is_some()).count();
+    if usable(old) > 0 && usable(&new) == 0 {
+        return Err(ConfigErrors(vec![crate::config::ConfigError {
+            origin: new.origin.clone(),
+            line: None,
+            key: "admin.tokens".into(),
+            message: format!(
+                "the new file leaves the admin API without a usable token (the running config has {}): refused, so the admin API can still undo changes; set a token (its variable or file must be present) to reload",
+                usable(old)
+            ),
+        }]));
+    }
+    Ok(new)
+}
+
+/// What a reload changes: flags added, removed and changed, and other sections changed.
+pub fn reload_summary(old: &Config, new: &Config) -> Value {
+    let flag_keys = |c: &Config| -> std::collections::BTreeSet<String> {
+        c.section_digests
+            .keys()
+            .filter_map(|k| k.strip_prefix("flags.").map(str::to_owned))
+            .collect()
+    };
+    let (before, after) = (flag_keys(old), flag_keys(new));
+    let added: Vec<&String> = after.difference(&before).collect();
+    let removed: Vec<&String> = before.difference(&after).collect();
+    let changed: Vec<&String> = before
+        .intersection(&after)
+        .filter(|k| {
+            let key = format!("flags.{k}");
+            old.section_digests.get(&key) != new.section_digests.get(&key)
+        })
+        .collect();
+    let sections: std::collections::BTreeSet<&String> = old
+        .section_digests
+        .keys()
+        .chain(new.section_digests.keys())
+        .filter(|k| !k.starts_with("flags."))
+        .filter(|k| old.section_digests.get(*k) != new.section_digests.get(*k))
+        .collect();
+    json!({
+        "flags_added": added,
+        "flags_removed": removed,
+        "flags_changed": changed,
+        "sections_changed": sections,
+    })
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
     }
 }

@@ -40,6 +40,9 @@ pub struct Config {
     pub origin: String,
     /// A short hex digest of the source text, to tell versions apart.
     pub hash: String,
+    /// A digest of every flag (`flags.KEY`) and every other top-level section, to tell what a
+    /// reload changed.
+    pub section_digests: BTreeMap<String, String>,
     /// `[server]`.
     pub server: ServerSettings,
     /// `[identity]`.
@@ -98,6 +101,8 @@ pub struct ServerSettings {
     pub gate_interval: Duration,
     /// How often the config file is checked for changes (zero: never).
     pub reload_check_interval: Duration,
+    /// How long a changed file must stay unchanged before the watch applies it.
+    pub reload_settle: Duration,
     /// After SIGTERM: how long `/readyz` answers 503 `draining` while the listeners still
     /// accept, so a load balancer takes the replica out before it stops accepting.
     pub drain_delay: Duration,
@@ -322,7 +327,20 @@ impl Config {
                 message: format!("cannot read the file: {e}"),
             }])
         })?;
-        Config::parse(&src, &origin)
+        let config = Config::parse(&src, &origin)?;
+        // A file that serves nothing is a mistake (an empty or truncated file, a wrong path in
+        // a deploy): refuse it rather than answer every request 404.
+        if config.flags.is_empty() && config.passthrough.is_none() && config.optimizely.is_none() {
+            return Err(ConfigErrors(vec![ConfigError {
+                origin,
+                line: None,
+                key: String::new(),
+                message: "the configuration defines no flag, no [passthrough] and no flag source: \
+                          every request would be answered 404 (an empty or truncated file?)"
+                    .into(),
+            }]));
+        }
+        Ok(config)
     }
 
     /// Validates a configuration held in memory, reading keys from the process environment.
@@ -337,21 +355,43 @@ impl Config {
         env: EnvLookup<'_>,
     ) -> Result<Config, ConfigErrors> {
         let map = SourceMap::new(src);
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let (line, key) = match e.span() {
-                Some(span) => (
-                    Some(map.line_of(span.start)),
-                    map.path_at(span.start).to_string(),
-                ),
-                None => (None, String::new()),
-            };
-            ConfigErrors(vec![ConfigError {
-                origin: origin.to_owned(),
-                line,
-                key,
-                message: e.message().trim().to_owned(),
-            }])
-        })?;
+        // Every unknown key is reported, not only the first: each one found is blanked out
+        // (its line, or its whole table) and the file parsed again.
+        let mut errors = Vec::new();
+        let mut text = std::borrow::Cow::Borrowed(src);
+        let raw: RawConfig = loop {
+            match toml::from_str::<RawConfig>(&text) {
+                Ok(raw) => break raw,
+                Err(e) => {
+                    let here = SourceMap::new(&text);
+                    let (line, key) = match e.span() {
+                        Some(span) => (
+                            Some(here.line_of(span.start)),
+                            here.path_at(span.start).to_string(),
+                        ),
+                        None => (None, String::new()),
+                    };
+                    let unknown = e.message().starts_with("unknown field");
+                    if !unknown && !errors.is_empty() {
+                        // Most likely an artefact of a blanked key: report what is certain.
+                        return Err(ConfigErrors(errors));
+                    }
+                    errors.push(ConfigError {
+                        origin: origin.to_owned(),
+                        line,
+                        key,
+                        message: e.message().trim().to_owned(),
+                    });
+                    match e.span() {
+                        Some(span) if unknown && errors.len() < 100 => {
+                            text = std::borrow::Cow::Owned(blank_out(&text, span.start));
+                        }
+                        _ => return Err(ConfigErrors(errors)),
+                    }
+                }
+            }
+        };
+        errors.sort_by_key(|e| e.line.unwrap_or(0));
         let mut v = Validator {
             origin,
             map: &map,
@@ -359,10 +399,11 @@ impl Config {
             errors: Vec::new(),
         };
         let config = v.config(raw, src);
-        if v.errors.is_empty() {
+        errors.extend(v.errors);
+        if errors.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(v.errors))
+            Err(ConfigErrors(errors))
         }
     }
 
@@ -416,6 +457,54 @@ struct Validator<'a> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"30s\", \"250ms\")"))
+}
+
+/// `text` with the line holding `offset` emptied, or, when it is a table header, the whole
+/// table (up to the next header); line numbers stay the same.
+fn blank_out(text: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    let mut blanking_table = false;
+    for line in text.split_inclusive('\n') {
+        let start = pos;
+        pos += line.len();
+        let is_header = line.trim_start().starts_with('[');
+        let hit = (start..pos).contains(&offset);
+        if hit && is_header {
+            blanking_table = true;
+        } else if blanking_table && is_header {
+            blanking_table = false;
+        }
+        if hit || blanking_table {
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Digests of each flag and each other top-level section of `src` (already parsed once).
+fn section_digests(src: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(table) = src.parse::<toml::Table>() else {
+        return out;
+    };
+    for (key, value) in &table {
+        match (key.as_str(), value) {
+            ("flags", toml::Value::Table(flags)) => {
+                for (flag, v) in flags {
+                    out.insert(format!("flags.{flag}"), short_hash(&format!("{v:?}")));
+                }
+            }
+            _ => {
+                out.insert(key.clone(), short_hash(&format!("{value:?}")));
+            }
+        }
+    }
+    out
 }
 
 fn short_hash(src: &str) -> String {
@@ -543,6 +632,11 @@ impl Validator<'_> {
                 &s.key("reload_check_interval"),
                 raw.server.reload_check_interval.as_deref(),
                 Duration::from_secs(2),
+            ),
+            reload_settle: self.duration(
+                &s.key("reload_settle"),
+                raw.server.reload_settle.as_deref(),
+                Duration::from_secs(1),
             ),
             drain_delay: self.duration(
                 &s.key("drain_delay"),
@@ -679,6 +773,7 @@ impl Validator<'_> {
         Config {
             origin: self.origin.to_owned(),
             hash: short_hash(src),
+            section_digests: section_digests(src),
             server,
             identity,
             passthrough,

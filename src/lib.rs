@@ -104,10 +104,16 @@ pub async fn run_with(
     }
     let store = state::Store::open(&config.state_url).await?;
     let state = store.load().await?;
+    // Where the state lives (a SQLite path only: a PostgreSQL URL may carry a password).
+    let location = config
+        .state_url
+        .strip_prefix("sqlite:")
+        .unwrap_or("(shared store)");
     tracing::info!(
         store = store.kind(),
+        location,
         version = state.version,
-        "runtime state loaded"
+        "runtime state loaded (start clean with `serve --fresh`)"
     );
     let app = app::App::new(config, store, state, config_path)?;
     server::run_app(listeners, app, shutdown).await?;

@@ -145,6 +145,8 @@ pub struct RawServer {
     pub gate_interval: Option<String>,
     /// How often the config file is checked for changes (0s disables the watch).
     pub reload_check_interval: Option<String>,
+    /// How long a changed file must stay unchanged before the watch applies it.
+    pub reload_settle: Option<String>,
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
