@@ -651,7 +651,7 @@ impl Validator<'_> {
             idle_timeout: self.positive_duration(
                 &s.key("idle_timeout"),
                 raw.server.idle_timeout.as_deref(),
-                Duration::from_secs(60),
+                Duration::from_secs(75),
             ),
             body_timeout: self.positive_duration(
                 &s.key("body_timeout"),
@@ -890,11 +890,22 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(url) = &o.events_url {
+            match url.parse::<Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => self.err(
+                    &path.key("events_url"),
+                    format!("{url:?} is not an http(s) URL"),
+                ),
+            }
+        }
         Some(OptimizelySettings {
             location,
             access_token,
             poll_interval,
             default_provider: o.provider.clone(),
+            events_url: o.events_url.clone(),
         })
     }
 

@@ -91,6 +91,8 @@ step_cargo_build() {
 }
 
 step_cargo_test() {
+  # tests/readme_commands.rs runs the README's command blocks, which use curl.
+  apt_install curl curl
   cargo test --all-targets
 }
 
