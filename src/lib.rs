@@ -60,6 +60,16 @@ pub mod state;
 
 use std::future::Future;
 
+/// `println!` for the CLI that ignores a closed stdout (`switchyard check | head`): a broken
+/// pipe ends the output, never in a panic.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub use config::Config;
 pub use server::Listeners;
 
