@@ -111,6 +111,9 @@ pub struct Metrics {
     /// `switchyard_source_healthy{source}`: 1 while the source's last poll was good, 0 while
     /// it fails (the last good flags keep serving).
     pub source_healthy: IntGaugeVec,
+    /// `switchyard_source_events_total{source,outcome}`: decision events sent back to the
+    /// source (sent, dropped, failed).
+    pub source_events: IntCounterVec,
     /// `switchyard_requests_without_id_total{flag}`: flag requests with no bucketing id (a
     /// random one was used).
     without_id: IntCounterVec,
@@ -566,6 +569,11 @@ impl Metrics {
             Opts::new("switchyard_source_healthy", "1 while a flag source's last poll was good, 0 while it fails (the last good flags keep serving)."),
             &["source"],
         )?;
+        let source_events = IntCounterVec::new(
+            Opts::new("switchyard_source_events_total", "Decision events sent back to a flag source (Optimizely's event API) by outcome: sent, dropped (queue full), failed (after retries)."),
+            &["source", "outcome"],
+        )?;
+        registry.register(Box::new(source_events.clone()))?;
         registry.register(Box::new(source_updates.clone()))?;
         registry.register(Box::new(source_healthy.clone()))?;
         let without_id = IntCounterVec::new(
@@ -650,6 +658,7 @@ impl Metrics {
             passthrough_duration,
             source_updates,
             source_healthy,
+            source_events,
             without_id,
             connections_refused,
             connections_closed,

@@ -116,6 +116,7 @@ impl Experiments {
                 ),
             );
         }
+        crate::sources::expose(app, &exposure);
         if self.tx.try_send(exposure).is_err() {
             app.metrics.exposures.with_label_values(&["dropped"]).inc();
         }
