@@ -3,7 +3,7 @@
 //! state.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -105,6 +105,10 @@ pub struct App {
     pub config_path: Option<PathBuf>,
     /// The last reload failure, for the admin API.
     pub last_reload_error: Mutex<Option<String>>,
+    /// The last hour of each variation's figures, for the console.
+    pub history: crate::console::history::History,
+    /// When (unix ms) the running configuration was loaded.
+    config_loaded_ms: AtomicU64,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -137,6 +141,8 @@ impl App {
             experiments: Default::default(),
             config_path,
             last_reload_error: Mutex::new(None),
+            history: Default::default(),
+            config_loaded_ms: AtomicU64::new(crate::admin::api::now_ms()),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
@@ -225,6 +231,8 @@ impl App {
                     if let Err(e) = self.rebuild(Some(Arc::new(config)), None).await {
                         tracing::error!(error = %e, "cannot rebuild after reload");
                     }
+                    self.config_loaded_ms
+                        .store(crate::admin::api::now_ms(), Ordering::SeqCst);
                     let note = Change::Note {
                         flag: None,
                         action: "reload".into(),
@@ -288,6 +296,11 @@ impl App {
             self.metrics.circuit_state(&provider, state.code());
         }
         self.metrics.render()
+    }
+
+    /// When (unix ms) the running configuration was loaded.
+    pub fn config_loaded_ms(&self) -> u64 {
+        self.config_loaded_ms.load(Ordering::SeqCst)
     }
 
     /// Marks the proxy as shutting down (`/readyz` turns 503).

@@ -19,6 +19,7 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
     tokio::spawn(gates(app.clone(), stop.clone()));
     crate::alerts::spawn(app, stop.clone());
     crate::experiments::runtime::spawn(app, stop.clone());
+    crate::console::spawn(app, stop.clone());
     if app.config_path.is_some() {
         tokio::spawn(file_watch(app.clone(), stop.clone()));
         #[cfg(unix)]

@@ -26,6 +26,7 @@
 //! | [`resilience`] | circuit breakers, retry budgets, backoff |
 //! | [`experiments`] | exposures, feedback, results; [`experiments::stats`] (mSPRT, Benjamini–Hochberg, SRM) |
 //! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
+//! | [`console`] | the operators' console: embedded web page and assets, its JSON views, a one-hour history of each variation |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //!
@@ -39,6 +40,7 @@ pub mod alerts;
 pub mod app;
 pub mod body;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod ctl;
 pub mod experiments;
