@@ -159,7 +159,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) {
             }
             let live = app.live.load_full();
             app.history.sample(&live, crate::admin::api::now_ms());
-            if ticks % history::SRM_EVERY_TICKS == 0 {
+            if ticks.is_multiple_of(history::SRM_EVERY_TICKS) {
                 history::refresh_srm(&app).await;
             }
             ticks += 1;
