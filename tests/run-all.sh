@@ -57,6 +57,46 @@ step_schemathesis() {
     "${PY}" -m pytest -q tests/python/test_admin_schemathesis.py
 }
 
+# Installs Debian packages (as root, or through passwordless sudo).
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing: $* (Debian packages) and apt-get is unavailable; install them and run again" >&2
+    return 1
+  fi
+  local sudo=()
+  if ((EUID != 0)); then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "installing Debian packages $* needs root (or sudo)" >&2
+      return 1
+    fi
+    sudo=(sudo -n)
+  fi
+  echo "installing Debian packages: $*"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+# The console's browser test: Debian's Chromium driven by playwright-core (which never
+# downloads a browser), axe-core for accessibility; npm packages kept under target/node.
+CONSOLE_NODE="${REPO_ROOT}/target/node"
+CONSOLE_NPM_PACKAGES=('playwright-core@1' 'axe-core@4')
+
+step_console() {
+  local missing=()
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  if ((${#missing[@]})); then
+    apt_install "${missing[@]}"
+  fi
+  if [[ ! -f "${CONSOLE_NODE}/node_modules/playwright-core/package.json" || ! -f "${CONSOLE_NODE}/node_modules/axe-core/axe.min.js" ]]; then
+    mkdir -p "${CONSOLE_NODE}"
+    npm install --prefix "${CONSOLE_NODE}" --no-audit --no-fund --loglevel=error "${CONSOLE_NPM_PACKAGES[@]}"
+  fi
+  SWITCHYARD_BIN="${SWITCHYARD_BIN}" CONSOLE_NODE_MODULES="${CONSOLE_NODE}/node_modules" \
+    CHROMIUM=/usr/bin/chromium node tests/console/console.test.mjs
+}
+
 step_promtool() {
   # Prometheus rules for fleets: syntax check, then their unit tests.
   if ! command -v promtool >/dev/null 2>&1; then
@@ -88,6 +128,7 @@ STEPS=(
   promtool
   python_sdk
   schemathesis
+  console
 )
 
 failed=()

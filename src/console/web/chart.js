@@ -10,7 +10,7 @@ function s(tag, attrs = {}, text) {
 }
 
 /**
- * A line chart over the last hour.
+ * A line chart over the last `span` ms (at most the last hour).
  * series: [{name, cls, points: [[at_ms, value|null], ...]}]; format: value -> label text.
  */
 export function lineChart({ title, series, format, now = Date.now(), span = 3600e3, width = 320, height = 120 }) {
@@ -29,7 +29,7 @@ export function lineChart({ title, series, format, now = Date.now(), span = 3600
   });
   const svg = s('svg', {
     viewBox: `0 0 ${width} ${height}`, width: '100%', height, role: 'img', class: 'chart',
-    'aria-label': `${title}, last hour; latest: ${last.join(', ')}`,
+    'aria-label': `${title}, last ${Math.round(span / 60e3)} minutes; latest: ${last.join(', ')}`,
   });
   svg.appendChild(s('title', {}, title));
   svg.appendChild(s('rect', { x: pad.l, y: pad.t, width: w, height: hgt, class: 'plot' }));
@@ -37,7 +37,7 @@ export function lineChart({ title, series, format, now = Date.now(), span = 3600
     svg.appendChild(s('line', { x1: pad.l, x2: pad.l + w, y1: y(v), y2: y(v), class: 'grid' }));
     svg.appendChild(s('text', { x: pad.l - 4, y: y(v) + 4, class: 'tick', 'text-anchor': 'end' }, label));
   }
-  svg.appendChild(s('text', { x: pad.l, y: height - 4, class: 'tick' }, '−60 min'));
+  svg.appendChild(s('text', { x: pad.l, y: height - 4, class: 'tick' }, `−${Math.round(span / 60e3)} min`));
   svg.appendChild(s('text', { x: pad.l + w, y: height - 4, class: 'tick', 'text-anchor': 'end' }, 'now'));
   for (const sr of series) {
     // Gaps (no data) split the line.

@@ -197,12 +197,15 @@ export function flagPage(key) {
     }
 
     const now = Date.now();
-    fill(sections.charts, h('h2', {}, 'Last hour'), h('div', { class: 'charts' }, v.series.variations.map((sv) => {
+    // The last hour, or since the history began (at least 5 minutes) on a young process.
+    const first = Math.min(...v.series.variations.map((sv) => (sv.points.length ? sv.points[0][0] : now)));
+    const span = Math.min(3600e3, Math.max(300e3, now - first));
+    fill(sections.charts, h('h2', {}, `Last ${Math.round(span / 60e3)} minutes`), h('div', { class: 'charts' }, v.series.variations.map((sv) => {
       const p = sv.points;
       return h('figure', { class: 'chart-box' }, h('figcaption', {}, sv.variation),
-        lineChart({ title: `${sv.variation}: p50 and p95 latency`, now, format: secs,
+        lineChart({ title: `${sv.variation}: p50 and p95 latency`, now, span, format: secs,
           series: [{ name: 'p50', cls: 's1', points: p.map((x) => [x[0], x[1]]) }, { name: 'p95', cls: 's2', points: p.map((x) => [x[0], x[2]]) }] }),
-        lineChart({ title: `${sv.variation}: error rate`, now, height: 90, format: (x) => pct(x, 1),
+        lineChart({ title: `${sv.variation}: error rate`, now, span, height: 90, format: (x) => pct(x, 1),
           series: [{ name: 'error rate', cls: 's3', points: p.map((x) => [x[0], x[3]]) }] }),
         h('p', { class: 'legend' }, h('span', { class: 'key s1' }, 'p50'), ' ', h('span', { class: 'key s2' }, 'p95'), ' ', h('span', { class: 'key s3' }, 'error rate')));
     })));
