@@ -157,10 +157,12 @@ export function flagPage(key) {
     });
   });
 
-  function setOptions(select, values, labels) {
-    const now = [...select.options].map((o) => o.value).join('\n');
-    if (now === values.join('\n')) return;
-    const keep = select.value;
+  // Options change only when the set does, so a choice being made is kept; a fresh list
+  // starts at `initial`.
+  function setOptions(select, values, labels, initial) {
+    const now = [...select.options].map((o) => `${o.value}=${o.textContent}`).join('\n');
+    if (now === values.map((v, i) => `${v}=${labels ? labels[i] : v}`).join('\n')) return;
+    const keep = select.options.length ? select.value : initial;
     fill(select, values.map((v, i) => h('option', { value: v }, labels ? labels[i] : v)));
     if (values.includes(keep)) select.value = keep;
   }
@@ -214,7 +216,7 @@ export function flagPage(key) {
       rolloutBox.hidden = false;
       setOptions(ruleSel, s.rollouts.map((r) => r.rule));
       const r = rolloutOf();
-      setOptions(stageSel, r.stages.map((_, i) => String(i)), r.stages.map((p, i) => `${i}: ${p} %`));
+      setOptions(stageSel, r.stages.map((_, i) => String(i)), r.stages.map((p, i) => `${i}: ${p} %${i === r.stage ? ' (current)' : ''}`), String(r.stage));
       fill(holdBtn, r.held ? 'Release' : 'Hold');
       fill(sections.rollout, h('h2', {}, 'Rollout'), s.rollouts.map((ro) => h('div', { class: 'rollout' },
         h('p', {}, `Rule “${ro.rule}” rolls out “${ro.variation}”: `, h('strong', {}, `${ro.percent} %`), ` (stage ${ro.stage} of ${ro.last_stage}: ${ro.stages.join(' → ')} %)`,
