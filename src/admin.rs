@@ -8,7 +8,6 @@ pub mod openapi;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -24,7 +23,12 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 /// The actor behind a bearer token, if it is one of the configured tokens.
 fn authenticate(app: &App, headers: &http::HeaderMap) -> Option<String> {
     let presented = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let presented = presented.strip_prefix(b"Bearer ")?;
+    // The scheme is case-insensitive (RFC 9110 section 11.1); the token is not.
+    let (scheme, presented) = presented.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let presented = presented.trim_ascii_start();
     let live = app.live.load();
     let mut actor = None;
     // Every token is compared (in constant time), so timing tells nothing about which matched.
@@ -77,12 +81,19 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     &json!({"status": "draining"}),
                 )
             } else {
-                let live = app.live.load();
-                let last_reload_error = app.last_reload_error.lock().ok().and_then(|e| e.clone());
-                json_response(
-                    StatusCode::OK,
-                    &json!({"status": "ready", "config": live.config.hash, "flags": live.config.flags.len(), "state_store": app.store.kind(), "last_reload_error": last_reload_error}),
-                )
+                // Ready or not and a short reason only: the file, its errors and the figures
+                // are behind the admin token (`GET /admin/status`).
+                let reload_failed = app
+                    .last_reload_error
+                    .lock()
+                    .ok()
+                    .is_some_and(|e| e.is_some());
+                let v = if reload_failed {
+                    json!({"status": "ready", "reason": "the last reload was refused; the previous config is serving"})
+                } else {
+                    json!({"status": "ready"})
+                };
+                json_response(StatusCode::OK, &v)
             }
         }
         ("/admin/openapi.json", &Method::GET) => {
@@ -104,17 +115,14 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             };
             let method = req.method().clone();
             let query = req.uri().query().map(str::to_owned);
-            let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
-                .collect()
-                .await
-            {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return ApiError::BodyTooLarge {
-                        limit: MAX_ADMIN_BODY,
-                    }
-                    .into_response()
-                }
+            let limits = {
+                let live = app.live.load();
+                crate::server::linger::BodyLimits::new(&live.config.server, MAX_ADMIN_BODY)
+            };
+            let (parts, body) = req.into_parts();
+            let body = match crate::server::linger::read_body(body, &parts.headers, limits).await {
+                Ok(b) => b,
+                Err(e) => return e.into_response(),
             };
             let sub = p.trim_start_matches("/admin");
             if let Some(rest) = sub.strip_prefix("/console/") {

@@ -32,6 +32,8 @@ pub struct Live {
     pub routes: RouteMetrics,
     /// Header values per flag: the flag key, each variation key, each rule id.
     pub headers: Vec<FlagHeaders>,
+    /// `switchyard_requests_without_id_total{flag}`, by flag index.
+    pub without_id: Vec<prometheus::IntCounter>,
 }
 
 /// Pre-built `x-switchyard-*` header values of one flag.
@@ -68,12 +70,18 @@ impl Live {
             .collect();
         let runtime = FlagRuntime::all(&config.flags, &state);
         metrics.flag_states(&config, &runtime);
+        let without_id = config
+            .flags
+            .iter()
+            .map(|f| metrics.without_id(&f.key))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Live {
             config,
             state,
             runtime,
             routes,
             headers,
+            without_id,
         })
     }
 }

@@ -83,6 +83,23 @@ pub struct ServerSettings {
     pub gate_interval: Duration,
     /// How often the config file is checked for changes (zero: never).
     pub reload_check_interval: Duration,
+    /// After SIGTERM: how long `/readyz` answers 503 `draining` while the listeners still
+    /// accept, so a load balancer takes the replica out before it stops accepting.
+    pub drain_delay: Duration,
+    /// A request head must arrive within this (from the connection's start, or from the first
+    /// byte of a later request on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Kept-alive connections idle (no request in flight, nothing arriving) longer are closed.
+    pub idle_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: Duration,
+    /// Open connections per listener; beyond it new connections get a 503 and are closed.
+    pub max_connections: usize,
+    /// After an early answer (413) while the body still arrives: how long the rest is read and
+    /// discarded before the connection closes, so the client reads the answer.
+    pub linger_timeout: Duration,
+    /// The most bytes read and discarded that way.
+    pub linger_max_bytes: u64,
 }
 
 /// A tiered alert on a per-variation metric (`[[alerts]]`).
@@ -155,6 +172,14 @@ pub struct IdentitySettings {
     pub attributes_from_metadata: bool,
     /// What happens when no source gives an id.
     pub on_missing: OnMissing,
+    /// Longest bucketing id accepted (400 `id_too_long` beyond).
+    pub max_id_bytes: usize,
+    /// Most attributes on one request (headers and `metadata` together).
+    pub max_attributes: usize,
+    /// Longest attribute name.
+    pub max_attribute_name_bytes: usize,
+    /// Longest attribute value (strings; numbers and booleans are short by nature).
+    pub max_attribute_value_bytes: usize,
 }
 
 /// One source of the bucketing id.
@@ -345,6 +370,44 @@ impl Validator<'_> {
         }
     }
 
+    fn positive_duration(
+        &mut self,
+        path: &KeyPath,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(path, value, default);
+        if d.is_zero() {
+            self.err(path, "must be more than zero");
+            return default;
+        }
+        d
+    }
+
+    fn count(
+        &mut self,
+        path: &KeyPath,
+        value: Option<i64>,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> u64 {
+        match value {
+            None => default,
+            Some(n) if n >= 0 && range.contains(&(n as u64)) => n as u64,
+            Some(n) => {
+                self.err(
+                    path,
+                    format!(
+                        "{n} is out of range ({} ..= {})",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
     fn addr(&mut self, path: &KeyPath, value: Option<&str>, default: &str) -> SocketAddr {
         let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
         match value.unwrap_or(default).parse() {
@@ -401,6 +464,43 @@ impl Validator<'_> {
                 &s.key("reload_check_interval"),
                 raw.server.reload_check_interval.as_deref(),
                 Duration::from_secs(2),
+            ),
+            drain_delay: self.duration(
+                &s.key("drain_delay"),
+                raw.server.drain_delay.as_deref(),
+                Duration::from_secs(5),
+            ),
+            header_timeout: self.positive_duration(
+                &s.key("header_timeout"),
+                raw.server.header_timeout.as_deref(),
+                Duration::from_secs(10),
+            ),
+            idle_timeout: self.positive_duration(
+                &s.key("idle_timeout"),
+                raw.server.idle_timeout.as_deref(),
+                Duration::from_secs(60),
+            ),
+            body_timeout: self.positive_duration(
+                &s.key("body_timeout"),
+                raw.server.body_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            max_connections: self.count(
+                &s.key("max_connections"),
+                raw.server.max_connections,
+                10_000,
+                1..=10_000_000,
+            ) as usize,
+            linger_timeout: self.duration(
+                &s.key("linger_timeout"),
+                raw.server.linger_timeout.as_deref(),
+                Duration::from_secs(5),
+            ),
+            linger_max_bytes: self.count(
+                &s.key("linger_max_bytes"),
+                raw.server.linger_max_bytes,
+                64 * 1024 * 1024,
+                0..=1 << 40,
             ),
         };
         let identity = self.identity(&raw);
@@ -561,6 +661,30 @@ impl Validator<'_> {
                 .to_ascii_lowercase(),
             attributes_from_metadata: raw.identity.attributes_from_metadata.unwrap_or(true),
             on_missing,
+            max_id_bytes: self.count(
+                &p.key("max_id_bytes"),
+                raw.identity.max_id_bytes,
+                256,
+                1..=65_536,
+            ) as usize,
+            max_attributes: self.count(
+                &p.key("max_attributes"),
+                raw.identity.max_attributes,
+                64,
+                0..=10_000,
+            ) as usize,
+            max_attribute_name_bytes: self.count(
+                &p.key("max_attribute_name_bytes"),
+                raw.identity.max_attribute_name_bytes,
+                128,
+                1..=65_536,
+            ) as usize,
+            max_attribute_value_bytes: self.count(
+                &p.key("max_attribute_value_bytes"),
+                raw.identity.max_attribute_value_bytes,
+                1024,
+                1..=1_048_576,
+            ) as usize,
         }
     }
 

@@ -232,6 +232,12 @@ fn init_tracing() {
 
 fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketAddr>) -> ExitCode {
     init_tracing();
+    match switchyard::server::raise_open_files_limit() {
+        Ok((before, now, hard)) => {
+            tracing::info!(soft_before = before, soft = now, hard, "open files limit")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
+    }
     let config = match load(&path) {
         Ok(c) => c,
         Err(code) => return code,

@@ -102,6 +102,16 @@ pub struct Metrics {
     pub business_users: IntGaugeVec,
     /// `switchyard_exposures_total{result}`: written, dropped (queue full), failed.
     pub exposures: IntCounterVec,
+    /// `switchyard_requests_without_id_total{flag}`: flag requests with no bucketing id (a
+    /// random one was used).
+    without_id: IntCounterVec,
+    /// `switchyard_connections_refused_total{listener}`: connections over `max_connections`.
+    pub connections_refused: IntCounterVec,
+    /// `switchyard_connections_closed_total{listener,reason}`: connections the server closed
+    /// (`header_timeout`, `idle_timeout`).
+    pub connections_closed: IntCounterVec,
+    /// `switchyard_open_connections{listener}`.
+    pub open_connections: IntGaugeVec,
     rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
 }
 
@@ -288,6 +298,11 @@ fn histogram(
 }
 
 impl Metrics {
+    /// The handle of `switchyard_requests_without_id_total{flag}`.
+    pub fn without_id(&self, flag: &str) -> prometheus::Result<IntCounter> {
+        self.without_id.get_metric_with_label_values(&[flag])
+    }
+
     /// Registers every family once.
     pub fn new() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
@@ -450,6 +465,38 @@ impl Metrics {
         registry.register(Box::new(business.clone()))?;
         registry.register(Box::new(business_users.clone()))?;
         registry.register(Box::new(exposures.clone()))?;
+        let without_id = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_without_id_total",
+                "Flag requests that carried no bucketing id (a random id was used; the user is not counted in experiments).",
+            ),
+            &["flag"],
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "switchyard_connections_refused_total",
+                "Connections refused because the listener had max_connections open.",
+            ),
+            &["listener"],
+        )?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "switchyard_connections_closed_total",
+                "Connections the server closed by reason (header_timeout, idle_timeout).",
+            ),
+            &["listener", "reason"],
+        )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_open_connections",
+                "Open connections per listener.",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(without_id.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
         for c in [&flag_enabled, &flag_forced, &rollout_stage, &gate_met] {
             registry.register(Box::new(c.clone()))?;
         }
@@ -496,6 +543,10 @@ impl Metrics {
             business,
             business_users,
             exposures,
+            without_id,
+            connections_refused,
+            connections_closed,
+            open_connections,
             rolling: DashMap::new(),
         })
     }

@@ -30,6 +30,26 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// An input is larger than a configured limit; names the limit.
+    #[error("{what} exceeds the limit {limit} = {max}")]
+    LimitExceeded {
+        /// The config key of the limit (also the error `code`), e.g. `max_id_bytes`.
+        limit: &'static str,
+        /// What was too large, e.g. "the bucketing id (from body:user) is 1048576 bytes: it".
+        what: String,
+        /// The limit's value.
+        max: usize,
+        /// OpenAI's `param`, when one field is at fault.
+        param: Option<&'static str>,
+    },
+    /// The client stopped sending its body.
+    #[error(
+        "the request body did not arrive: nothing received for {after_ms} ms (server.body_timeout)"
+    )]
+    BodyTimeout {
+        /// The timeout that fired.
+        after_ms: u64,
+    },
     /// No bucketing id was found and `identity.on_missing = "reject"`.
     #[error("no bucketing id: send one of {sources}")]
     MissingIdentity {
@@ -184,8 +204,10 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_)
             | ApiError::InvalidField { .. }
-            | ApiError::MissingIdentity { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::MissingIdentity { .. }
+            | ApiError::LimitExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::ModelNotFound(_) | ApiError::UnknownFlag(_) | ApiError::NotFound(_) => {
                 StatusCode::NOT_FOUND
             }
@@ -209,6 +231,8 @@ impl ApiError {
             ApiError::InvalidJson(_)
             | ApiError::InvalidField { .. }
             | ApiError::MissingIdentity { .. }
+            | ApiError::LimitExceeded { .. }
+            | ApiError::BodyTimeout { .. }
             | ApiError::BodyTooLarge { .. }
             | ApiError::ModelNotFound(_)
             | ApiError::UnknownFlag(_)
@@ -235,6 +259,8 @@ impl ApiError {
             ApiError::InvalidField { .. } => "invalid_value",
             ApiError::MissingIdentity { .. } => "missing_user",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::LimitExceeded { limit, .. } => limit,
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::UnknownFlag(_) => "flag_not_found",
             ApiError::NotFound(_) => "not_found",
@@ -259,6 +285,8 @@ impl ApiError {
             ApiError::InvalidJson(_)
             | ApiError::InvalidField { .. }
             | ApiError::MissingIdentity { .. }
+            | ApiError::LimitExceeded { .. }
+            | ApiError::BodyTimeout { .. }
             | ApiError::BodyTooLarge { .. }
             | ApiError::MethodNotAllowed { .. } => ErrorClass::InvalidRequest,
             ApiError::ModelNotFound(_) | ApiError::UnknownFlag(_) | ApiError::NotFound(_) => {
@@ -288,6 +316,7 @@ impl ApiError {
             ApiError::InvalidField { field, .. } => Some(field),
             ApiError::ModelNotFound(_) => Some("model"),
             ApiError::MissingIdentity { .. } => Some("user"),
+            ApiError::LimitExceeded { param, .. } => *param,
             _ => None,
         }
     }
@@ -320,6 +349,14 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(
+            self,
+            ApiError::BodyTooLarge { .. } | ApiError::BodyTimeout { .. }
+        ) {
+            // The body was not read to its end: the connection cannot carry another request.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));

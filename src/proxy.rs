@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::app::{App, Live};
@@ -50,6 +50,8 @@ struct Target {
     decision: Option<Decision>,
     /// The bucketing id, when it identifies a user (not made up for this request).
     user: Option<String>,
+    /// Where the bucketing id came from (the `x-switchyard-identity` header).
+    identity: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -94,7 +96,7 @@ async fn handle(
     let config = &live.config;
     let (parts, body) = req.into_parts();
     // 1. parse
-    let bytes = read_body(body, &parts.headers, config.server.max_body_bytes)
+    let bytes = read_body(body, &parts.headers, &config.server)
         .await
         .map_err(|e| (None, e))?;
     let chat = ChatRequest::parse(&bytes).map_err(|e| (None, e))?;
@@ -357,6 +359,13 @@ fn answered(
     request_id: &HeaderValue,
 ) -> Response<Body> {
     set_decision_headers(resp.headers_mut(), live, target.route, target.decision);
+    if let Some(v) = target
+        .identity
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        resp.headers_mut().insert(identify::IDENTITY_HEADER, v);
+    }
     if let (Route::Variation { flag, variation }, Some(user)) = (target.route, &target.user) {
         if let Some(f) = live.config.flags.get(flag) {
             let rule = target
@@ -408,11 +417,17 @@ fn decide_target(
                 route: Route::Passthrough,
                 decision: None,
                 user: None,
+                identity: None,
             }),
             None => Err(ApiError::ModelNotFound(chat.model.to_string())),
         };
     };
     let identity = identify::identify(&config.identity, headers, chat)?;
+    if identity.random {
+        if let Some(c) = live.without_id.get(flag_index) {
+            c.inc();
+        }
+    }
     let rt = &live.runtime[flag_index];
     let decision = flag.decide_at(
         rt.enabled,
@@ -427,6 +442,7 @@ fn decide_target(
         },
         decision: Some(decision),
         user: (!identity.random).then(|| identity.bucketing_id.into_owned()),
+        identity: Some(identity.source),
     })
 }
 
@@ -471,27 +487,14 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
-/// Reads the body up to `limit` bytes (413 beyond).
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::InvalidJson(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
+/// Reads the body within `[server]`'s limits (413 beyond `max_body_bytes`, 408 when it stalls).
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    server: &crate::config::ServerSettings,
+) -> Result<Bytes, ApiError> {
+    let limits = crate::server::linger::BodyLimits::new(server, server.max_body_bytes);
+    crate::server::linger::read_body(body, headers, limits).await
 }
 
 /// A JSON response with a status.

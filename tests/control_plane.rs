@@ -1250,9 +1250,17 @@ async fn reload_swaps_a_valid_file_and_rejects_an_invalid_one() {
     assert!(errors[0].contains("temprature"), "{errors:?}");
     assert_eq!(fp.models().await, ["extra", "f"]);
     assert_eq!(chat(fp.addr, "extra", "u1").await.status, StatusCode::OK);
-    let ready = client::get(&format!("http://{}/readyz", fp.admin_addr))
-        .await
-        .json();
+    // /readyz (no token) says ready and why not fully, never the file or its errors.
+    let readyz = client::get(&format!("http://{}/readyz", fp.admin_addr)).await;
+    assert_eq!(readyz.status, StatusCode::OK);
+    let shown = readyz.text();
+    assert!(
+        !shown.contains(&fp.path.display().to_string()) && !shown.contains("temprature"),
+        "/readyz shows details: {shown}"
+    );
+    assert_eq!(readyz.json()["status"], "ready");
+    assert!(readyz.json()["reason"].is_string(), "{shown}");
+    let ready = fp.admin(Method::GET, "/admin/status", None).await.json();
     assert_eq!(ready["config"], hash_v2.as_str(), "{ready}");
     assert!(
         ready["last_reload_error"]
@@ -1322,9 +1330,7 @@ async fn reload_swaps_a_valid_file_and_rejects_an_invalid_one() {
     let r = fp.admin(Method::POST, "/admin/reload", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(fp.models().await, ["f"]);
-    let ready = client::get(&format!("http://{}/readyz", fp.admin_addr))
-        .await
-        .json();
+    let ready = fp.admin(Method::GET, "/admin/status", None).await.json();
     assert!(ready["last_reload_error"].is_null(), "{ready}");
 }
 
@@ -1389,9 +1395,7 @@ async fn a_changed_file_is_picked_up_by_the_watch() {
         Duration::from_secs(5),
         "the rejected reload",
         move || async move {
-            let ready = client::get(&format!("http://{}/readyz", f.admin_addr))
-                .await
-                .json();
+            let ready = f.admin(Method::GET, "/admin/status", None).await.json();
             ready["last_reload_error"].is_string().then_some(())
         },
     )

@@ -197,6 +197,18 @@ async fn dispatch(
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let ok = |v: Value| Ok((StatusCode::OK, v));
     match (method, segs.as_slice()) {
+        (&Method::GET, ["status"]) => {
+            let live = app.live.load();
+            let last_reload_error = app.last_reload_error.lock().ok().and_then(|e| e.clone());
+            ok(json!({
+                "status": if app.is_draining() { "draining" } else { "ready" },
+                "config": live.config.hash,
+                "config_file": live.config.origin,
+                "flags": live.config.flags.len(),
+                "state_store": app.store.kind(),
+                "last_reload_error": last_reload_error,
+            }))
+        }
         (&Method::GET, ["flags"]) => {
             let live = app.live.load();
             let flags: Vec<Value> = live

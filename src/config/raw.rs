@@ -115,6 +115,13 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
     pub drain_timeout: Option<String>,
+    pub drain_delay: Option<String>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub linger_timeout: Option<String>,
+    pub linger_max_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +131,10 @@ pub struct RawIdentity {
     pub attribute_header_prefix: Option<String>,
     pub attributes_from_metadata: Option<bool>,
     pub on_missing: Option<String>,
+    pub max_id_bytes: Option<i64>,
+    pub max_attributes: Option<i64>,
+    pub max_attribute_name_bytes: Option<i64>,
+    pub max_attribute_value_bytes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -72,7 +72,7 @@ pub fn decide(
     let config = &live.config;
     let mut flag_key = None;
     let mut user = None;
-    let mut attrs = crate::proxy::identify::attributes(&config.identity, headers, None);
+    let mut attrs = crate::proxy::identify::attributes(&config.identity, headers, None)?;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let k = percent_decode(k)?;
@@ -97,6 +97,8 @@ pub fn decide(
     let user = user
         .filter(|u| !u.is_empty())
         .ok_or_else(|| ApiError::field("user", "the query parameter `user` is required"))?;
+    crate::proxy::identify::check_id(&config.identity, &user, "the query parameter user")?;
+    crate::proxy::identify::check_attributes(&config.identity, &attrs)?;
     let (i, flag) = config
         .flag(&flag_key)
         .ok_or(ApiError::UnknownFlag(flag_key))?;

@@ -20,6 +20,63 @@ pub struct Identity<'a> {
     /// Whether the id was made up for this request (no source had one): such users are not
     /// counted in experiments.
     pub random: bool,
+    /// Where the id came from (`header:NAME`, `body:user`, `metadata:KEY`, `random`): the
+    /// `x-switchyard-identity` response header.
+    pub source: String,
+}
+
+/// Response header saying where the bucketing id came from.
+pub const IDENTITY_HEADER: &str = "x-switchyard-identity";
+
+/// Refuses a bucketing id longer than `identity.max_id_bytes`.
+pub fn check_id(settings: &IdentitySettings, id: &str, from: &str) -> Result<(), ApiError> {
+    if id.len() > settings.max_id_bytes {
+        return Err(ApiError::LimitExceeded {
+            limit: "max_id_bytes",
+            what: format!("the bucketing id (from {from}) is {} bytes: it", id.len()),
+            max: settings.max_id_bytes,
+            param: Some(if from == "body:user" {
+                "user"
+            } else {
+                "bucketing_id"
+            }),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses attributes beyond `identity.max_attributes`, `max_attribute_name_bytes` or
+/// `max_attribute_value_bytes`.
+pub fn check_attributes(settings: &IdentitySettings, attrs: &Attributes) -> Result<(), ApiError> {
+    if attrs.len() > settings.max_attributes {
+        return Err(ApiError::LimitExceeded {
+            limit: "max_attributes",
+            what: format!("the request carries {} attributes: it", attrs.len()),
+            max: settings.max_attributes,
+            param: Some("metadata"),
+        });
+    }
+    for (name, value) in attrs.iter() {
+        if name.len() > settings.max_attribute_name_bytes {
+            return Err(ApiError::LimitExceeded {
+                limit: "max_attribute_name_bytes",
+                what: format!("an attribute name is {} bytes: it", name.len()),
+                max: settings.max_attribute_name_bytes,
+                param: Some("metadata"),
+            });
+        }
+        if let AttrValue::String(v) = value {
+            if v.len() > settings.max_attribute_value_bytes {
+                return Err(ApiError::LimitExceeded {
+                    limit: "max_attribute_value_bytes",
+                    what: format!("the value of attribute `{name}` is {} bytes: it", v.len()),
+                    max: settings.max_attribute_value_bytes,
+                    param: Some("metadata"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<&'h str> {
@@ -37,6 +94,7 @@ pub fn identify<'a>(
     req: &ChatRequest<'a>,
 ) -> Result<Identity<'a>, ApiError> {
     let mut bucketing_id: Option<Cow<'a, str>> = None;
+    let mut source_label = String::from("random");
     for source in &settings.sources {
         let found: Option<Cow<'a, str>> = match source {
             IdSource::Header(name) => header_str(headers, name).map(Cow::Borrowed),
@@ -53,6 +111,8 @@ pub fn identify<'a>(
                 .map(Cow::Owned),
         };
         if let Some(id) = found.filter(|s| !s.is_empty()) {
+            source_label = source.to_string();
+            check_id(settings, &id, &source_label)?;
             bucketing_id = Some(id);
             break;
         }
@@ -70,17 +130,19 @@ pub fn identify<'a>(
     };
     Ok(Identity {
         bucketing_id,
-        attributes: attributes(settings, headers, req.metadata.as_ref()),
+        attributes: attributes(settings, headers, req.metadata.as_ref())?,
         random,
+        source: source_label,
     })
 }
 
-/// Attributes from `x-switchyard-attr-*` headers, then `metadata` (which wins on a clash).
+/// Attributes from `x-switchyard-attr-*` headers, then `metadata` (which wins on a clash),
+/// within the configured limits.
 pub fn attributes(
     settings: &IdentitySettings,
     headers: &HeaderMap,
     metadata: Option<&serde_json::Map<String, serde_json::Value>>,
-) -> Attributes {
+) -> Result<Attributes, ApiError> {
     let mut attrs = Attributes::new();
     let prefix = settings.attribute_header_prefix.as_str();
     if !prefix.is_empty() {
@@ -99,5 +161,6 @@ pub fn attributes(
             }
         }
     }
-    attrs
+    check_attributes(settings, &attrs)?;
+    Ok(attrs)
 }

@@ -130,3 +130,36 @@ def test_models_list_includes_the_flag(client: openai.OpenAI) -> None:
     models = list(client.models.list())
     assert all(isinstance(m, Model) for m in models)
     assert FLAG in {m.id for m in models}
+
+
+def test_a_16_mb_body_gives_the_sdk_a_413_with_its_body(client: openai.OpenAI) -> None:
+    # The proxy answers while the body is still arriving; with `Connection: close` and a
+    # lingering read the SDK gets the answer instead of a broken pipe.
+    big = "x" * (16 * 1024 * 1024)
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model=FLAG, user="u-big", messages=[{"role": "user", "content": big}]
+        )
+    assert caught.value.status_code == 413
+    assert caught.value.code == "body_too_large"
+
+
+def test_a_16_mb_body_gives_urllib_a_413_with_its_body(proxy) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = b'{"model": "support-assistant", "messages": [' + b" " * (16 * 1024 * 1024) + b"]}"
+    req = urllib.request.Request(
+        f"{proxy.url}/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=60)
+    assert caught.value.code == 413
+    assert caught.value.headers.get("connection", "").lower() == "close"
+    error = json.loads(caught.value.read())["error"]
+    assert error["code"] == "body_too_large"
+    assert error["type"] == "invalid_request_error"

@@ -32,6 +32,11 @@ impl TestProxy {
         if config.state_url == "sqlite:switchyard-state.db" {
             config.state_url = "sqlite::memory:".into();
         }
+        // Tests stop proxies often: no drain delay unless a test sets one (any value but the
+        // default 5 s).
+        if config.server.drain_delay == Duration::from_secs(5) {
+            config.server.drain_delay = Duration::ZERO;
+        }
         let listeners = Listeners::bind(
             "127.0.0.1:0".parse().unwrap(),
             "127.0.0.1:0".parse().unwrap(),
