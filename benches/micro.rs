@@ -24,16 +24,17 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
+use switchyard::api::ClientApi;
 use switchyard::app::Live;
 use switchyard::body::BodyError;
 use switchyard::flags::audience::{AttrValue, Attributes};
 use switchyard::metrics::{Metrics, Outcome};
 use switchyard::openai::Usage;
-use switchyard::providers::Timeouts;
+use switchyard::providers::{Timeouts, WireFormat};
 use switchyard::proxy::context::{Recorder, Route};
 use switchyard::proxy::request::ChatRequest;
 use switchyard::proxy::rewrite::{rewrite, RewriteOptions};
-use switchyard::proxy::stream::SseRelay;
+use switchyard::proxy::stream::{RelayOptions, SseRelay};
 use switchyard::Config;
 
 /// A flag shaped like the shipped example: an audience rule first (evaluated for everyone,
@@ -245,12 +246,12 @@ impl HttpBody for Frames {
 }
 
 fn live() -> Arc<Live> {
-    let metrics = Metrics::new().unwrap();
+    let metrics = Arc::new(Metrics::new().unwrap());
     Arc::new(Live::new(Arc::new(config()), Arc::default(), &metrics).unwrap())
 }
 
 fn routed(live: &Arc<Live>) -> Recorder {
-    let mut r = Recorder::new(live.clone(), Instant::now());
+    let mut r = Recorder::new(live.clone(), ClientApi::Chat, Instant::now());
     r.route(Route::Variation {
         flag: 0,
         variation: 0,
@@ -274,15 +275,14 @@ fn relay(live: &Arc<Live>, frames: &[&'static str], strip_usage: bool) -> SseRel
         idle: Duration::from_secs(60),
         total: Duration::from_secs(3600),
     };
-    SseRelay::new(
-        first,
-        BodyExt::boxed(rest),
+    let opts = RelayOptions {
         strip_usage,
-        routed(live),
-        Outcome::Success,
+        outcome: Outcome::Success,
         timeouts,
-        std::time::Instant::now() + timeouts.total,
-    )
+        deadline: std::time::Instant::now() + timeouts.total,
+        format: WireFormat::Chat,
+    };
+    SseRelay::new(first, BodyExt::boxed(rest), routed(live), opts, None)
 }
 
 fn poll_once(relay: &mut SseRelay, cx: &mut Context<'_>) -> usize {

@@ -83,6 +83,14 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             } else {
                 // Ready or not and a short reason only: the file, its errors and the figures
                 // are behind the admin token (`GET /admin/status`).
+                let live = app.live.load();
+                if !app.sources.ready(&live.config) {
+                    // Flags from a datafile must have loaded once before traffic comes here.
+                    return json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"status": "waiting_for_sources", "reason": "the Optimizely datafile has not loaded yet"}),
+                    );
+                }
                 let reload_failed = app
                     .last_reload_error
                     .lock()
@@ -90,6 +98,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                     .is_some_and(|e| e.is_some());
                 let v = if reload_failed {
                     json!({"status": "ready", "reason": "the last reload was refused; the previous config is serving"})
+                } else if !app.sources.healthy(&live.config) {
+                    json!({"status": "ready", "reason": "the Optimizely datafile cannot be used; its last good flags are serving"})
                 } else {
                     json!({"status": "ready"})
                 };

@@ -56,7 +56,7 @@ impl Live {
     pub fn new(
         config: Arc<Config>,
         state: Arc<RuntimeState>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
     ) -> Result<Live, prometheus::Error> {
         let routes = metrics.routes(&config)?;
         let headers = config
@@ -107,6 +107,8 @@ pub struct App {
     pub clients: Clients,
     /// Circuit breakers and retry budgets per provider.
     pub resilience: Resilience,
+    /// Which variation answered each Responses id (`previous_response_id` continues there).
+    pub responses: Arc<crate::api::responses::Affinity>,
     /// Exposures, request ids, feedback.
     pub experiments: crate::experiments::runtime::Experiments,
     /// The file the config came from (reloads read it again).
@@ -117,6 +119,8 @@ pub struct App {
     pub history: crate::console::history::History,
     /// When (unix ms) the running configuration was loaded.
     config_loaded_ms: AtomicU64,
+    /// Flags from other sources (an Optimizely datafile) and how their last poll went.
+    pub sources: crate::sources::Sources,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -139,18 +143,22 @@ impl App {
         config_path: Option<PathBuf>,
     ) -> Result<Arc<App>, prometheus::Error> {
         let metrics = Arc::new(Metrics::new()?);
+        let sources = crate::sources::Sources::default();
+        sources.set_base(&config);
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(live),
             store,
             metrics,
             clients: Clients::default(),
+            responses: Arc::default(),
             resilience: Resilience::default(),
             experiments: Default::default(),
             config_path,
             last_reload_error: Mutex::new(None),
             history: Default::default(),
             config_loaded_ms: AtomicU64::new(crate::admin::api::now_ms()),
+            sources,
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
@@ -179,6 +187,12 @@ impl App {
         let live = Live::new(config, state, &self.metrics)?;
         self.live.store(Arc::new(live));
         Ok(())
+    }
+
+    /// Swaps in a config built outside a reload (the file's config with a new datafile's
+    /// flags), keeping the runtime state.
+    pub async fn swap_config(&self, config: Config) -> Result<(), prometheus::Error> {
+        self.rebuild(Some(Arc::new(config)), None).await
     }
 
     /// Applies an operator's change: durable and audited in the store first, then in force
@@ -230,38 +244,56 @@ impl App {
                 message: "this proxy was not started from a file".into(),
             }]));
         };
-        let old_hash = self.live.load().config.hash.clone();
-        match Config::load(path) {
+        let old = self.live.load().config.clone();
+        let _sources = self.sources.lock().await;
+        let loaded = Config::load(path)
+            .and_then(|c| self.sources.merge(c))
+            .and_then(|c| keeps_admin_access(&old, c));
+        match loaded {
             Ok(config) => {
                 let hash = config.hash.clone();
-                let changed = hash != old_hash;
+                let changed = hash != old.hash;
+                let summary = reload_summary(&old, &config);
                 if changed {
                     if let Err(e) = self.rebuild(Some(Arc::new(config)), None).await {
                         tracing::error!(error = %e, "cannot rebuild after reload");
                     }
                     self.config_loaded_ms
                         .store(crate::admin::api::now_ms(), Ordering::SeqCst);
+                    let mut detail = json!({"from": old.hash, "to": hash});
+                    merge(&mut detail, &summary);
                     let note = Change::Note {
                         flag: None,
                         action: "reload".into(),
-                        detail: json!({"from": old_hash, "to": hash}),
+                        detail,
                     };
                     if let Err(e) = self.store.apply(&note, actor, None).await {
                         tracing::warn!(error = %e, "reload not audited: state store unavailable");
                     }
-                    tracing::info!(actor, from = %old_hash, to = %hash, "configuration reloaded");
+                    tracing::info!(actor, from = %old.hash, to = %hash, summary = %summary, "configuration reloaded");
                 }
                 self.metrics.reload(true);
                 if let Ok(mut last) = self.last_reload_error.lock() {
                     *last = None;
                 }
-                Ok(json!({"reloaded": true, "changed": changed, "hash": hash}))
+                let mut answer = json!({"reloaded": true, "changed": changed, "hash": hash});
+                merge(&mut answer, &summary);
+                Ok(answer)
             }
             Err(errors) => {
                 self.metrics.reload(false);
-                tracing::error!(errors = %errors, "configuration reload rejected: the old configuration keeps serving");
+                tracing::error!(errors = %errors, "configuration reload refused: the old configuration keeps serving");
                 if let Ok(mut last) = self.last_reload_error.lock() {
                     *last = Some(errors.to_string());
+                }
+                let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                let note = Change::Note {
+                    flag: None,
+                    action: "reload_refused".into(),
+                    detail: json!({"serving": old.hash, "errors": list}),
+                };
+                if let Err(e) = self.store.apply(&note, actor, None).await {
+                    tracing::warn!(error = %e, "refused reload not audited: state store unavailable");
                 }
                 Err(errors)
             }
@@ -319,5 +351,64 @@ impl App {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Refuses a new config that would leave the admin API without a usable token while the
+/// running one has one: nobody could undo the reload through the API.
+fn keeps_admin_access(old: &Config, new: Config) -> Result<Config, ConfigErrors> {
+    let usable = |c: &Config| c.admin_tokens.iter().filter(|t| t.token.is_some()).count();
+    if usable(old) > 0 && usable(&new) == 0 {
+        return Err(ConfigErrors(vec![crate::config::ConfigError {
+            origin: new.origin.clone(),
+            line: None,
+            key: "admin.tokens".into(),
+            message: format!(
+                "the new file leaves the admin API without a usable token (the running config has {}): refused, so the admin API can still undo changes; set a token (its variable or file must be present) to reload",
+                usable(old)
+            ),
+        }]));
+    }
+    Ok(new)
+}
+
+/// What a reload changes: flags added, removed and changed, and other sections changed.
+pub fn reload_summary(old: &Config, new: &Config) -> Value {
+    let flag_keys = |c: &Config| -> std::collections::BTreeSet<String> {
+        c.section_digests
+            .keys()
+            .filter_map(|k| k.strip_prefix("flags.").map(str::to_owned))
+            .collect()
+    };
+    let (before, after) = (flag_keys(old), flag_keys(new));
+    let added: Vec<&String> = after.difference(&before).collect();
+    let removed: Vec<&String> = before.difference(&after).collect();
+    let changed: Vec<&String> = before
+        .intersection(&after)
+        .filter(|k| {
+            let key = format!("flags.{k}");
+            old.section_digests.get(&key) != new.section_digests.get(&key)
+        })
+        .collect();
+    let sections: std::collections::BTreeSet<&String> = old
+        .section_digests
+        .keys()
+        .chain(new.section_digests.keys())
+        .filter(|k| !k.starts_with("flags."))
+        .filter(|k| old.section_digests.get(*k) != new.section_digests.get(*k))
+        .collect();
+    json!({
+        "flags_added": added,
+        "flags_removed": removed,
+        "flags_changed": changed,
+        "sections_changed": sections,
+    })
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
     }
 }

@@ -29,16 +29,19 @@ use crate::flags::{
 use crate::providers::mock::MockSettings;
 use crate::providers::{
     AnthropicSettings, CircuitPolicy, OpenAiSettings, Provider, ProviderKind, RetryPolicy, Secret,
-    Timeouts,
+    Timeouts, WireFormat,
 };
 
 /// A validated configuration: what the proxy runs on.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Where it came from (a path, or a label for in-memory sources).
     pub origin: String,
     /// A short hex digest of the source text, to tell versions apart.
     pub hash: String,
+    /// A digest of every flag (`flags.KEY`) and every other top-level section, to tell what a
+    /// reload changed.
+    pub section_digests: BTreeMap<String, String>,
     /// `[server]`.
     pub server: ServerSettings,
     /// `[identity]`.
@@ -65,6 +68,18 @@ pub struct Config {
     pub prices: BTreeMap<String, (f64, f64)>,
     /// `[experiments]`: the verdict policy.
     pub experiment_policy: crate::experiments::results::Policy,
+    /// `[prompts]`, by name (flags from other sources resolve their prompts here).
+    pub prompts: BTreeMap<String, Arc<str>>,
+    /// `[tool_policies]`, by name.
+    pub tool_policies: BTreeMap<String, Vec<String>>,
+    /// The rule-based responder of flags without their own.
+    pub default_responder: Arc<Responder>,
+    /// `[ofrep]`: the OpenFeature remote evaluation endpoints.
+    pub ofrep: crate::api::ofrep::OfrepSettings,
+    /// `[sources.optimizely]`: flags from an Optimizely datafile.
+    pub optimizely: Option<crate::sources::OptimizelySettings>,
+    /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
+    pub sources_revision: Option<String>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -83,6 +98,8 @@ pub struct ServerSettings {
     pub gate_interval: Duration,
     /// How often the config file is checked for changes (zero: never).
     pub reload_check_interval: Duration,
+    /// How long a changed file must stay unchanged before the watch applies it.
+    pub reload_settle: Duration,
     /// After SIGTERM: how long `/readyz` answers 503 `draining` while the listeners still
     /// accept, so a load balancer takes the replica out before it stops accepting.
     pub drain_delay: Duration,
@@ -276,7 +293,20 @@ impl Config {
                 message: format!("cannot read the file: {e}"),
             }])
         })?;
-        Config::parse(&src, &origin)
+        let config = Config::parse(&src, &origin)?;
+        // A file that serves nothing is a mistake (an empty or truncated file, a wrong path in
+        // a deploy): refuse it rather than answer every request 404.
+        if config.flags.is_empty() && config.passthrough.is_none() && config.optimizely.is_none() {
+            return Err(ConfigErrors(vec![ConfigError {
+                origin,
+                line: None,
+                key: String::new(),
+                message: "the configuration defines no flag, no [passthrough] and no flag source: \
+                          every request would be answered 404 (an empty or truncated file?)"
+                    .into(),
+            }]));
+        }
+        Ok(config)
     }
 
     /// Validates a configuration held in memory, reading keys from the process environment.
@@ -291,21 +321,43 @@ impl Config {
         env: EnvLookup<'_>,
     ) -> Result<Config, ConfigErrors> {
         let map = SourceMap::new(src);
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let (line, key) = match e.span() {
-                Some(span) => (
-                    Some(map.line_of(span.start)),
-                    map.path_at(span.start).to_string(),
-                ),
-                None => (None, String::new()),
-            };
-            ConfigErrors(vec![ConfigError {
-                origin: origin.to_owned(),
-                line,
-                key,
-                message: e.message().trim().to_owned(),
-            }])
-        })?;
+        // Every unknown key is reported, not only the first: each one found is blanked out
+        // (its line, or its whole table) and the file parsed again.
+        let mut errors = Vec::new();
+        let mut text = std::borrow::Cow::Borrowed(src);
+        let raw: RawConfig = loop {
+            match toml::from_str::<RawConfig>(&text) {
+                Ok(raw) => break raw,
+                Err(e) => {
+                    let here = SourceMap::new(&text);
+                    let (line, key) = match e.span() {
+                        Some(span) => (
+                            Some(here.line_of(span.start)),
+                            here.path_at(span.start).to_string(),
+                        ),
+                        None => (None, String::new()),
+                    };
+                    let unknown = e.message().starts_with("unknown field");
+                    if !unknown && !errors.is_empty() {
+                        // Most likely an artefact of a blanked key: report what is certain.
+                        return Err(ConfigErrors(errors));
+                    }
+                    errors.push(ConfigError {
+                        origin: origin.to_owned(),
+                        line,
+                        key,
+                        message: e.message().trim().to_owned(),
+                    });
+                    match e.span() {
+                        Some(span) if unknown && errors.len() < 100 => {
+                            text = std::borrow::Cow::Owned(blank_out(&text, span.start));
+                        }
+                        _ => return Err(ConfigErrors(errors)),
+                    }
+                }
+            }
+        };
+        errors.sort_by_key(|e| e.line.unwrap_or(0));
         let mut v = Validator {
             origin,
             map: &map,
@@ -313,11 +365,45 @@ impl Config {
             errors: Vec::new(),
         };
         let config = v.config(raw, src);
-        if v.errors.is_empty() {
+        errors.extend(v.errors);
+        if errors.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(v.errors))
+            Err(ConfigErrors(errors))
         }
+    }
+
+    /// Adds flags from another source (`origin`, e.g. a datafile) after those of the file; a
+    /// key the config already defines is an error.
+    pub fn add_flags(
+        &mut self,
+        flags: Vec<Arc<Flag>>,
+        origin: &str,
+        revision: &str,
+    ) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        for f in &flags {
+            if self.flag_index.contains_key(&f.key) {
+                errors.push(ConfigError {
+                    origin: origin.to_owned(),
+                    line: None,
+                    key: format!("flags.{}", f.key),
+                    message: format!(
+                        "flag {:?} is defined both in {} and in {origin}: a key must come from one place",
+                        f.key, self.origin
+                    ),
+                });
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        for f in flags {
+            self.flag_index.insert(f.key.clone(), self.flags.len());
+            self.flags.push(f);
+        }
+        self.sources_revision = Some(revision.to_owned());
+        Ok(())
     }
 
     /// The flag a client names in `model`.
@@ -337,6 +423,54 @@ struct Validator<'a> {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"30s\", \"250ms\")"))
+}
+
+/// `text` with the line holding `offset` emptied, or, when it is a table header, the whole
+/// table (up to the next header); line numbers stay the same.
+fn blank_out(text: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pos = 0;
+    let mut blanking_table = false;
+    for line in text.split_inclusive('\n') {
+        let start = pos;
+        pos += line.len();
+        let is_header = line.trim_start().starts_with('[');
+        let hit = (start..pos).contains(&offset);
+        if hit && is_header {
+            blanking_table = true;
+        } else if blanking_table && is_header {
+            blanking_table = false;
+        }
+        if hit || blanking_table {
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Digests of each flag and each other top-level section of `src` (already parsed once).
+fn section_digests(src: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(table) = src.parse::<toml::Table>() else {
+        return out;
+    };
+    for (key, value) in &table {
+        match (key.as_str(), value) {
+            ("flags", toml::Value::Table(flags)) => {
+                for (flag, v) in flags {
+                    out.insert(format!("flags.{flag}"), short_hash(&format!("{v:?}")));
+                }
+            }
+            _ => {
+                out.insert(key.clone(), short_hash(&format!("{value:?}")));
+            }
+        }
+    }
+    out
 }
 
 fn short_hash(src: &str) -> String {
@@ -465,6 +599,11 @@ impl Validator<'_> {
                 raw.server.reload_check_interval.as_deref(),
                 Duration::from_secs(2),
             ),
+            reload_settle: self.duration(
+                &s.key("reload_settle"),
+                raw.server.reload_settle.as_deref(),
+                Duration::from_secs(1),
+            ),
             drain_delay: self.duration(
                 &s.key("drain_delay"),
                 raw.server.drain_delay.as_deref(),
@@ -587,9 +726,18 @@ impl Validator<'_> {
         }
         let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
+        let ofrep = crate::api::ofrep::OfrepSettings {
+            tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
+            exposures: raw.ofrep.exposures.unwrap_or(false),
+        };
+        let optimizely =
+            raw.sources.optimizely.as_ref().and_then(|o| {
+                self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
+            });
         Config {
             origin: self.origin.to_owned(),
             hash: short_hash(src),
+            section_digests: section_digests(src),
             server,
             identity,
             passthrough,
@@ -608,7 +756,113 @@ impl Validator<'_> {
             catalog,
             prices,
             experiment_policy,
+            prompts,
+            tool_policies: raw.tool_policies.clone(),
+            default_responder,
+            ofrep,
+            optimizely,
+            sources_revision: None,
         }
+    }
+
+    fn optimizely(
+        &mut self,
+        path: &KeyPath,
+        o: &raw::RawOptimizely,
+        providers: &BTreeMap<String, Arc<Provider>>,
+    ) -> Option<crate::sources::OptimizelySettings> {
+        use crate::sources::{DatafileLocation, OptimizelySettings};
+        let location = match (&o.datafile_url, &o.datafile_path) {
+            (Some(url), None) => {
+                let sdk_key = match &o.sdk_key_env {
+                    Some(var) => match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+                        Some(v) => match HeaderValue::from_str(v.trim()) {
+                            Ok(h) => Some(Secret::new(h)),
+                            Err(_) => {
+                                self.err(&path.key("sdk_key_env"), format!("environment variable {var} holds characters an SDK key cannot have"));
+                                None
+                            }
+                        },
+                        None => {
+                            self.err(
+                                &path.key("sdk_key_env"),
+                                format!("environment variable {var} is not set"),
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                if url.contains("{sdk_key}") && o.sdk_key_env.is_none() {
+                    self.err(&path.key("sdk_key_env"), "datafile_url has {sdk_key}: name the environment variable holding it in sdk_key_env");
+                }
+                let probe = url.replace("{sdk_key}", "key");
+                match probe.parse::<Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http" | "https"))
+                            && u.host().is_some() => {}
+                    _ => self.err(
+                        &path.key("datafile_url"),
+                        format!("{url:?} is not an http(s) URL"),
+                    ),
+                }
+                DatafileLocation::Url {
+                    template: url.clone(),
+                    sdk_key,
+                }
+            }
+            (None, Some(p)) => DatafileLocation::Path(p.into()),
+            _ => {
+                self.err(path, "give exactly one of datafile_url or datafile_path");
+                return None;
+            }
+        };
+        let access_token = match &o.access_token_env {
+            Some(var) => {
+                match (self.env)(var).filter(|v| !v.trim().is_empty()) {
+                    Some(v) => match HeaderValue::from_str(&format!("Bearer {}", v.trim())) {
+                        Ok(h) => Some(Secret::new(h)),
+                        Err(_) => {
+                            self.err(&path.key("access_token_env"), format!("environment variable {var} holds characters a token cannot have"));
+                            None
+                        }
+                    },
+                    None => {
+                        self.err(
+                            &path.key("access_token_env"),
+                            format!("environment variable {var} is not set"),
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let poll_interval = self.duration(
+            &path.key("poll_interval"),
+            o.poll_interval.as_deref(),
+            Duration::from_secs(300),
+        );
+        if poll_interval < Duration::from_millis(100) {
+            self.err(
+                &path.key("poll_interval"),
+                "poll_interval must be at least 100ms",
+            );
+        }
+        if let Some(p) = &o.provider {
+            if !providers.contains_key(p) {
+                self.err(
+                    &path.key("provider"),
+                    format!("unknown provider {p:?}{}", known(providers.keys())),
+                );
+            }
+        }
+        Some(OptimizelySettings {
+            location,
+            access_token,
+            poll_interval,
+            default_provider: o.provider.clone(),
+        })
     }
 
     fn identity(&mut self, raw: &RawConfig) -> IdentitySettings {
@@ -617,6 +871,7 @@ impl Validator<'_> {
             "header:x-switchyard-user",
             "body:user",
             "body:safety_identifier",
+            "metadata:user_id",
         ];
         let specs: Vec<String> = match &raw.identity.bucketing_id {
             Some(list) => list.clone(),
@@ -793,6 +1048,7 @@ impl Validator<'_> {
                 );
             }
         }
+        let apis = self.apis(&path.key("apis"), &kind, p.apis.as_deref());
         Some(Provider {
             name: name.to_owned(),
             kind,
@@ -800,7 +1056,57 @@ impl Validator<'_> {
             retry,
             circuit,
             http2_prior_knowledge,
+            apis,
         })
+    }
+
+    /// `apis`: the wire formats a provider accepts as they are. Defaults: chat and embeddings
+    /// for OpenAI-compatible endpoints and the mock, messages for Anthropic.
+    fn apis(
+        &mut self,
+        path: &KeyPath,
+        kind: &ProviderKind,
+        raw: Option<&[String]>,
+    ) -> Vec<WireFormat> {
+        let possible: &[WireFormat] = match kind {
+            ProviderKind::Mock(_) => &[WireFormat::Chat, WireFormat::Embeddings],
+            ProviderKind::OpenAi(_) => &[
+                WireFormat::Chat,
+                WireFormat::Responses,
+                WireFormat::Embeddings,
+            ],
+            ProviderKind::Anthropic(_) => &[WireFormat::Messages],
+        };
+        let Some(raw) = raw else {
+            return match kind {
+                ProviderKind::Anthropic(_) => vec![WireFormat::Messages],
+                _ => vec![WireFormat::Chat, WireFormat::Embeddings],
+            };
+        };
+        let mut apis = Vec::new();
+        for (i, name) in raw.iter().enumerate() {
+            match WireFormat::parse(name) {
+                Some(f) if possible.contains(&f) => {
+                    if !apis.contains(&f) {
+                        apis.push(f);
+                    }
+                }
+                Some(f) => self.err(
+                    &path.index(i),
+                    format!(
+                        "a {} provider cannot accept {:?} (it accepts {})",
+                        kind.as_str(),
+                        f.as_str(),
+                        possible.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ),
+                None => self.err(
+                    &path.index(i),
+                    format!("unknown API {name:?} (one of \"chat\", \"responses\", \"messages\", \"embeddings\")"),
+                ),
+            }
+        }
+        apis
     }
 
     fn retry(&mut self, path: &KeyPath, r: Option<&RawRetry>) -> RetryPolicy {
@@ -987,8 +1293,19 @@ impl Validator<'_> {
             _ => None,
         };
         let headers = self.extra_headers(path, p);
+        let responses_url = self.url(path, base, "/responses", &p.query);
+        let embeddings_url = self.url(path, base, "/embeddings", &p.query);
         Some(OpenAiSettings {
             chat_url: chat_url?,
+            responses_url: responses_url?,
+            embeddings_url: embeddings_url?,
+            base_url: base.trim_end_matches('/').to_owned(),
+            query: p
+                .query
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&"),
             auth,
             headers,
         })
@@ -1028,8 +1345,10 @@ impl Validator<'_> {
             }
         };
         let headers = self.extra_headers(path, p);
+        let count_tokens_url = self.url(path, base, "/messages/count_tokens", &p.query);
         Some(AnthropicSettings {
             messages_url: messages_url?,
+            count_tokens_url: count_tokens_url?,
             api_key,
             version: version?,
             default_max_tokens,
@@ -1137,6 +1456,7 @@ impl Validator<'_> {
             responder,
             variations,
             rules,
+            bucketing_id_attribute: None,
         })
     }
 
@@ -1242,6 +1562,7 @@ impl Validator<'_> {
                 audience,
                 allocation,
                 rollout,
+                datafile: None,
             });
         }
         rules
@@ -1817,9 +2138,26 @@ impl Validator<'_> {
     }
 
     fn admin(&mut self, raw: &RawConfig) -> Vec<AdminToken> {
+        let tokens = self.tokens(&KeyPath::root().key("admin"), &raw.admin.tokens);
+        if let Some(url) = &raw.state.url {
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                self.err(
+                    &KeyPath::root().key("state").key("url"),
+                    "write \"sqlite:PATH\" or \"postgres://…\"",
+                );
+            }
+        }
+        tokens
+    }
+
+    /// Named bearer tokens of a section (`[admin]`, `[ofrep]`).
+    fn tokens(&mut self, section: &KeyPath, list: &[raw::RawAdminToken]) -> Vec<AdminToken> {
         let mut tokens = Vec::new();
-        for (i, t) in raw.admin.tokens.iter().enumerate() {
-            let path = KeyPath::root().key("admin").key("tokens").index(i);
+        for (i, t) in list.iter().enumerate() {
+            let path = section.key("tokens").index(i);
             if t.name.trim().is_empty() {
                 self.err(&path.key("name"), "a token needs a name (the audit actor)");
             }
@@ -1844,17 +2182,6 @@ impl Validator<'_> {
                 token,
                 source,
             });
-        }
-        if let Some(url) = &raw.state.url {
-            if !(url.starts_with("sqlite:")
-                || url.starts_with("postgres://")
-                || url.starts_with("postgresql://"))
-            {
-                self.err(
-                    &KeyPath::root().key("state").key("url"),
-                    "write \"sqlite:PATH\" or \"postgres://…\"",
-                );
-            }
         }
         tokens
     }

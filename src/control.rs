@@ -2,7 +2,7 @@
 //! rollout gates (auto-advance, auto-rollback), and config reload on file change or SIGHUP.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -18,6 +18,7 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
     tokio::spawn(state_sync(app.clone(), stop.clone()));
     tokio::spawn(gates(app.clone(), stop.clone()));
     crate::alerts::spawn(app, stop.clone());
+    crate::sources::spawn(app, stop.clone());
     crate::experiments::runtime::spawn(app, stop.clone());
     crate::console::spawn(app, stop.clone());
     if app.config_path.is_some() {
@@ -111,18 +112,36 @@ pub async fn evaluate_gates(app: &Arc<App>) {
     }
 }
 
-fn fingerprint(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// A digest of the file's content (through symlinks, so a Kubernetes ConfigMap's swap of its
+/// `..data` link is seen), or `None` when it cannot be read.
+fn content_digest(path: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    // FNV-1a: change detection, not a security property.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Some(h)
 }
 
+/// Reloads when the file's content changed and then stayed the same for
+/// `server.reload_settle`: an editor's or a deploy's half-written file is never applied (and a
+/// file that does not validate is refused by the reload itself).
 async fn file_watch(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let Some(path) = app.config_path.clone() else {
         return;
     };
-    let mut last = fingerprint(&path);
+    let mut applied = content_digest(&path);
+    let mut candidate: Option<(Option<u64>, Instant)> = None;
     loop {
-        let every = app.live.load().config.server.reload_check_interval;
+        let (every, settle) = {
+            let live = app.live.load();
+            (
+                live.config.server.reload_check_interval,
+                live.config.server.reload_settle,
+            )
+        };
         if every.is_zero() {
             let _ = stop.changed().await;
             return;
@@ -130,10 +149,20 @@ async fn file_watch(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(every) => {
-                let now = fingerprint(&path);
-                if now != last {
-                    last = now;
-                    let _ = app.reload("file-watch").await;
+                let now = content_digest(&path);
+                if now == applied {
+                    candidate = None;
+                    continue;
+                }
+                match candidate {
+                    Some((seen, since)) if seen == now => {
+                        if since.elapsed() >= settle {
+                            applied = now;
+                            candidate = None;
+                            let _ = app.reload("file-watch").await;
+                        }
+                    }
+                    _ => candidate = Some((now, Instant::now())),
                 }
             }
         }

@@ -28,6 +28,9 @@ pub enum Action {
         forced: bool,
         variation: Option<String>,
     },
+    /// Drop a flag's runtime overrides (all, or one field: `enabled`, `force_fallback`,
+    /// `variation:V`, `stage:RULE`, `held:RULE`): back to `proxy.toml`.
+    Clear { flag: String, field: Option<String> },
     /// Rollout status.
     Rollout(String),
     /// Advance a stage (optionally past the gate).
@@ -124,6 +127,13 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
                 &reason,
             )),
         ),
+        Action::Clear { flag, field } => {
+            let mut p = format!("/admin/flags/{}/overrides", enc(flag));
+            if let Some(field) = field {
+                p.push_str(&format!("?field={}", enc(field)));
+            }
+            (Method::DELETE, p, Some(with_reason(json!({}), &reason)))
+        }
         Action::Rollout(f) => (
             Method::GET,
             format!("/admin/flags/{}/rollout", enc(f)),
@@ -331,7 +341,13 @@ pub fn render(action: &Action, v: &Value) -> String {
             .collect::<Vec<_>>()
             .join("\n"),
         Action::Flag(_) => flag_lines(v),
-        Action::SetEnabled(..) | Action::Fallback { .. } => {
+        Action::Clear { flag, .. } if v["flag"].is_null() => format!(
+            "{flag}: overrides cleared (the flag is not in the running config)\naudit #{}: {} by {}\n",
+            v["audit"]["id"],
+            v["audit"]["action"].as_str().unwrap_or("?"),
+            v["audit"]["actor"].as_str().unwrap_or("?")
+        ),
+        Action::SetEnabled(..) | Action::Fallback { .. } | Action::Clear { .. } => {
             format!(
                 "{}audit #{}: {} by {}\n",
                 flag_lines(&v["flag"]),

@@ -41,6 +41,9 @@ pub struct Flag {
     pub rules: Vec<Rule>,
     /// The rule whose users experiment results compare, if any.
     pub experiment_rule: Option<usize>,
+    /// An attribute whose string value, when present, is hashed instead of the bucketing id
+    /// (Optimizely's `$opt_bucketing_id`, on flags from a datafile).
+    pub bucketing_id_attribute: Option<String>,
 }
 
 /// How the variation's system prompt is applied.
@@ -147,6 +150,43 @@ pub struct Rule {
     pub allocation: Vec<Range>,
     /// A progressive rollout of one variation, whose allocation is the current stage's.
     pub rollout: Option<Rollout>,
+    /// Optimizely experiment semantics, on rules from a datafile.
+    pub datafile: Option<Arc<DatafileRule>>,
+}
+
+/// What an Optimizely experiment adds to a rule: forced users, a mutual-exclusion group, and
+/// trying the next rule (not "everyone else") when the user is not allocated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatafileRule {
+    /// The rule's key in the datafile (for people; the id salts the hash).
+    pub key: String,
+    /// Users (by id, not bucketing id) forced into a variation, before the audience.
+    pub forced: Vec<(String, usize)>,
+    /// The mutual-exclusion group: its id salts a first hash, and the user is in this rule
+    /// only when that bucket falls in one of the group's ranges that name this rule.
+    pub group: Option<Group>,
+    /// An experiment: a user the audience admits but the allocation leaves out tries the
+    /// next rule (a delivery rule jumps to "everyone else" instead).
+    pub experiment: bool,
+}
+
+/// A mutual-exclusion group as one experiment sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The group id (salts the group hash).
+    pub id: String,
+    /// The group's allocation: (exclusive end, whether the range is this experiment's).
+    pub ranges: Vec<(u32, bool)>,
+}
+
+impl Group {
+    /// Whether a user whose group bucket is `bucket` is in this experiment.
+    pub fn admits(&self, bucket: u32) -> bool {
+        self.ranges
+            .iter()
+            .find(|(end, _)| bucket < *end)
+            .is_some_and(|(_, mine)| *mine)
+    }
 }
 
 /// A progressive rollout: one variation through growing stages, each passed through a gate.
@@ -271,18 +311,42 @@ impl Flag {
             };
         }
         let last = self.rules.len().saturating_sub(1);
+        let hashed = self
+            .bucketing_id_attribute
+            .as_deref()
+            .and_then(|a| match attributes.get(a) {
+                Some(audience::AttrValue::String(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .unwrap_or(bucketing_id);
         let mut index = 0;
         while index < self.rules.len() {
             let rule = &self.rules[index];
+            let extra = rule.datafile.as_deref();
+            if let Some(&(_, variation)) =
+                extra.and_then(|d| d.forced.iter().find(|(user, _)| user == bucketing_id))
+            {
+                return Decision {
+                    variation,
+                    rule: Some(index),
+                    bucket: None,
+                    reason: DecisionReason::RuleMatch,
+                };
+            }
             let audience_ok = match &rule.audience {
                 None => true,
                 Some((_, condition)) => condition.matches(attributes),
             };
             if audience_ok {
-                let b = bucket::bucket(bucketing_id, &rule.id);
+                let in_group = match extra.and_then(|d| d.group.as_ref()) {
+                    None => true,
+                    Some(g) => g.admits(bucket::bucket(hashed, &g.id)),
+                };
+                let b = bucket::bucket(hashed, &rule.id);
                 let stage = stages.and_then(|s| s.get(index).copied());
-                if let Some(variation) = rule.variation_at(b, stage) {
-                    let reason = if index == last {
+                if let Some(variation) = rule.variation_at(b, stage).filter(|_| in_group) {
+                    let experiment = extra.is_some_and(|d| d.experiment);
+                    let reason = if index == last && !experiment {
                         DecisionReason::EveryoneElse
                     } else {
                         DecisionReason::RuleMatch
@@ -293,6 +357,10 @@ impl Flag {
                         bucket: Some(b),
                         reason,
                     };
+                }
+                if extra.is_some_and(|d| d.experiment) {
+                    index += 1;
+                    continue;
                 }
                 if index == last {
                     break;

@@ -29,6 +29,8 @@
 //! | [`console`] | the operators' console: embedded web page and assets, its JSON views, a one-hour history of each variation |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
+//! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
 //! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
 
@@ -37,6 +39,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod body;
 pub mod config;
@@ -54,6 +57,7 @@ pub mod resilience;
 pub mod rollout;
 pub mod runtime;
 pub mod server;
+pub mod sources;
 pub mod state;
 
 use std::future::Future;
@@ -100,10 +104,16 @@ pub async fn run_with(
     }
     let store = state::Store::open(&config.state_url).await?;
     let state = store.load().await?;
+    // Where the state lives (a SQLite path only: a PostgreSQL URL may carry a password).
+    let location = config
+        .state_url
+        .strip_prefix("sqlite:")
+        .unwrap_or("(shared store)");
     tracing::info!(
         store = store.kind(),
+        location,
         version = state.version,
-        "runtime state loaded"
+        "runtime state loaded (start clean with `serve --fresh`)"
     );
     let app = app::App::new(config, store, state, config_path)?;
     server::run_app(listeners, app, shutdown).await?;

@@ -26,6 +26,16 @@ enum Command {
         /// The configuration file.
         #[arg(long, default_value = "proxy.toml")]
         config: PathBuf,
+        /// Override `state.url` (e.g. `sqlite:/tmp/try.db`).
+        #[arg(long)]
+        state: Option<String>,
+        /// Start clean: delete the SQLite state file first (runtime overrides, rollout stages,
+        /// audit log, exposures and feedback). Refused for PostgreSQL.
+        #[arg(long)]
+        fresh: bool,
+        /// Log format on stderr: `text` (colour only on a terminal) or `json` (one object a line).
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
         /// Override `server.listen` (use port 0 for any free port).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -76,11 +86,23 @@ enum CtlCommand {
     Flags,
     /// One flag in detail.
     Flag { flag: String },
-    /// Kill switch off: the flag serves its variations again.
-    Enable { flag: String },
-    /// Kill switch on: everyone gets the off variation.
-    Disable { flag: String },
-    /// Force rule-based answers for a flag (or one variation); --off lifts it.
+    /// Kill switch off: the flag serves its variations again (an override of the file until
+    /// cleared; --clear drops the override and returns to the file's `enabled`).
+    Enable {
+        flag: String,
+        /// Drop the runtime override instead.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Kill switch on: everyone gets the off variation (--clear: back to the file).
+    Disable {
+        flag: String,
+        /// Drop the runtime override instead.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Force rule-based answers for a flag (or one variation); --off lifts it (even where the
+    /// file forces it); --clear drops the override and returns to the file.
     Fallback {
         flag: String,
         /// Only this variation.
@@ -89,6 +111,16 @@ enum CtlCommand {
         /// Lift the forced fallback.
         #[arg(long)]
         off: bool,
+        /// Drop the runtime override instead.
+        #[arg(long, conflicts_with = "off")]
+        clear: bool,
+    },
+    /// Drop every runtime override of a flag (or one: --field enabled | force_fallback |
+    /// variation:V | stage:RULE | held:RULE): back to proxy.toml.
+    Clear {
+        flag: String,
+        #[arg(long)]
+        field: Option<String>,
     },
     /// Rollout status: stage, gate, figures.
     Rollout { flag: String },
@@ -146,12 +178,32 @@ fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
     let action = match action {
         CtlCommand::Flags => Action::Flags,
         CtlCommand::Flag { flag } => Action::Flag(flag),
-        CtlCommand::Enable { flag } => Action::SetEnabled(flag, true),
-        CtlCommand::Disable { flag } => Action::SetEnabled(flag, false),
+        CtlCommand::Enable { flag, clear: true } | CtlCommand::Disable { flag, clear: true } => {
+            Action::Clear {
+                flag,
+                field: Some("enabled".into()),
+            }
+        }
+        CtlCommand::Enable { flag, .. } => Action::SetEnabled(flag, true),
+        CtlCommand::Disable { flag, .. } => Action::SetEnabled(flag, false),
+        CtlCommand::Fallback {
+            flag,
+            variation,
+            clear: true,
+            ..
+        } => Action::Clear {
+            flag,
+            field: Some(match variation {
+                Some(v) => format!("variation:{v}"),
+                None => "force_fallback".into(),
+            }),
+        },
+        CtlCommand::Clear { flag, field } => Action::Clear { flag, field },
         CtlCommand::Fallback {
             flag,
             variation,
             off,
+            ..
         } => Action::Fallback {
             flag,
             forced: !off,
@@ -196,7 +248,19 @@ fn main() -> ExitCode {
             config,
             listen,
             admin_listen,
-        } => serve(config, listen, admin_listen),
+            state,
+            fresh,
+            log_format,
+        } => serve(
+            config,
+            ServeOptions {
+                listen,
+                admin_listen,
+                state,
+                fresh,
+            },
+            &log_format,
+        ),
         Command::Check { config } => check(config),
         Command::Ctl {
             action,
@@ -221,27 +285,78 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn init_tracing() {
+fn init_tracing(format: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        // Colour codes only for a person at a terminal, never into files or pipes.
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
-fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketAddr>) -> ExitCode {
-    init_tracing();
+/// `serve --fresh`: removes the SQLite state file (and its journal files).
+fn remove_state(url: &str) -> Result<(), String> {
+    let Some(path) = url.strip_prefix("sqlite:") else {
+        return Err(format!(
+            "--fresh only removes a SQLite state file; {} is not one (clear a shared store by hand)",
+            url.split('@').next_back().unwrap_or("the state store")
+        ));
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = format!("{path}{suffix}");
+        match std::fs::remove_file(&file) {
+            Ok(()) => tracing::info!(file = %file, "--fresh: removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("--fresh: cannot remove {file}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// How `serve` was asked to run.
+struct ServeOptions {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    state: Option<String>,
+    fresh: bool,
+}
+
+fn serve(path: PathBuf, opts: ServeOptions, log_format: &str) -> ExitCode {
+    init_tracing(log_format);
+    let ServeOptions {
+        listen,
+        admin_listen,
+        state,
+        fresh,
+    } = opts;
     match switchyard::server::raise_open_files_limit() {
         Ok((before, now, hard)) => {
             tracing::info!(soft_before = before, soft = now, hard, "open files limit")
         }
         Err(e) => tracing::warn!(error = %e, "cannot read or raise the open files limit"),
     }
-    let config = match load(&path) {
+    let mut config = match load(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(url) = state {
+        config.state_url = url;
+    }
+    if fresh {
+        if let Err(e) = remove_state(&config.state_url) {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,6 +368,7 @@ fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketA
         }
     };
     runtime.block_on(async move {
+        let shutdown = shutdown_signal();
         let main_addr = listen.unwrap_or(config.server.listen);
         let admin_addr = admin_listen.unwrap_or(config.server.admin_listen);
         let listeners = match Listeners::bind(main_addr, admin_addr).await {
@@ -276,7 +392,7 @@ fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketA
             let _ = out.flush();
         }
         tracing::info!(config = %path.display(), flags = config.flags.len(), hash = %config.hash, "serving");
-        match switchyard::run_with(listeners, config, Some(path.clone()), shutdown_signal()).await {
+        match switchyard::run_with(listeners, config, Some(path.clone()), shutdown).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
@@ -289,28 +405,33 @@ fn serve(path: PathBuf, listen: Option<SocketAddr>, admin_listen: Option<SocketA
     })
 }
 
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers now (a signal arriving while the proxy starts is
+/// a shutdown request, not a kill) and returns the future that resolves on the first.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! through [`VariationMetrics`], handles resolved when a config is loaded, so recording
 //! allocates nothing.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -13,6 +13,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
 
@@ -102,6 +103,14 @@ pub struct Metrics {
     pub business_users: IntGaugeVec,
     /// `switchyard_exposures_total{result}`: written, dropped (queue full), failed.
     pub exposures: IntCounterVec,
+    passthrough_requests: IntCounterVec,
+    passthrough_duration: HistogramVec,
+    /// `switchyard_source_updates_total{source,outcome}`: polls of a flag source by outcome
+    /// (applied, unchanged, rejected, fetch_error).
+    pub source_updates: IntCounterVec,
+    /// `switchyard_source_healthy{source}`: 1 while the source's last poll was good, 0 while
+    /// it fails (the last good flags keep serving).
+    pub source_healthy: IntGaugeVec,
     /// `switchyard_requests_without_id_total{flag}`: flag requests with no bucketing id (a
     /// random one was used).
     without_id: IntCounterVec,
@@ -213,11 +222,88 @@ pub struct VariationTotals {
 #[derive(Debug)]
 pub struct RouteMetrics {
     /// `[flag index][variation index]`.
-    pub flags: Vec<Vec<VariationMetrics>>,
+    pub flags: Vec<Vec<VariationHandles>>,
     /// Requests for a model that is no flag.
-    pub passthrough: VariationMetrics,
+    pub passthrough: VariationHandles,
     /// Requests rejected before a flag was known.
-    pub unrouted: VariationMetrics,
+    pub unrouted: VariationHandles,
+}
+
+/// The labels of one (flag, variation)'s handles.
+#[derive(Debug)]
+pub struct HandleLabels {
+    flag: String,
+    variation: String,
+    provider: String,
+    model: String,
+    price: Option<(f64, f64)>,
+}
+
+/// One (flag, variation)'s handles per client API: the chat API's resolved with the config,
+/// the others on first use (so a config of many flags does not carry five sets each).
+#[derive(Debug)]
+pub struct VariationHandles {
+    chat: VariationMetrics,
+    others: [OnceLock<VariationMetrics>; 4],
+    labels: HandleLabels,
+    metrics: std::sync::Weak<Metrics>,
+}
+
+impl VariationHandles {
+    /// The handles of requests that came in through `api`.
+    pub fn api(&self, api: ClientApi) -> &VariationMetrics {
+        let Some(slot) = api.index().checked_sub(1).and_then(|i| self.others.get(i)) else {
+            return &self.chat;
+        };
+        if let Some(h) = slot.get() {
+            return h;
+        }
+        match self
+            .metrics
+            .upgrade()
+            .and_then(|m| m.variation(&self.labels, api).ok())
+        {
+            Some(h) => slot.get_or_init(|| h),
+            // The registry is gone (shutting down): count with chat's.
+            None => &self.chat,
+        }
+    }
+
+    /// Estimated cost in USD since the process started.
+    pub fn cost_usd(&self) -> f64 {
+        self.chat.cost_usd.get()
+    }
+
+    /// Mean time to first token of streams since the process started, over every client API.
+    pub fn ttft_mean_seconds(&self) -> Option<f64> {
+        let (n, sum) = self.all().fold((0u64, 0.0), |(n, sum), h| {
+            (n + h.ttft.get_sample_count(), sum + h.ttft.get_sample_sum())
+        });
+        (n > 0).then(|| sum / n as f64)
+    }
+
+    fn all(&self) -> impl Iterator<Item = &VariationMetrics> {
+        std::iter::once(&self.chat).chain(self.others.iter().filter_map(OnceLock::get))
+    }
+
+    /// Totals since the process started, over every client API.
+    pub fn totals(&self) -> VariationTotals {
+        let mut t = VariationTotals::default();
+        for h in self.all() {
+            let x = h.totals();
+            t.requests += x.requests;
+            t.errors += x.errors;
+            t.fallbacks += x.fallbacks;
+            t.tokens_in += x.tokens_in;
+            t.tokens_out += x.tokens_out;
+        }
+        t
+    }
+
+    /// Exact quantiles of the rolling window (shared by every client API), in seconds.
+    pub fn quantiles(&self) -> Option<(u64, [f64; 3])> {
+        self.chat.quantiles()
+    }
 }
 
 /// Rolling-window latency quantiles from hdrhistogram: a ring of slots, the oldest cleared as
@@ -309,21 +395,21 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "switchyard_requests_total",
-                "Chat requests by flag, variation, provider, model and outcome.",
+                "Requests by flag, variation, provider, model, outcome and client API.",
             ),
-            &["flag", "variation", "provider", "model", "outcome"],
+            &["flag", "variation", "provider", "model", "outcome", "api"],
         )?;
         let duration = histogram(
             "switchyard_request_duration_seconds",
-            "Chat request duration, from the request's arrival to the last byte of the answer.",
+            "Request duration, from the request's arrival to the last byte of the answer.",
             LATENCY_BUCKETS,
-            &["flag", "variation", "provider", "model"],
+            &["flag", "variation", "provider", "model", "api"],
         )?;
         let ttft = histogram(
             "switchyard_time_to_first_token_seconds",
             "Time from a streamed request's arrival to its first chunk.",
             LATENCY_BUCKETS,
-            &["flag", "variation", "provider", "model"],
+            &["flag", "variation", "provider", "model", "api"],
         )?;
         let overhead = histogram(
             "switchyard_overhead_seconds",
@@ -336,7 +422,7 @@ impl Metrics {
                 "switchyard_tokens_total",
                 "Tokens by direction (in = prompt, out = completion).",
             ),
-            &["flag", "variation", "model", "direction"],
+            &["flag", "variation", "model", "direction", "api"],
         )?;
         let errors = IntCounterVec::new(
             Opts::new("switchyard_errors_total", "Errors by class."),
@@ -465,6 +551,31 @@ impl Metrics {
         registry.register(Box::new(business.clone()))?;
         registry.register(Box::new(business_users.clone()))?;
         registry.register(Box::new(exposures.clone()))?;
+        let passthrough_requests = IntCounterVec::new(
+            Opts::new(
+                "switchyard_passthrough_requests_total",
+                "Requests relayed to the passthrough provider, by endpoint and status class.",
+            ),
+            &["endpoint", "status"],
+        )?;
+        let passthrough_duration = histogram(
+            "switchyard_passthrough_duration_seconds",
+            "Time to the passthrough provider's response head, by endpoint.",
+            LATENCY_BUCKETS,
+            &["endpoint"],
+        )?;
+        registry.register(Box::new(passthrough_requests.clone()))?;
+        registry.register(Box::new(passthrough_duration.clone()))?;
+        let source_updates = IntCounterVec::new(
+            Opts::new("switchyard_source_updates_total", "Polls of a flag source (the Optimizely datafile) by outcome: applied, unchanged, rejected (invalid; the last good flags keep serving), fetch_error."),
+            &["source", "outcome"],
+        )?;
+        let source_healthy = IntGaugeVec::new(
+            Opts::new("switchyard_source_healthy", "1 while a flag source's last poll was good, 0 while it fails (the last good flags keep serving)."),
+            &["source"],
+        )?;
+        registry.register(Box::new(source_updates.clone()))?;
+        registry.register(Box::new(source_healthy.clone()))?;
         let without_id = IntCounterVec::new(
             Opts::new(
                 "switchyard_requests_without_id_total",
@@ -543,6 +654,10 @@ impl Metrics {
             business,
             business_users,
             exposures,
+            passthrough_requests,
+            passthrough_duration,
+            source_updates,
+            source_healthy,
             without_id,
             connections_refused,
             connections_closed,
@@ -622,14 +737,15 @@ impl Metrics {
         &self.registry
     }
 
-    fn variation(
-        &self,
-        flag: &str,
-        variation: &str,
-        provider: &str,
-        model: &str,
-        price: Option<(f64, f64)>,
-    ) -> prometheus::Result<VariationMetrics> {
+    fn variation(&self, l: &HandleLabels, api: ClientApi) -> prometheus::Result<VariationMetrics> {
+        let (flag, variation, provider, model) = (
+            l.flag.as_str(),
+            l.variation.as_str(),
+            l.provider.as_str(),
+            l.model.as_str(),
+        );
+        let price = l.price;
+        let api = api.as_str();
         let outcome = |o: Outcome| {
             self.requests.get_metric_with_label_values(&[
                 flag,
@@ -637,6 +753,7 @@ impl Metrics {
                 provider,
                 model,
                 o.as_str(),
+                api,
             ])
         };
         let error = |c: ErrorClass| {
@@ -658,19 +775,19 @@ impl Metrics {
             ],
             duration: self
                 .duration
-                .get_metric_with_label_values(&[flag, variation, provider, model])?,
+                .get_metric_with_label_values(&[flag, variation, provider, model, api])?,
             ttft: self
                 .ttft
-                .get_metric_with_label_values(&[flag, variation, provider, model])?,
+                .get_metric_with_label_values(&[flag, variation, provider, model, api])?,
             overhead: self
                 .overhead
                 .get_metric_with_label_values(&[flag, variation])?,
             tokens_in: self
                 .tokens
-                .get_metric_with_label_values(&[flag, variation, model, "in"])?,
+                .get_metric_with_label_values(&[flag, variation, model, "in", api])?,
             tokens_out: self
                 .tokens
-                .get_metric_with_label_values(&[flag, variation, model, "out"])?,
+                .get_metric_with_label_values(&[flag, variation, model, "out", api])?,
             errors: [
                 error(ErrorClass::ALL[0])?,
                 error(ErrorClass::ALL[1])?,
@@ -697,19 +814,37 @@ impl Metrics {
         })
     }
 
-    /// Resolves the handles of every variation of `config` (done once per config load).
-    pub fn routes(&self, config: &Config) -> prometheus::Result<RouteMetrics> {
+    /// Counts one passthrough request (`endpoint` from a fixed list).
+    pub fn passthrough(&self, endpoint: &'static str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.passthrough_requests
+            .with_label_values(&[endpoint, class])
+            .inc();
+        self.passthrough_duration
+            .with_label_values(&[endpoint])
+            .observe(seconds);
+    }
+
+    /// Resolves the handles of every variation of `config` (done once per config load): the
+    /// chat API's at once, the other APIs' on their first request.
+    pub fn routes(self: &Arc<Self>, config: &Config) -> prometheus::Result<RouteMetrics> {
         let mut flags = Vec::with_capacity(config.flags.len());
         for flag in &config.flags {
             let mut vars = Vec::with_capacity(flag.variations.len());
             for v in &flag.variations {
-                vars.push(self.variation(
-                    &flag.key,
-                    &v.key,
-                    &v.provider.name,
-                    &v.model_id,
-                    config.prices.get(&v.model_id).copied(),
-                )?);
+                vars.push(self.handles(HandleLabels {
+                    flag: flag.key.clone(),
+                    variation: v.key.clone(),
+                    provider: v.provider.name.clone(),
+                    model: v.model_id.clone(),
+                    price: config.prices.get(&v.model_id).copied(),
+                })?);
             }
             flags.push(vars);
         }
@@ -719,16 +854,29 @@ impl Metrics {
             .map_or(NONE, |p| p.name.as_str());
         self.config_info.reset();
         self.config_info.with_label_values(&[&config.hash]).set(1);
+        let fixed = |flag: &str, provider: &str| HandleLabels {
+            flag: flag.to_owned(),
+            variation: flag.to_owned(),
+            provider: provider.to_owned(),
+            model: flag.to_owned(),
+            price: None,
+        };
         Ok(RouteMetrics {
             flags,
-            passthrough: self.variation(
-                PASSTHROUGH,
-                PASSTHROUGH,
-                passthrough_provider,
-                PASSTHROUGH,
-                None,
-            )?,
-            unrouted: self.variation(NONE, NONE, NONE, NONE, None)?,
+            passthrough: self.handles(fixed(PASSTHROUGH, passthrough_provider))?,
+            unrouted: self.handles(HandleLabels {
+                provider: NONE.to_owned(),
+                ..fixed(NONE, NONE)
+            })?,
+        })
+    }
+
+    fn handles(self: &Arc<Self>, labels: HandleLabels) -> prometheus::Result<VariationHandles> {
+        Ok(VariationHandles {
+            chat: self.variation(&labels, ClientApi::Chat)?,
+            others: Default::default(),
+            labels,
+            metrics: Arc::downgrade(self),
         })
     }
 

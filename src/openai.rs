@@ -333,14 +333,31 @@ impl ApiError {
         })
     }
 
-    /// The one place an error becomes a response.
+    /// The error as an OpenAI-shaped response (chat, Responses, embeddings, passthrough).
     pub fn into_response(self) -> Response<Body> {
+        self.into_response_for(crate::api::ClientApi::Chat)
+    }
+
+    /// The one place an error becomes a response: OpenAI's `{"error": {…}}`, or Anthropic's
+    /// `{"type": "error", "error": {"type", "message"}}` for Messages clients.
+    pub fn into_response_for(self, api: crate::api::ClientApi) -> Response<Body> {
         let status = self.status();
         let body = match &self {
             ApiError::UpstreamStatus {
                 openai_body: Some(raw),
                 ..
+            } if api.anthropic_errors() => {
+                let v: serde_json::Value = serde_json::from_slice(raw).unwrap_or_default();
+                let message = v["error"]["message"].as_str().unwrap_or("upstream error");
+                Bytes::from(crate::api::messages::error_json(status, message).to_string())
+            }
+            ApiError::UpstreamStatus {
+                openai_body: Some(raw),
+                ..
             } => raw.clone(),
+            _ if api.anthropic_errors() => {
+                Bytes::from(crate::api::messages::error_json(status, &self.to_string()).to_string())
+            }
             _ => Bytes::from(self.to_json().to_string()),
         };
         let mut resp = Response::new(full(body));

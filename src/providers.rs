@@ -9,7 +9,9 @@ pub mod mock;
 
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Uri};
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Method, Request, Uri};
+use http_body_util::Full;
 
 /// A provider as configured under `[providers.NAME]`.
 #[derive(Debug)]
@@ -26,6 +28,54 @@ pub struct Provider {
     pub circuit: CircuitPolicy,
     /// Plain-text HTTP/2 (h2c, prior knowledge) instead of HTTP/1.1 for `http://` URLs.
     pub http2_prior_knowledge: bool,
+    /// The wire formats it accepts as they are (`apis`); others are translated through chat.
+    pub apis: Vec<WireFormat>,
+}
+
+impl Provider {
+    /// Whether a body in `format` can be sent as it is. Chat is always accepted: a provider
+    /// that does not speak it natively translates it in its own module (Anthropic).
+    pub fn accepts(&self, format: WireFormat) -> bool {
+        format == WireFormat::Chat || self.apis.contains(&format)
+    }
+}
+
+/// A wire format: the shape of a request body and of its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WireFormat {
+    /// OpenAI chat completions, the pivot every other format translates through.
+    Chat,
+    /// OpenAI Responses.
+    Responses,
+    /// Anthropic Messages.
+    Messages,
+    /// OpenAI embeddings.
+    Embeddings,
+}
+
+impl WireFormat {
+    /// Every format, in config order.
+    pub const ALL: [WireFormat; 4] = [
+        WireFormat::Chat,
+        WireFormat::Responses,
+        WireFormat::Messages,
+        WireFormat::Embeddings,
+    ];
+
+    /// The name in `apis`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireFormat::Chat => "chat",
+            WireFormat::Responses => "responses",
+            WireFormat::Messages => "messages",
+            WireFormat::Embeddings => "embeddings",
+        }
+    }
+
+    /// Parses a name in `apis`.
+    pub fn parse(name: &str) -> Option<WireFormat> {
+        WireFormat::ALL.into_iter().find(|f| f.as_str() == name)
+    }
 }
 
 /// Timeouts of one upstream call.
@@ -87,6 +137,8 @@ pub enum ProviderKind {
 pub struct AnthropicSettings {
     /// `base_url` + `/messages`.
     pub messages_url: Uri,
+    /// `base_url` + `/messages/count_tokens`.
+    pub count_tokens_url: Uri,
     /// The `x-api-key` credential.
     pub api_key: Option<Secret>,
     /// The `anthropic-version` header.
@@ -98,6 +150,62 @@ pub struct AnthropicSettings {
 }
 
 impl ProviderKind {
+    /// The HTTP request that sends `body`, in `format`, to this provider, and whether its
+    /// answer must be translated back to chat (Anthropic answering a chat request). Each
+    /// provider kind owns its wire details here: URL per format, credentials, version headers.
+    /// `Err` when the provider cannot take `format` (the mock answers in-process instead).
+    pub fn http_request(
+        &self,
+        format: WireFormat,
+        body: Bytes,
+        stream: bool,
+        request_id: &HeaderValue,
+    ) -> Result<(Request<Full<Bytes>>, bool), String> {
+        match self {
+            ProviderKind::Mock(_) => Err("the mock provider answers in-process".into()),
+            ProviderKind::OpenAi(settings) => {
+                let url = match format {
+                    WireFormat::Chat => &settings.chat_url,
+                    WireFormat::Responses => &settings.responses_url,
+                    WireFormat::Embeddings => &settings.embeddings_url,
+                    WireFormat::Messages => {
+                        return Err("an OpenAI-compatible provider does not take Messages".into())
+                    }
+                };
+                let mut req = post(url, body, stream, request_id)?;
+                let headers = req.headers_mut();
+                if let Some((name, secret)) = &settings.auth {
+                    headers.insert(name.clone(), secret.header_value().clone());
+                }
+                for (k, v) in &settings.headers {
+                    headers.insert(k.clone(), v.clone());
+                }
+                Ok((req, false))
+            }
+            ProviderKind::Anthropic(settings) => {
+                let (body, translate) = match format {
+                    WireFormat::Chat => (
+                        Bytes::from(
+                            anthropic::to_anthropic_request(&body, settings.default_max_tokens)
+                                .map_err(|e| e.to_string())?,
+                        ),
+                        true,
+                    ),
+                    WireFormat::Messages => (body, false),
+                    other => {
+                        return Err(format!(
+                            "an Anthropic provider does not take {}",
+                            other.as_str()
+                        ))
+                    }
+                };
+                let mut req = post(&settings.messages_url, body, stream, request_id)?;
+                settings.sign(req.headers_mut());
+                Ok((req, translate))
+            }
+        }
+    }
+
     /// The kind as written in the config.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -108,11 +216,56 @@ impl ProviderKind {
     }
 }
 
+impl AnthropicSettings {
+    /// Credentials, version and extra headers on a request to this endpoint.
+    pub fn sign(&self, headers: &mut http::HeaderMap) {
+        if let Some(secret) = &self.api_key {
+            headers.insert("x-api-key", secret.header_value().clone());
+        }
+        headers.insert("anthropic-version", self.version.clone());
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// A JSON POST to a provider.
+pub fn post(
+    url: &Uri,
+    body: Bytes,
+    stream: bool,
+    request_id: &HeaderValue,
+) -> Result<Request<Full<Bytes>>, String> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(url.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::ACCEPT,
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )
+        .header("x-request-id", request_id.clone())
+        .body(Full::new(body))
+        .map_err(|e| format!("building the upstream request: {e}"))
+}
+
 /// Settings of an OpenAI-compatible endpoint.
 #[derive(Debug)]
 pub struct OpenAiSettings {
     /// `base_url` + `/chat/completions` (+ the configured query).
     pub chat_url: Uri,
+    /// `base_url` + `/responses`.
+    pub responses_url: Uri,
+    /// `base_url` + `/embeddings`.
+    pub embeddings_url: Uri,
+    /// `base_url` without a trailing slash: passthrough paths are appended to it.
+    pub base_url: String,
+    /// The configured query (`k=v&…`), added to passthrough calls too.
+    pub query: String,
     /// The credential and the header it goes in.
     pub auth: Option<(HeaderName, Secret)>,
     /// Extra headers sent on every call.

@@ -1,6 +1,7 @@
-//! The OpenAI-compatible API. The chat handler reads like the life of a request:
-//! parse → identify → decide → rewrite → forward → respond → record, each phase a function in
-//! a module of its own.
+//! The request path for every client API. The handler reads like the life of a request:
+//! parse → identify → decide → rewrite → forward → fall back → respond → record, each phase a
+//! function in a module of its own, all over one [`RequestCtx`]. Client APIs differ only in
+//! their [`Inbound`] module (parse, native rewrite, translation to and from chat).
 
 pub mod context;
 pub mod decide;
@@ -15,20 +16,25 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::api::embeddings::EmbeddingsRequest;
+use crate::api::messages::MessagesRequest;
+use crate::api::responses::ResponsesRequest;
+use crate::api::{ClientApi, Inbound};
 use crate::app::{App, Live};
 use crate::body::{full, Body};
 use crate::fallback::FallbackReason;
-use crate::flags::{Decision, DecisionReason, FallbackBehavior, Flag};
+use crate::flags::{Decision, DecisionReason, FallbackBehavior, Flag, PromptMode, Variation};
 use crate::metrics::Outcome;
 use crate::openai::ApiError;
-use crate::providers::Timeouts;
-use context::{Recorder, Route};
+use crate::providers::{Provider, Timeouts, WireFormat};
+use context::{RequestCtx, Route};
 use forward::{ForwardCtx, Upstream};
 use request::ChatRequest;
 use rewrite::RewriteOptions;
+use stream::RelayOptions;
 
 /// Response header naming the flag that decided.
 pub const FLAG_HEADER: &str = "x-switchyard-flag";
@@ -45,110 +51,177 @@ pub const SERVED_BY_HEADER: &str = "x-switchyard-served-by";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Where a request goes, once decided.
-struct Target {
-    route: Route,
-    decision: Option<Decision>,
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The flag and variation (or passthrough).
+    pub route: Route,
+    /// The decision, for a flag.
+    pub decision: Option<Decision>,
     /// The bucketing id, when it identifies a user (not made up for this request).
-    user: Option<String>,
+    pub user: Option<String>,
     /// Where the bucketing id came from (the `x-switchyard-identity` header).
-    identity: Option<String>,
+    pub identity: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    let live = app.live.load_full();
-    let request_id = request_id(req.headers());
-    let mut recorder = Some(Recorder::new(live.clone(), started));
-    let mut resp = match handle(&app, &live, &mut recorder, &request_id, req).await {
+    serve(app, req, ClientApi::Chat).await
+}
+
+/// `POST /v1/responses`.
+pub async fn responses(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    serve(app, req, ClientApi::Responses).await
+}
+
+/// `POST /v1/messages`.
+pub async fn messages(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    serve(app, req, ClientApi::Messages).await
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    serve(app, req, ClientApi::Embeddings).await
+}
+
+/// `POST /v1/messages/count_tokens`: counted by the variation's provider when it offers
+/// counting (Anthropic), else estimated (4 characters a token) and marked so, in the answer
+/// (`"estimated": true`) and the `x-switchyard-token-count: estimate` header.
+pub async fn count_tokens(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    match count(&app, req).await {
         Ok(resp) => resp,
-        Err((route, e)) => {
-            let class = e.class();
-            let outcome = if class.is_client_side() {
-                Outcome::ClientError
-            } else {
-                Outcome::UpstreamError
+        Err(e) => e.into_response_for(ClientApi::Messages),
+    }
+}
+
+async fn count(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let live = app.live.load_full();
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, &parts.headers, &live.config.server).await?;
+    let msg = MessagesRequest::parse_count(&bytes)?;
+    let target = decide_target(app, &live, &parts.headers, &msg, &bytes)?;
+    let (provider, counted) = match target.route {
+        Route::Variation { flag, variation } => {
+            let f = &live.config.flags[flag];
+            let v = &f.variations[variation];
+            (Some(v.provider.clone()), Some((v, f.system_prompt_mode)))
+        }
+        _ => (live.config.passthrough.clone(), None),
+    };
+    let anthropic = provider.as_ref().and_then(|p| match &p.kind {
+        crate::providers::ProviderKind::Anthropic(s) => Some((p, s)),
+        _ => None,
+    });
+    let mut resp = match anthropic {
+        Some((provider, settings)) => {
+            let body = match counted {
+                Some((v, mode)) => msg.rewrite(v, mode, true)?,
+                None => bytes.to_vec(),
             };
-            tracing::debug!(error = %e, "request failed");
-            let mut resp = e.into_response();
-            if let Some((route, decision)) = route {
-                set_decision_headers(resp.headers_mut(), &live, route, decision);
-            }
-            if let Some(r) = recorder.as_mut() {
-                r.finish(outcome, Some(class));
-            }
+            let request_id = request_id(&parts.headers);
+            let mut out = crate::providers::post(
+                &settings.count_tokens_url,
+                Bytes::from(body),
+                false,
+                &request_id,
+            )
+            .map_err(ApiError::Internal)?;
+            settings.sign(out.headers_mut());
+            let client = app
+                .clients
+                .get(provider.timeouts.connect, provider.http2_prior_knowledge);
+            let answer = tokio::time::timeout(provider.timeouts.total, client.request(out))
+                .await
+                .map_err(|_| ApiError::UpstreamTimeout {
+                    provider: provider.name.clone(),
+                    after_ms: provider.timeouts.total.as_millis() as u64,
+                })?
+                .map_err(|_| ApiError::UpstreamUnreachable {
+                    provider: provider.name.clone(),
+                    detail: "the request failed".into(),
+                })?;
+            let status = answer.status();
+            let body = Limited::new(answer.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map_err(|e| ApiError::UpstreamInvalid {
+                    provider: provider.name.clone(),
+                    detail: format!("reading the body: {e}"),
+                })?
+                .to_bytes();
+            let mut resp = json_body(body);
+            *resp.status_mut() = status;
+            resp
+        }
+        None => {
+            let v = serde_json::json!({"input_tokens": msg.estimate_tokens(), "estimated": true});
+            let mut resp = json_body(v.to_string());
+            resp.headers_mut().insert(
+                "x-switchyard-token-count",
+                HeaderValue::from_static("estimate"),
+            );
             resp
         }
     };
-    resp.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+    set_decision_headers(resp.headers_mut(), &live, target.route, target.decision);
+    Ok(resp)
+}
+
+/// One request of any client API, start to end.
+async fn serve(app: Arc<App>, req: Request<Incoming>, api: ClientApi) -> Response<Body> {
+    let mut ctx = RequestCtx::new(&app, api, request_id(req.headers()), Instant::now());
+    let mut resp = match handle(&mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(e) => ctx.fail(e),
+    };
+    resp.headers_mut()
+        .insert(REQUEST_ID_HEADER, ctx.request_id.clone());
     resp
 }
 
-type Failure = (Option<(Route, Option<Decision>)>, ApiError);
+/// 1. parse: the body, as the client API's request view.
+fn parse(api: ClientApi, bytes: &[u8]) -> Result<Box<dyn Inbound + '_>, ApiError> {
+    Ok(match api {
+        ClientApi::Chat | ClientApi::Passthrough => Box::new(ChatRequest::parse(bytes)?),
+        ClientApi::Responses => Box::new(ResponsesRequest::parse(bytes)?),
+        ClientApi::Messages => Box::new(MessagesRequest::parse(bytes)?),
+        ClientApi::Embeddings => Box::new(EmbeddingsRequest::parse(bytes)?),
+    })
+}
 
 async fn handle(
-    app: &App,
-    live: &Arc<Live>,
-    slot: &mut Option<Recorder>,
-    request_id: &HeaderValue,
+    ctx: &mut RequestCtx<'_>,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, ApiError> {
+    let live = ctx.live.clone();
     let config = &live.config;
     let (parts, body) = req.into_parts();
     // 1. parse
-    let bytes = read_body(body, &parts.headers, &config.server)
-        .await
-        .map_err(|e| (None, e))?;
-    let chat = ChatRequest::parse(&bytes).map_err(|e| (None, e))?;
+    let bytes = read_body(body, &parts.headers, &config.server).await?;
+    let req = parse(ctx.api, &bytes)?;
+    let req = req.as_ref();
     // 2. identify + 3. decide
-    let target = decide_target(live, &parts.headers, &chat).map_err(|e| (None, e))?;
-    if let Some(r) = slot.as_mut() {
-        r.route(target.route);
-    }
-    let here = Some((target.route, target.decision));
-    let fwd = ForwardCtx {
-        clients: &app.clients,
-        resilience: &app.resilience,
-        metrics: &app.metrics,
-        request_id,
-    };
-    let stream = chat.stream;
-    let include_usage = chat.include_usage;
-    let base_opts = RewriteOptions {
-        prompt_mode: crate::flags::PromptMode::Replace,
-        force_stream_usage: true,
-    };
-
+    let target = decide_target(ctx.app, &live, &parts.headers, req, &bytes)?;
+    ctx.set_target(target.clone());
     let Route::Variation {
         flag: flag_index,
         variation: decided,
     } = target.route
     else {
-        // A model that is no flag: passthrough, no fallback.
+        // A model that is no flag: the passthrough provider, no fallback.
         let Some(provider) = config.passthrough.clone() else {
-            return Err((None, ApiError::ModelNotFound(chat.model.to_string())));
+            return Err(ApiError::ModelNotFound(req.model().to_owned()));
         };
-        let body = Bytes::from(rewrite::rewrite_passthrough(&chat, base_opts));
-        drop(chat);
-        pause(slot);
-        let upstream = forward::forward(
-            &fwd,
-            &provider,
-            provider.timeouts,
-            body,
-            stream,
-            include_usage,
-        )
-        .await;
-        resume(slot);
-        let upstream = upstream.map_err(|f| (here, f.into_api_error(&provider)))?;
-        return Ok(respond(
-            slot,
-            upstream,
-            stream && !include_usage,
-            None,
-            provider.timeouts,
-        ));
+        let hop = Hop {
+            provider: &provider,
+            variation: None,
+            timeouts: provider.timeouts,
+            mode: PromptMode::Replace,
+        };
+        let upstream = send(ctx, req, &hop).await;
+        return match upstream {
+            Ok((upstream, format)) => Ok(respond(ctx, req, upstream, format, None, hop.timeouts)),
+            Err(f) => Err(f.into_api_error(&provider)),
+        };
     };
     let flag = &config.flags[flag_index];
     let mut fallback: Option<FallbackReason> = None;
@@ -157,7 +230,7 @@ async fn handle(
         .is_some_and(|d| d.reason == DecisionReason::FlagDisabled)
     {
         fallback = Some(FallbackReason::KillSwitch);
-        app.metrics.fallback(
+        ctx.app.metrics.fallback(
             &flag.key,
             &flag.variations[decided].key,
             FallbackReason::KillSwitch.as_str(),
@@ -165,48 +238,39 @@ async fn handle(
         );
     }
     // Operator-forced rule-based answers.
-    if live.runtime[flag_index].forced(decided) {
-        app.metrics.fallback(
+    if live.runtime[flag_index].forced(decided) && req.rule_based() {
+        ctx.app.metrics.fallback(
             &flag.key,
             &flag.variations[decided].key,
             FallbackReason::Forced.as_str(),
             "rule-based",
         );
-        let resp = rule_based(slot, flag, &chat, FallbackReason::Forced);
-        return Ok(answered(app, resp, live, &target, None, request_id));
+        let resp = rule_based(ctx, flag, req, FallbackReason::Forced)?;
+        return Ok(ctx.answered(resp, None));
     }
     // 4. rewrite, 5. forward, 6. fall back — along the variation's fallback chain.
-    let opts = RewriteOptions {
-        prompt_mode: flag.system_prompt_mode,
-        ..base_opts
-    };
     let mut current = decided;
     for _hop in 0..=flag.variations.len() {
         let v = &flag.variations[current];
-        let body = Bytes::from(rewrite::rewrite(&chat, v, opts));
-        pause(slot);
-        let upstream =
-            forward::forward(&fwd, &v.provider, v.timeouts, body, stream, include_usage).await;
-        resume(slot);
-        let failure = match upstream {
-            Ok(upstream) => {
+        let hop = Hop {
+            provider: &v.provider,
+            variation: Some(v),
+            timeouts: v.timeouts,
+            mode: flag.system_prompt_mode,
+        };
+        let failure = match send(ctx, req, &hop).await {
+            Ok((upstream, format)) => {
                 let served = (current != decided).then_some(current);
-                let resp = respond(
-                    slot,
-                    upstream,
-                    stream && !include_usage,
-                    fallback,
-                    v.timeouts,
-                );
-                return Ok(answered(app, resp, live, &target, served, request_id));
+                let resp = respond(ctx, req, upstream, format, fallback, hop.timeouts);
+                return Ok(ctx.answered(resp, served));
             }
             Err(f) => f,
         };
         let Some(reason) = failure.fallback_reason() else {
-            return Err((here, failure.into_api_error(&v.provider)));
+            return Err(failure.into_api_error(&v.provider));
         };
         let behavior = &v.fallback_behavior;
-        app.metrics.fallback(
+        ctx.app.metrics.fallback(
             &flag.key,
             &flag.variations[decided].key,
             reason.as_str(),
@@ -215,38 +279,85 @@ async fn handle(
         tracing::debug!(flag = %flag.key, variation = %v.key, reason = reason.as_str(), "fallback");
         fallback = Some(reason);
         current = match behavior {
-            FallbackBehavior::RuleBased => {
-                let resp = rule_based(slot, flag, &chat, reason);
-                return Ok(answered(app, resp, live, &target, None, request_id));
+            FallbackBehavior::RuleBased if req.rule_based() => {
+                let resp = rule_based(ctx, flag, req, reason)?;
+                return Ok(ctx.answered(resp, None));
             }
             FallbackBehavior::Stable => flag.stable_variation,
             FallbackBehavior::Variation(i) => *i,
-            FallbackBehavior::Error => return Err((here, failure.into_api_error(&v.provider))),
+            FallbackBehavior::RuleBased | FallbackBehavior::Error => {
+                return Err(failure.into_api_error(&v.provider))
+            }
         };
     }
-    Err((
-        here,
-        ApiError::Internal("the fallback chain did not end".into()),
-    ))
+    Err(ApiError::Internal("the fallback chain did not end".into()))
 }
 
-fn pause(slot: &mut Option<Recorder>) {
-    if let Some(r) = slot.as_mut() {
-        r.pause();
-    }
+/// One step of the chain: a provider, and the variation whose configuration is applied.
+struct Hop<'a> {
+    provider: &'a Provider,
+    variation: Option<&'a Variation>,
+    timeouts: Timeouts,
+    mode: PromptMode,
 }
 
-fn resume(slot: &mut Option<Recorder>) {
-    if let Some(r) = slot.as_mut() {
-        r.resume();
-    }
+/// Phases 4 (rewrite) and 5 (forward): the request in the client's format when the provider
+/// accepts it, else through chat; returns the answer and the format it is in.
+async fn send(
+    ctx: &mut RequestCtx<'_>,
+    req: &dyn Inbound,
+    hop: &Hop<'_>,
+) -> Result<(Upstream, WireFormat), forward::Failure> {
+    let native = req.api().format();
+    let untranslatable = |e: ApiError| forward::Failure::Rejected(e);
+    let (body, format, include_usage) = if hop.provider.accepts(native) {
+        let body = req
+            .rewrite_native(hop.variation, hop.mode)
+            .map_err(untranslatable)?;
+        (body, native, req.include_usage())
+    } else {
+        let pivot = req.to_chat().map_err(untranslatable)?;
+        let chat = ChatRequest::parse(&pivot).map_err(untranslatable)?;
+        let opts = RewriteOptions {
+            prompt_mode: hop.mode,
+            force_stream_usage: true,
+        };
+        let body = match hop.variation {
+            Some(v) => rewrite::rewrite(&chat, v, opts),
+            None => rewrite::rewrite_passthrough(&chat, opts),
+        };
+        (body, WireFormat::Chat, true)
+    };
+    let app = ctx.app;
+    let request_id = ctx.request_id.clone();
+    let fwd = ForwardCtx {
+        clients: &app.clients,
+        resilience: &app.resilience,
+        metrics: &app.metrics,
+        request_id: &request_id,
+    };
+    ctx.pause();
+    let upstream = forward::forward(
+        &fwd,
+        hop.provider,
+        hop.timeouts,
+        Bytes::from(body),
+        format,
+        req.stream(),
+        include_usage,
+    )
+    .await;
+    ctx.resume();
+    upstream.map(|u| (u, format))
 }
 
-/// 7. respond: a complete answer, or a relayed stream (8. record happens as it completes).
+/// Phase 7, respond: a complete answer, or a relayed stream (phase 8, record, happens as it
+/// completes), in the client's shape (translated from chat when the provider answered chat).
 fn respond(
-    slot: &mut Option<Recorder>,
+    ctx: &mut RequestCtx<'_>,
+    req: &dyn Inbound,
     upstream: Upstream,
-    strip_usage: bool,
+    format: WireFormat,
     fallback: Option<FallbackReason>,
     timeouts: Timeouts,
 ) -> Response<Body> {
@@ -255,51 +366,49 @@ fn respond(
     } else {
         Outcome::Success
     };
+    let client_format = req.api().format();
+    let translated = format != client_format;
     let mut resp = match upstream {
         Upstream::Complete(body, usage) => {
-            if let Some(r) = slot.as_mut() {
-                if let Some(usage) = usage {
-                    r.usage(usage);
+            let body = if translated {
+                match req.answer_from_chat(&body) {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => return ctx.fail(e),
                 }
-                r.finish(outcome, None);
+            } else {
+                body
+            };
+            if let Some(usage) = usage {
+                ctx.usage(usage);
             }
-            let mut resp = Response::new(full(body));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
+            if client_format == WireFormat::Responses {
+                ctx.remember_response(crate::api::responses::answer_id(&body));
+            }
+            ctx.finish(outcome);
+            json_body(body)
         }
         Upstream::Stream {
             first,
             rest,
             deadline,
         } => {
-            let relay = match slot.take() {
-                Some(mut rec) => {
-                    rec.pause();
-                    stream::SseRelay::new(
-                        first,
-                        rest,
-                        strip_usage,
-                        rec,
-                        outcome,
-                        timeouts,
-                        deadline,
-                    )
-                }
-                None => {
-                    return ApiError::Internal("request recorder missing".into()).into_response()
-                }
+            let (first, rest) = if translated {
+                let chat = crate::api::sse::prefixed(first, rest);
+                (Bytes::new(), req.stream_from_chat(chat))
+            } else {
+                (first, rest)
             };
-            let mut resp = Response::new(BodyExt::boxed(relay));
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            resp
+            let opts = RelayOptions {
+                strip_usage: !translated && req.stream() && !req.include_usage(),
+                outcome,
+                timeouts,
+                deadline,
+                format: client_format,
+            };
+            let Some(relay) = ctx.relay(first, rest, opts) else {
+                return ApiError::Internal("request recorder missing".into()).into_response();
+            };
+            event_stream(BodyExt::boxed(relay))
         }
     };
     if let Some(reason) = fallback {
@@ -309,109 +418,78 @@ fn respond(
     resp
 }
 
-/// A rule-based answer, in the shape the client asked for.
-fn rule_based(
-    slot: &mut Option<Recorder>,
-    flag: &Flag,
-    chat: &ChatRequest<'_>,
-    reason: FallbackReason,
-) -> Response<Body> {
-    let messages: Vec<&serde_json::value::RawValue> = chat.messages.iter().map(|m| m.raw).collect();
-    let text = crate::fallback::last_user_text(&messages);
-    let created = now_secs();
-    let mut resp = if chat.stream {
-        let mut r = Response::new(full(flag.responder.stream(
-            &text,
-            created,
-            chat.include_usage,
-        )));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        r
-    } else {
-        let mut r = Response::new(full(flag.responder.completion(&text, created)));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
-    };
-    if let Some(r) = slot.as_mut() {
-        r.finish(Outcome::Fallback, None);
-    }
-    resp.headers_mut()
-        .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));
+/// A JSON response.
+fn json_body(body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
-/// An answered flag request: its decision headers, and its exposure recorded (off the request
-/// path) for experiment results.
-fn answered(
-    app: &App,
-    mut resp: Response<Body>,
-    live: &Live,
-    target: &Target,
-    served_by: Option<usize>,
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    set_decision_headers(resp.headers_mut(), live, target.route, target.decision);
-    if let Some(v) = target
-        .identity
-        .as_deref()
-        .and_then(|s| HeaderValue::from_str(s).ok())
-    {
-        resp.headers_mut().insert(identify::IDENTITY_HEADER, v);
-    }
-    if let (Route::Variation { flag, variation }, Some(user)) = (target.route, &target.user) {
-        if let Some(f) = live.config.flags.get(flag) {
-            let rule = target
-                .decision
-                .and_then(|d| d.rule)
-                .and_then(|r| f.rules.get(r))
-                .map(|r| r.id.clone());
-            let exposure = crate::state::Exposure {
-                flag: f.key.clone(),
-                variation: f
-                    .variations
-                    .get(variation)
-                    .map(|v| v.key.clone())
-                    .unwrap_or_default(),
-                rule,
-                user: user.clone(),
-                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-                at_ms: crate::admin::api::now_ms(),
-                repeat: false,
-            };
-            app.experiments.expose(app, exposure);
-        }
-    }
-    if let (Some(i), Route::Variation { flag, .. }) = (served_by, target.route) {
-        if let Some(v) = live.headers.get(flag).and_then(|h| h.variations.get(i)) {
-            resp.headers_mut().insert(SERVED_BY_HEADER, v.clone());
-        }
-    }
+/// An SSE response.
+fn event_stream(body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// A rule-based answer, in the shape (and streaming mode) the client asked for.
+fn rule_based(
+    ctx: &mut RequestCtx<'_>,
+    flag: &Flag,
+    req: &dyn Inbound,
+    reason: FallbackReason,
+) -> Result<Response<Body>, ApiError> {
+    let text = req.last_user_text();
+    let created = now_secs();
+    let chat_api = req.api() == ClientApi::Chat;
+    let mut resp = if req.stream() {
+        let chat = flag
+            .responder
+            .stream(&text, created, !chat_api || req.include_usage());
+        let body = if chat_api {
+            full(chat)
+        } else {
+            req.stream_from_chat(full(chat))
+        };
+        event_stream(body)
+    } else {
+        let chat = flag.responder.completion(&text, created);
+        if chat_api {
+            json_body(chat)
+        } else {
+            json_body(req.answer_from_chat(&chat)?)
+        }
+    };
+    ctx.finish(Outcome::Fallback);
+    resp.headers_mut()
+        .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));
+    Ok(resp)
 }
 
 /// Seconds since the epoch, for `created`.
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::api::now_secs()
 }
 
-/// Phases 2 and 3: who is asking, and which variation they get.
+/// Phases 2 and 3: who is asking, and which variation they get. A Responses request that
+/// continues a response this proxy answered stays on that response's variation.
 fn decide_target(
+    app: &App,
     live: &Live,
     headers: &HeaderMap,
-    chat: &ChatRequest<'_>,
+    req: &dyn Inbound,
+    _body: &[u8],
 ) -> Result<Target, ApiError> {
     let config = &live.config;
-    let Some((flag_index, flag)) = config.flag(&chat.model) else {
+    let Some((flag_index, flag)) = config.flag(req.model()) else {
         return match config.passthrough {
             Some(_) => Ok(Target {
                 route: Route::Passthrough,
@@ -419,22 +497,27 @@ fn decide_target(
                 user: None,
                 identity: None,
             }),
-            None => Err(ApiError::ModelNotFound(chat.model.to_string())),
+            None => Err(ApiError::ModelNotFound(req.model().to_owned())),
         };
     };
-    let identity = identify::identify(&config.identity, headers, chat)?;
+    let identity = identify::identify(&config.identity, headers, req)?;
     if identity.random {
         if let Some(c) = live.without_id.get(flag_index) {
             c.inc();
         }
     }
     let rt = &live.runtime[flag_index];
-    let decision = flag.decide_at(
+    let mut decision = flag.decide_at(
         rt.enabled,
         Some(&rt.stages),
         &identity.bucketing_id,
         &identity.attributes,
     );
+    if let Some(pinned) = app.responses.pinned(req, flag) {
+        if decision.reason != DecisionReason::FlagDisabled {
+            decision.variation = pinned;
+        }
+    }
     Ok(Target {
         route: Route::Variation {
             flag: flag_index,
@@ -446,7 +529,13 @@ fn decide_target(
     })
 }
 
-fn set_decision_headers(h: &mut HeaderMap, live: &Live, route: Route, decision: Option<Decision>) {
+/// Sets `x-switchyard-flag`, `-variation` and `-rule`.
+pub fn set_decision_headers(
+    h: &mut HeaderMap,
+    live: &Live,
+    route: Route,
+    decision: Option<Decision>,
+) {
     if let Route::Variation { flag, variation } = route {
         if let Some(fh) = live.headers.get(flag) {
             h.insert(FLAG_HEADER, fh.flag.clone());
@@ -461,7 +550,7 @@ fn set_decision_headers(h: &mut HeaderMap, live: &Live, route: Route, decision: 
 }
 
 /// The client's `x-request-id` when it is a sane token, else a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(REQUEST_ID_HEADER) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
@@ -488,7 +577,7 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// Reads the body within `[server]`'s limits (413 beyond `max_body_bytes`, 408 when it stalls).
-async fn read_body(
+pub async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     server: &crate::config::ServerSettings,

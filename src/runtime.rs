@@ -51,7 +51,15 @@ impl FlagRuntime {
             forced_variations: flag
                 .variations
                 .iter()
-                .map(|v| v.force_fallback || o.forced_variations.contains(&v.key))
+                .map(|v| {
+                    if o.forced_variations.contains(&v.key) {
+                        true
+                    } else if o.lifted_variations.contains(&v.key) {
+                        false
+                    } else {
+                        v.force_fallback
+                    }
+                })
                 .collect(),
             stages,
             held: flag

@@ -72,6 +72,10 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
     let method = &method;
     match (path, method) {
         ("/v1/chat/completions", &Method::POST) => proxy::chat_completions(app, req).await,
+        ("/v1/responses", &Method::POST) => proxy::responses(app, req).await,
+        ("/v1/messages", &Method::POST) => proxy::messages(app, req).await,
+        ("/v1/messages/count_tokens", &Method::POST) => proxy::count_tokens(app, req).await,
+        ("/v1/embeddings", &Method::POST) => proxy::embeddings(app, req).await,
         ("/v1/models", &Method::GET) => {
             let live = app.live.load();
             proxy::json_response(StatusCode::OK, &proxy::decide::models(&live.config))
@@ -98,7 +102,7 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 Err(e) => e.into_response(),
             }
         }
-        ("/v1/chat/completions" | "/v1/feedback", _) => early_answer(
+        ("/v1/messages" | "/v1/messages/count_tokens", _) => early_answer(
             &app,
             req,
             ApiError::MethodNotAllowed {
@@ -107,6 +111,17 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 allow: "POST",
             },
         ),
+        ("/v1/chat/completions" | "/v1/feedback" | "/v1/responses" | "/v1/embeddings", _) => {
+            early_answer(
+                &app,
+                req,
+                ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: path.to_owned(),
+                    allow: "POST",
+                },
+            )
+        }
         ("/v1/models" | "/v1/decide", _) => early_answer(
             &app,
             req,
@@ -116,6 +131,14 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 allow: "GET",
             },
         ),
+        (p, _) if p.starts_with("/ofrep/") => crate::api::ofrep::route(app, req).await,
+        _ if path.starts_with("/v1/") => {
+            let checked = crate::api::passthrough::check(&app.live.load().config, path);
+            match checked {
+                Ok(()) => crate::api::passthrough::forward(app, req).await,
+                Err(e) => early_answer(&app, req, e),
+            }
+        }
         _ => {
             let e = ApiError::NotFound(path.to_owned());
             early_answer(&app, req, e)
@@ -126,7 +149,12 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
 /// An error answered before the request's body was read: when a body is on its way, the
 /// connection closes after the answer and the rest is discarded meanwhile (lingering close).
 pub fn early_answer(app: &App, req: Request<Incoming>, e: ApiError) -> Response<Body> {
-    let mut resp = e.into_response();
+    let api = if req.uri().path().starts_with("/v1/messages") {
+        crate::api::ClientApi::Messages
+    } else {
+        crate::api::ClientApi::Chat
+    };
+    let mut resp = e.into_response_for(api);
     if linger::has_body(req.headers()) {
         let limits = {
             let live = app.live.load();

@@ -52,6 +52,9 @@ pub struct FlagOverrides {
     /// Variations whose answers are forced to their fallback.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub forced_variations: BTreeSet<String>,
+    /// Variations whose forced fallback is lifted, even where `proxy.toml` forces it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub lifted_variations: BTreeSet<String>,
     /// Rule id → current rollout stage index.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rollout_stage: BTreeMap<String, u32>,
@@ -61,6 +64,10 @@ pub struct FlagOverrides {
     /// Rule id → unix milliseconds at which its current stage began.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub stage_started_at_ms: BTreeMap<String, u64>,
+    /// Who set each override last (`enabled`, `force_fallback`, `variation:V`, `stage:RULE`,
+    /// `held:RULE` → actor).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set_by: BTreeMap<String, String>,
 }
 
 impl FlagOverrides {
@@ -160,6 +167,13 @@ pub enum Change {
         /// The flag.
         flag: String,
     },
+    /// Drop one override, back to the config for that field: action `clear_override`.
+    ClearField {
+        /// The flag.
+        flag: String,
+        /// `enabled`, `force_fallback`, `variation:V`, `stage:RULE` or `held:RULE`.
+        field: String,
+    },
     /// An audit-only entry (`reload`, `reload_failed`, alert notifications…); changes no state
     /// and does not bump the version.
     Note {
@@ -180,6 +194,7 @@ impl Change {
             | Change::SetForcedFallback { flag, .. }
             | Change::SetRolloutStage { flag, .. }
             | Change::SetRolloutHeld { flag, .. }
+            | Change::ClearField { flag, .. }
             | Change::ClearFlag { flag } => Some(flag),
             Change::Note { flag, .. } => flag.as_deref(),
         }
@@ -193,6 +208,7 @@ impl Change {
             Change::SetRolloutStage { .. } => "set_rollout_stage",
             Change::SetRolloutHeld { .. } => "set_rollout_held",
             Change::ClearFlag { .. } => "clear_overrides",
+            Change::ClearField { .. } => "clear_override",
             Change::Note { action, .. } => action,
         }
     }
@@ -211,10 +227,13 @@ impl Change {
                 forced,
                 ..
             } => {
+                // Both ways: forcing and lifting each override what the file says.
                 if *forced {
                     o.forced_variations.insert(variation.clone());
+                    o.lifted_variations.remove(variation);
                 } else {
                     o.forced_variations.remove(variation);
+                    o.lifted_variations.insert(variation.clone());
                 }
             }
             Change::SetRolloutStage {
@@ -231,8 +250,45 @@ impl Change {
                 }
             }
             Change::ClearFlag { .. } => *o = FlagOverrides::default(),
+            Change::ClearField { field, .. } => {
+                match field.split_once(':') {
+                    None if field == "enabled" => o.enabled = None,
+                    None if field == "force_fallback" => o.force_fallback = None,
+                    Some(("variation", v)) => {
+                        o.forced_variations.remove(v);
+                        o.lifted_variations.remove(v);
+                    }
+                    Some(("stage", r)) => {
+                        o.rollout_stage.remove(r);
+                        o.stage_started_at_ms.remove(r);
+                    }
+                    Some(("held", r)) => {
+                        o.rollout_held.remove(r);
+                    }
+                    _ => return,
+                }
+                o.set_by.remove(field);
+            }
             Change::Note { .. } => {}
         }
+    }
+
+    /// Applies the change and records `actor` as the one who set the field it changes.
+    pub fn apply_by(&self, o: &mut FlagOverrides, actor: &str) {
+        self.apply(o);
+        let field = match self {
+            Change::SetEnabled { .. } => "enabled".to_owned(),
+            Change::SetForcedFallback {
+                variation: None, ..
+            } => "force_fallback".to_owned(),
+            Change::SetForcedFallback {
+                variation: Some(v), ..
+            } => format!("variation:{v}"),
+            Change::SetRolloutStage { rule, .. } => format!("stage:{rule}"),
+            Change::SetRolloutHeld { rule, .. } => format!("held:{rule}"),
+            Change::ClearFlag { .. } | Change::ClearField { .. } | Change::Note { .. } => return,
+        };
+        o.set_by.insert(field, actor.to_owned());
     }
 
     /// The flag whose stored overrides this change rewrites (`None` for a note).
@@ -577,6 +633,16 @@ fn backoff(attempt: u32) -> Duration {
 /// The flag's overrides as they appear in the audit log.
 fn overrides_json(o: &FlagOverrides) -> serde_json::Value {
     serde_json::to_value(o).unwrap_or(serde_json::Value::Null)
+}
+
+/// Overrides as an audit entry shows them: the fields, without who set them (the entry's
+/// actor says that).
+fn audit_json(o: &FlagOverrides) -> serde_json::Value {
+    let mut v = overrides_json(o);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("set_by");
+    }
+    v
 }
 
 /// Unix milliseconds as stored (BIGINT / INTEGER), saturating.

@@ -114,7 +114,7 @@ async fn a_chat_completion_becomes_a_messages_call_and_back() {
 
     let metrics = client::get(&p.admin_url("/metrics")).await.text();
     assert!(!metrics.contains(KEY));
-    assert!(metrics.contains(r#"switchyard_tokens_total{direction="in",flag="f",model="claude-sonnet-4-5",variation="a"} 40"#), "{metrics}");
+    assert!(metrics.contains(r#"switchyard_tokens_total{api="chat",direction="in",flag="f",model="claude-sonnet-4-5",variation="a"} 40"#), "{metrics}");
 }
 
 #[tokio::test]

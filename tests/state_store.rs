@@ -106,10 +106,21 @@ async fn round_trip(url: &str) {
     support
         .stage_started_at_ms
         .insert("ab".into(), 1_700_000_000_000);
-    let search = FlagOverrides {
+    // Who set each field is kept with it.
+    for field in [
+        "enabled",
+        "force_fallback",
+        "variation:treatment",
+        "stage:ab",
+        "held:ab",
+    ] {
+        support.set_by.insert(field.into(), "ops".into());
+    }
+    let mut search = FlagOverrides {
         enabled: Some(true),
         ..FlagOverrides::default()
     };
+    search.set_by.insert("enabled".into(), "ops".into());
     let want = RuntimeState {
         version: 6,
         flags: BTreeMap::from([
@@ -155,8 +166,24 @@ async fn round_trip(url: &str) {
         )
         .await
         .unwrap();
+    // Lifting is an override of its own (it wins over a file that forces the variation) …
     let state = store.load().await.unwrap();
     assert_eq!(state.version, 9);
+    assert!(state.flags["chat"].lifted_variations.contains("v"));
+    // … until it is cleared: then the flag runs as configured again.
+    store
+        .apply(
+            &Change::ClearField {
+                flag: "chat".into(),
+                field: "variation:v".into(),
+            },
+            "ops",
+            None,
+        )
+        .await
+        .unwrap();
+    let state = store.load().await.unwrap();
+    assert_eq!(state.version, 10);
     assert_eq!(state.flags, BTreeMap::from([("search".into(), search)]));
 }
 
@@ -327,16 +354,16 @@ async fn concurrent_changes(url: &str) {
         };
         tasks.spawn(async move {
             let entry = store.apply(&change, actor, Some("concurrency")).await;
-            (change, entry)
+            (change, actor, entry)
         });
     }
     let mut want = FlagOverrides::default();
     while let Some(done) = tasks.join_next().await {
-        let (change, entry) = done.unwrap();
+        let (change, actor, entry) = done.unwrap();
         if let Err(e) = entry {
             panic!("{change:?}: {e}");
         }
-        change.apply(&mut want);
+        change.apply_by(&mut want, actor);
     }
     assert_eq!(
         want.rollout_stage.len() + want.rollout_held.len() + want.forced_variations.len(),
@@ -359,7 +386,10 @@ async fn concurrent_changes(url: &str) {
             pair[1].id, pair[0].id
         );
     }
-    assert_eq!(log[49].after, serde_json::to_value(&want).unwrap());
+    // The audit shows the fields; who set them is the entry's actor.
+    let mut fields = serde_json::to_value(&want).unwrap();
+    fields.as_object_mut().unwrap().remove("set_by");
+    assert_eq!(log[49].after, fields);
 }
 
 async fn durable(url: &str) {
@@ -802,7 +832,7 @@ async fn postgres_round_trip() {
     let alias = db.url().replacen("postgres://", "postgresql://", 1);
     let store = open(&alias).await;
     assert_eq!(store.kind(), "postgres");
-    assert_eq!(store.load().await.unwrap().version, 9);
+    assert_eq!(store.load().await.unwrap().version, 10);
     db.cleanup().await;
 }
 

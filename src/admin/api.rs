@@ -90,6 +90,10 @@ impl From<ApiError> for AdminError {
 type Result<T> = std::result::Result<T, AdminError>;
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
+    // Serde reads a struct from an array too (`[null, null]`); a body is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AdminError::bad("invalid JSON body: expected a JSON object"));
+    }
     serde_json::from_slice(body).map_err(|e| AdminError::bad(format!("invalid JSON body: {e}")))
 }
 
@@ -118,6 +122,13 @@ struct AdvanceBody {
     force: bool,
     #[serde(default)]
     rule: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
     #[serde(default)]
     reason: Option<String>,
 }
@@ -207,6 +218,7 @@ async fn dispatch(
                 "flags": live.config.flags.len(),
                 "state_store": app.store.kind(),
                 "last_reload_error": last_reload_error,
+                "sources": app.sources.status_json(&live.config),
             }))
         }
         (&Method::GET, ["flags"]) => {
@@ -263,6 +275,54 @@ async fn dispatch(
             let live = app.live.load();
             let (i, f) = flag(&live, key)?;
             ok(json!({"flag": flag_json(app, &live, i, f), "audit": entry}))
+        }
+        (&Method::DELETE, ["flags", key, "overrides"]) => {
+            let b: ClearBody = optional(body)?;
+            if !body.iter().all(|c| c.is_ascii_whitespace())
+                && !serde_json::from_slice::<Value>(body).is_ok_and(|v| v.is_object())
+            {
+                return Err(AdminError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    "the body must be a JSON object: {\"reason\": \"…\"}",
+                ));
+            }
+            let field = query_param(query, "field");
+            let live = app.live.load_full();
+            if flag(&live, key).is_err() && !live.state.flags.contains_key(*key) {
+                return Err(AdminError::not_found(format!(
+                    "flag `{key}` is not in the config and has no overrides"
+                )));
+            }
+            let change = match field {
+                None => Change::ClearFlag {
+                    flag: (*key).to_owned(),
+                },
+                Some(field) => {
+                    let known = matches!(field.as_str(), "enabled" | "force_fallback")
+                        || ["variation:", "stage:", "held:"]
+                            .iter()
+                            .any(|p| field.strip_prefix(p).is_some_and(|r| !r.is_empty()));
+                    if !known {
+                        return Err(AdminError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_value",
+                            format!("unknown override field `{field}` (enabled, force_fallback, variation:V, stage:RULE, held:RULE)"),
+                        ));
+                    }
+                    Change::ClearField {
+                        flag: (*key).to_owned(),
+                        field,
+                    }
+                }
+            };
+            let entry = app.change(&change, actor, b.reason.as_deref()).await?;
+            let live = app.live.load();
+            let state = match flag(&live, key) {
+                Ok((i, f)) => flag_json(app, &live, i, f),
+                Err(_) => Value::Null,
+            };
+            ok(json!({"flag": state, "audit": entry}))
         }
         (&Method::GET, ["flags", key, "rollout"]) => {
             let live = app.live.load();
@@ -444,7 +504,13 @@ async fn dispatch(
 /// The methods an admin path takes, if it is one.
 fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
     Some(match segs {
-        ["flags"] | ["flags", _] | ["flags", _, "results"] | ["audit"] | ["alerts"] => "GET",
+        ["flags"]
+        | ["flags", _]
+        | ["flags", _, "results"]
+        | ["audit"]
+        | ["alerts"]
+        | ["status"] => "GET",
+        ["flags", _, "overrides"] => "DELETE",
         ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
         ["flags", _, "rollout"] => "GET, PUT",
         ["flags", _, "rollout", "advance" | "rollback"] | ["reload"] => "POST",
@@ -642,6 +708,63 @@ pub(crate) fn rollout_json(app: &App, live: &Live, i: usize, f: &Flag, r: usize)
     })
 }
 
+/// The (percent-decoded) value of query parameter `name`.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| crate::proxy::decide::decode_segment(v).ok())
+}
+
+/// Where each effective value of flag `i` comes from: the file, or an override and who set it.
+fn sources_json(live: &Live, i: usize, f: &Flag) -> Value {
+    let rt: &FlagRuntime = &live.runtime[i];
+    let empty = crate::state::FlagOverrides::default();
+    let o = live.state.flags.get(&f.key).unwrap_or(&empty);
+    let source = |field: &str, overridden: bool, value: Value| -> Value {
+        if overridden {
+            json!({"value": value, "from": "override", "by": o.set_by.get(field)})
+        } else {
+            json!({"value": value, "from": "file"})
+        }
+    };
+    let variations: serde_json::Map<String, Value> = f
+        .variations
+        .iter()
+        .enumerate()
+        .map(|(vi, v)| {
+            let overridden =
+                o.forced_variations.contains(&v.key) || o.lifted_variations.contains(&v.key);
+            let value = json!(rt.forced_variations.get(vi).copied().unwrap_or(false));
+            (
+                v.key.clone(),
+                source(&format!("variation:{}", v.key), overridden, value),
+            )
+        })
+        .collect();
+    let stages: serde_json::Map<String, Value> = f
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.rollout.is_some())
+        .map(|(ri, r)| {
+            let overridden = o.rollout_stage.contains_key(&r.id);
+            (
+                r.id.clone(),
+                source(&format!("stage:{}", r.id), overridden, json!(rt.stages[ri])),
+            )
+        })
+        .collect();
+    json!({
+        "enabled": source("enabled", o.enabled.is_some(), json!(rt.enabled)),
+        "force_fallback": source("force_fallback", o.force_fallback.is_some(), json!(rt.force_fallback)),
+        "forced_variations": variations,
+        "rollout_stages": stages,
+    })
+}
+
 pub(crate) fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
     let rt: &FlagRuntime = &live.runtime[i];
     let variations: Vec<Value> = f
@@ -664,8 +787,8 @@ pub(crate) fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
                 "fallback_rate": if t.requests == 0 { 0.0 } else { t.fallbacks as f64 / t.requests as f64 },
                 "tokens_in": t.tokens_in,
                 "tokens_out": t.tokens_out,
-                "cost_usd": h.cost_usd.get(),
-                "cost_per_request_usd": if t.requests == 0 { 0.0 } else { h.cost_usd.get() / t.requests as f64 },
+                "cost_usd": h.cost_usd(),
+                "cost_per_request_usd": if t.requests == 0 { 0.0 } else { h.cost_usd() / t.requests as f64 },
                 "latency_seconds": q.map(|q| json!({"p50": q[0], "p95": q[1], "p99": q[2]})),
             })
         })
@@ -678,6 +801,7 @@ pub(crate) fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
         "description": f.description,
         "enabled": rt.enabled,
         "enabled_source": if rt.enabled_overridden { "runtime" } else { "config" },
+        "sources": sources_json(live, i, f),
         "config_enabled": f.enabled,
         "force_fallback": rt.force_fallback,
         "off_variation": f.variations[f.off_variation].key,

@@ -146,6 +146,22 @@ fn core_document(metrics: &[&str]) -> Value {
             "/admin/flags/{flag}": {"get": with_flag(op("One flag's effective state and live figures", json!({"$ref": "#/components/schemas/FlagState"}), None, &[]))},
             "/admin/flags/{flag}/enabled": {"put": with_flag(op("Flip the kill switch", json!({"$ref": "#/components/schemas/FlagChange"}), Some("EnabledRequest"), &[]))},
             "/admin/flags/{flag}/fallback": {"put": with_flag(op("Force rule-based answers for the flag or one variation, or lift it", json!({"$ref": "#/components/schemas/FlagChange"}), Some("FallbackRequest"), &[]))},
+            "/admin/flags/{flag}/overrides": {"delete": {
+                "summary": "Drop the flag's runtime overrides (all, or one `field`: enabled, force_fallback, variation:V, stage:RULE, held:RULE): back to proxy.toml",
+                "security": [{"bearer": []}],
+                "parameters": [flag_param(), {"name": "field", "in": "query", "required": false, "schema": {"type": "string", "pattern": "^(enabled|force_fallback|(variation|stage|held):.+)$"}}],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false, "properties": {"reason": reason()}}}}},
+                "responses": {
+                    "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "required": ["flag", "audit"], "properties": {"flag": {"oneOf": [{"$ref": "#/components/schemas/FlagState"}, {"type": "null"}]}, "audit": {"type": "object"}}}}}},
+                    "400": {"$ref": "#/components/responses/Error"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "404": {"$ref": "#/components/responses/Error"},
+                    "413": {"$ref": "#/components/responses/Error"},
+                    "503": {"$ref": "#/components/responses/Error"},
+                    "default": {"$ref": "#/components/responses/Error"}
+                }
+            }},
+            "/admin/status": {"get": op("Readiness with details: config hash and file, flags, state store, the last refused reload's errors", json!({"type": "object", "required": ["status", "config", "flags", "state_store", "last_reload_error"], "properties": {"status": {"type": "string"}, "config": {"type": "string"}, "config_file": {"type": "string"}, "flags": {"type": "integer"}, "state_store": {"type": "string"}, "last_reload_error": {"type": ["string", "null"]}}}), None, &[])},
             "/admin/flags/{flag}/rollout": {
                 "get": with_flag(op("The flag's rollouts: stage, gate, figures", json!({"type": "object", "required": ["flag", "rollouts"], "properties": {"flag": {"type": "string"}, "rollouts": {"type": "array", "items": {"$ref": "#/components/schemas/Rollout"}}}}), None, &[])),
                 "put": with_flag(op("Set a rollout's stage", json!({"$ref": "#/components/schemas/RolloutChange"}), Some("StageRequest"), &[]))

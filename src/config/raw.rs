@@ -40,6 +40,37 @@ pub struct RawConfig {
     pub prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
     pub experiments: RawExperiments,
+    /// `[ofrep]`: the OpenFeature remote evaluation endpoints.
+    #[serde(default)]
+    pub ofrep: RawOfrep,
+    /// `[sources.*]`: flags from other systems.
+    #[serde(default)]
+    pub sources: RawSources,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOfrep {
+    #[serde(default)]
+    pub tokens: Vec<RawAdminToken>,
+    pub exposures: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSources {
+    pub optimizely: Option<RawOptimizely>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptimizely {
+    pub datafile_url: Option<String>,
+    pub datafile_path: Option<String>,
+    pub sdk_key_env: Option<String>,
+    pub access_token_env: Option<String>,
+    pub poll_interval: Option<String>,
+    pub provider: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +142,8 @@ pub struct RawServer {
     pub gate_interval: Option<String>,
     /// How often the config file is checked for changes (0s disables the watch).
     pub reload_check_interval: Option<String>,
+    /// How long a changed file must stay unchanged before the watch applies it.
+    pub reload_settle: Option<String>,
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<i64>,
@@ -184,6 +217,8 @@ pub struct RawProvider {
     /// knowledge), so concurrent requests and streams share connections. Over `https://`
     /// HTTP/2 is negotiated by ALPN anyway.
     pub http2_prior_knowledge: Option<bool>,
+    /// Wire formats the provider accepts as they are: chat, responses, messages, embeddings.
+    pub apis: Option<Vec<String>>,
     pub timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,

@@ -174,10 +174,12 @@ pub fn flag_view(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
         .iter()
         .enumerate()
         .map(|(vi, v)| {
-            let ttft = live.routes.flags.get(i).and_then(|x| x.get(vi)).and_then(|h| {
-                let n = h.ttft.get_sample_count();
-                (n > 0).then(|| h.ttft.get_sample_sum() / n as f64)
-            });
+            let ttft = live
+                .routes
+                .flags
+                .get(i)
+                .and_then(|x| x.get(vi))
+                .and_then(|h| h.ttft_mean_seconds());
             let tools = match &v.tool_policy {
                 ToolPolicy::Allow { tools, .. } => Some(tools.clone()),
                 _ => None,

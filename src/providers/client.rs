@@ -16,10 +16,14 @@ use hyper_util::rt::TokioExecutor;
 /// The client type the forward phase uses.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The client passthrough uses: request bodies streamed as they arrive.
+pub type StreamingClient = Client<HttpsConnector<HttpConnector>, crate::body::Body>;
+
 /// Upstream clients, shared by all requests (and across config reloads, so pools survive).
 #[derive(Clone, Default)]
 pub struct Clients {
     by_connect_timeout: Arc<DashMap<(Duration, bool), HttpClient>>,
+    streaming: Arc<DashMap<(Duration, bool), StreamingClient>>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -30,7 +34,15 @@ impl std::fmt::Debug for Clients {
     }
 }
 
-fn build(connect_timeout: Duration, http2_prior_knowledge: bool) -> HttpClient {
+fn build<B>(
+    connect_timeout: Duration,
+    http2_prior_knowledge: bool,
+) -> Client<HttpsConnector<HttpConnector>, B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -67,6 +79,22 @@ impl Clients {
             return c.clone();
         }
         self.by_connect_timeout
+            .entry(key)
+            .or_insert_with(|| build(connect_timeout, http2_prior_knowledge))
+            .clone()
+    }
+
+    /// The streaming-body client for a connect timeout and protocol (created on first use).
+    pub fn streaming(
+        &self,
+        connect_timeout: Duration,
+        http2_prior_knowledge: bool,
+    ) -> StreamingClient {
+        let key = (connect_timeout, http2_prior_knowledge);
+        if let Some(c) = self.streaming.get(&key) {
+            return c.clone();
+        }
+        self.streaming
             .entry(key)
             .or_insert_with(|| build(connect_timeout, http2_prior_knowledge))
             .clone()

@@ -214,3 +214,51 @@ impl HttpBody for MockStream {
         self.events.is_empty()
     }
 }
+
+/// An embeddings answer to `body`: one deterministic unit vector per input (from a hash of
+/// the text), `dimensions` long (8 unless asked), so equal inputs embed equally.
+pub fn embeddings(body: &[u8]) -> Bytes {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let model = v["model"].as_str().unwrap_or("mock-embedding").to_owned();
+    let dims = v["dimensions"].as_u64().unwrap_or(8).clamp(1, 4096) as usize;
+    let inputs: Vec<String> = match &v["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut tokens = 0;
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            tokens += approx_tokens(text);
+            let raw: Vec<f64> = (0..dims)
+                .map(|d| {
+                    let h = crate::flags::bucket::murmur3_x86_32(&[text.as_bytes()], d as u32 + 1);
+                    f64::from(h) / f64::from(u32::MAX) * 2.0 - 1.0
+                })
+                .collect();
+            let norm = raw
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>()
+                .sqrt()
+                .max(f64::EPSILON);
+            let vector: Vec<f64> = raw.iter().map(|x| (x / norm * 1e6).round() / 1e6).collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    let answer = json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    });
+    Bytes::from(answer.to_string())
+}

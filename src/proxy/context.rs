@@ -1,13 +1,196 @@
-//! The per-request context: timing, the route taken and what to record when the request ends.
-//! A [`Recorder`] records exactly once: explicitly when the answer is complete, or on drop
-//! (the client went away) as `cancelled`.
+//! The per-request context ([`RequestCtx`]) that every phase takes: the app, the config in
+//! force when the request arrived, the client API, the request id, the decision, and the
+//! [`Recorder`], which records exactly once: explicitly when the answer is complete, or on
+//! drop (the client went away) as `cancelled`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::app::Live;
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+
+use crate::api::ClientApi;
+use crate::app::{App, Live};
+use crate::body::Body;
 use crate::metrics::{Outcome, VariationMetrics};
-use crate::openai::{ErrorClass, Usage};
+use crate::openai::{ApiError, ErrorClass, Usage};
+use crate::proxy::stream::{IdSink, RelayOptions, SseRelay};
+use crate::proxy::Target;
+
+/// One request's context, from its arrival to its answer.
+pub struct RequestCtx<'a> {
+    /// Shared state.
+    pub app: &'a Arc<App>,
+    /// The config and overrides in force when the request arrived (kept for its whole life,
+    /// so a reload never changes a request half-way).
+    pub live: Arc<Live>,
+    /// The client API it came in.
+    pub api: ClientApi,
+    /// `x-request-id`.
+    pub request_id: HeaderValue,
+    /// Where it went, once decided.
+    pub target: Option<Target>,
+    recorder: Option<Recorder>,
+}
+
+impl<'a> RequestCtx<'a> {
+    /// A request that arrived at `started`.
+    pub fn new(
+        app: &'a Arc<App>,
+        api: ClientApi,
+        request_id: HeaderValue,
+        started: Instant,
+    ) -> RequestCtx<'a> {
+        let live = app.live.load_full();
+        RequestCtx {
+            app,
+            recorder: Some(Recorder::new(live.clone(), api, started)),
+            live,
+            api,
+            request_id,
+            target: None,
+        }
+    }
+
+    /// The decision is made: metrics go to its variation from now on.
+    pub fn set_target(&mut self, target: Target) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.route(target.route);
+        }
+        self.target = Some(target);
+    }
+
+    /// The proxy hands over to the upstream.
+    pub fn pause(&mut self) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.pause();
+        }
+    }
+
+    /// The upstream answered.
+    pub fn resume(&mut self) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.resume();
+        }
+    }
+
+    /// Usage of a complete answer.
+    pub fn usage(&mut self, usage: Usage) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.usage(usage);
+        }
+    }
+
+    /// The answer is complete.
+    pub fn finish(&mut self, outcome: Outcome) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.finish(outcome, None);
+        }
+    }
+
+    /// The recorder moves into the stream relay, which records when the stream ends.
+    pub fn relay(&mut self, first: Bytes, rest: Body, opts: RelayOptions) -> Option<SseRelay> {
+        let mut rec = self.recorder.take()?;
+        rec.pause();
+        let on_id = self.response_sink();
+        Some(SseRelay::new(first, rest, rec, opts, on_id))
+    }
+
+    /// For a Responses request on a flag: where the answered response's id is remembered, so
+    /// `previous_response_id` continues on the same variation.
+    fn response_sink(&self) -> Option<IdSink> {
+        if self.api != ClientApi::Responses {
+            return None;
+        }
+        let Some(Route::Variation { flag, variation }) = self.target.as_ref().map(|t| t.route)
+        else {
+            return None;
+        };
+        let f = self.live.config.flags.get(flag)?;
+        let keys: (Arc<str>, Arc<str>) = (
+            Arc::from(f.key.as_str()),
+            Arc::from(f.variations.get(variation)?.key.as_str()),
+        );
+        let affinity = self.app.responses.clone();
+        Some(Box::new(move |id: &str| {
+            affinity.remember(id, &keys.0, &keys.1)
+        }))
+    }
+
+    /// Remembers the id of a complete Responses answer.
+    pub fn remember_response(&self, id: Option<String>) {
+        if let (Some(id), Some(sink)) = (id, self.response_sink()) {
+            sink(&id);
+        }
+    }
+
+    /// The request failed: recorded, and rendered in the client API's error shape.
+    pub fn fail(&mut self, e: ApiError) -> Response<Body> {
+        let class = e.class();
+        let outcome = if class.is_client_side() {
+            Outcome::ClientError
+        } else {
+            Outcome::UpstreamError
+        };
+        tracing::debug!(error = %e, "request failed");
+        let mut resp = e.into_response_for(self.api);
+        if let Some(t) = &self.target {
+            crate::proxy::set_decision_headers(resp.headers_mut(), &self.live, t.route, t.decision);
+        }
+        if let Some(r) = self.recorder.as_mut() {
+            r.finish(outcome, Some(class));
+        }
+        resp
+    }
+
+    /// An answered flag request: its decision headers, and its exposure recorded (off the
+    /// request path) for experiment results.
+    pub fn answered(&self, mut resp: Response<Body>, served_by: Option<usize>) -> Response<Body> {
+        let Some(target) = &self.target else {
+            return resp;
+        };
+        let live = &self.live;
+        crate::proxy::set_decision_headers(resp.headers_mut(), live, target.route, target.decision);
+        if let Some(v) = target
+            .identity
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
+            resp.headers_mut()
+                .insert(crate::proxy::identify::IDENTITY_HEADER, v);
+        }
+        if let (Route::Variation { flag, variation }, Some(user)) = (target.route, &target.user) {
+            if let Some(f) = live.config.flags.get(flag) {
+                let rule = target
+                    .decision
+                    .and_then(|d| d.rule)
+                    .and_then(|r| f.rules.get(r))
+                    .map(|r| r.id.clone());
+                let exposure = crate::state::Exposure {
+                    flag: f.key.clone(),
+                    variation: f
+                        .variations
+                        .get(variation)
+                        .map(|v| v.key.clone())
+                        .unwrap_or_default(),
+                    rule,
+                    user: user.clone(),
+                    request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
+                    at_ms: crate::admin::api::now_ms(),
+                    repeat: false,
+                };
+                self.app.experiments.expose(self.app, exposure);
+            }
+        }
+        if let (Some(i), Route::Variation { flag, .. }) = (served_by, target.route) {
+            if let Some(v) = live.headers.get(flag).and_then(|h| h.variations.get(i)) {
+                resp.headers_mut()
+                    .insert(crate::proxy::SERVED_BY_HEADER, v.clone());
+            }
+        }
+        resp
+    }
+}
 
 /// Which metric handles a request records into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +212,7 @@ pub enum Route {
 #[derive(Debug)]
 pub struct Recorder {
     live: Arc<Live>,
+    api: ClientApi,
     route: Route,
     started: Instant,
     overhead: Duration,
@@ -40,9 +224,10 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts timing a request that arrived at `started`; the proxy is working from then on.
-    pub fn new(live: Arc<Live>, started: Instant) -> Recorder {
+    pub fn new(live: Arc<Live>, api: ClientApi, started: Instant) -> Recorder {
         Recorder {
             live,
+            api,
             route: Route::Unrouted,
             started,
             overhead: Duration::ZERO,
@@ -60,7 +245,7 @@ impl Recorder {
 
     fn handles(&self) -> &VariationMetrics {
         let routes = &self.live.routes;
-        match self.route {
+        let handles = match self.route {
             Route::Variation { flag, variation } => routes
                 .flags
                 .get(flag)
@@ -68,7 +253,8 @@ impl Recorder {
                 .unwrap_or(&routes.unrouted),
             Route::Passthrough => &routes.passthrough,
             Route::Unrouted => &routes.unrouted,
-        }
+        };
+        handles.api(self.api)
     }
 
     /// The proxy hands over to the upstream: its own time stops counting.
@@ -100,6 +286,11 @@ impl Recorder {
     /// A stream broke after part of it reached the client.
     pub fn stream_interrupted(&self) {
         self.handles().stream_interrupted.inc();
+    }
+
+    /// Usage recorded so far.
+    pub fn usage_so_far(&self) -> Option<Usage> {
+        self.usage
     }
 
     /// Usage reported by the provider.

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Limited};
 
 use crate::body::{Body, BodyError};
 use crate::fallback::FallbackReason;
@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::openai::{is_openai_error, ApiError};
 use crate::providers::anthropic_stream::AnthropicSse;
 use crate::providers::client::Clients;
-use crate::providers::{anthropic, mock, Provider, ProviderKind, Timeouts};
+use crate::providers::{anthropic, mock, Provider, ProviderKind, Timeouts, WireFormat};
 use crate::resilience::{backoff, Admission, Resilience};
 
 /// Largest non-streamed answer accepted from a provider.
@@ -61,6 +61,8 @@ pub enum Failure {
     CircuitOpen,
     /// The request cannot be expressed for this provider (a client error).
     Untranslatable(String),
+    /// The request was refused before it was sent (a client error, already in final form).
+    Rejected(ApiError),
 }
 
 impl Failure {
@@ -76,7 +78,7 @@ impl Failure {
             Failure::Status { status, .. } if status.is_server_error() => {
                 Some(FallbackReason::Upstream5xx)
             }
-            Failure::Status { .. } | Failure::Untranslatable(_) => None,
+            Failure::Status { .. } | Failure::Untranslatable(_) | Failure::Rejected(_) => None,
             Failure::Invalid(_) => Some(FallbackReason::InvalidResponse),
             Failure::CircuitOpen => Some(FallbackReason::CircuitOpen),
         }
@@ -94,7 +96,7 @@ impl Failure {
             Failure::Status { .. } => "upstream_4xx",
             Failure::Invalid(_) => "invalid_response",
             Failure::CircuitOpen => "circuit_open",
-            Failure::Untranslatable(_) => "untranslatable",
+            Failure::Untranslatable(_) | Failure::Rejected(_) => "untranslatable",
         }
     }
 
@@ -151,6 +153,7 @@ impl Failure {
             },
             Failure::CircuitOpen => ApiError::CircuitOpen { provider: name },
             Failure::Untranslatable(detail) => ApiError::field("messages", detail),
+            Failure::Rejected(e) => e,
         }
     }
 }
@@ -174,6 +177,7 @@ pub async fn forward(
     provider: &Provider,
     timeouts: Timeouts,
     body: Bytes,
+    format: WireFormat,
     stream: bool,
     include_usage: bool,
 ) -> Result<Upstream, Failure> {
@@ -187,7 +191,16 @@ pub async fn forward(
             ctx.metrics.attempt(&provider.name, "circuit_open");
             return Err(Failure::CircuitOpen);
         }
-        let result = attempt(ctx, provider, timeouts, body.clone(), stream, include_usage).await;
+        let result = attempt(
+            ctx,
+            provider,
+            timeouts,
+            body.clone(),
+            format,
+            stream,
+            include_usage,
+        )
+        .await;
         let failure = match result {
             Ok(upstream) => {
                 breaker.record(Instant::now(), admission, true);
@@ -230,6 +243,7 @@ async fn attempt(
     provider: &Provider,
     timeouts: Timeouts,
     body: Bytes,
+    format: WireFormat,
     stream: bool,
     include_usage: bool,
 ) -> Result<Upstream, Failure> {
@@ -245,6 +259,11 @@ async fn attempt(
                 }
                 tokio::time::sleep(settings.latency).await;
             }
+            if format == WireFormat::Embeddings {
+                let answer = mock::embeddings(&body);
+                let usage = read_answer(format, &answer).flatten();
+                return Ok(Upstream::Complete(answer, usage));
+            }
             return if stream {
                 let mut s = BodyExt::boxed(mock::stream(&body, settings));
                 let first = first_chunk(&mut s, first_byte_deadline, timeouts).await?;
@@ -259,36 +278,9 @@ async fn attempt(
                 Ok(Upstream::Complete(answer, usage))
             };
         }
-        ProviderKind::OpenAi(settings) => {
-            let mut req = post(&settings.chat_url, body, stream, ctx.request_id)?;
-            let headers = req.headers_mut();
-            if let Some((name, secret)) = &settings.auth {
-                headers.insert(name.clone(), secret.header_value().clone());
-            }
-            for (k, v) in &settings.headers {
-                headers.insert(k.clone(), v.clone());
-            }
-            (req, false)
-        }
-        ProviderKind::Anthropic(settings) => {
-            let translated = anthropic::to_anthropic_request(&body, settings.default_max_tokens)
-                .map_err(|e| Failure::Untranslatable(e.to_string()))?;
-            let mut req = post(
-                &settings.messages_url,
-                Bytes::from(translated),
-                stream,
-                ctx.request_id,
-            )?;
-            let headers = req.headers_mut();
-            if let Some(secret) = &settings.api_key {
-                headers.insert("x-api-key", secret.header_value().clone());
-            }
-            headers.insert("anthropic-version", settings.version.clone());
-            for (k, v) in &settings.headers {
-                headers.insert(k.clone(), v.clone());
-            }
-            (req, true)
-        }
+        kind => kind
+            .http_request(format, body, stream, ctx.request_id)
+            .map_err(Failure::Untranslatable)?,
     };
     let client = ctx
         .clients
@@ -362,10 +354,11 @@ async fn attempt(
     } else {
         bytes
     };
-    let Some(usage) = crate::openai::read_completion(&bytes) else {
-        return Err(Failure::Invalid(
-            "the answer is not a chat completion".into(),
-        ));
+    let Some(usage) = read_answer(format, &bytes) else {
+        return Err(Failure::Invalid(format!(
+            "the answer is not a valid {} answer",
+            format.as_str()
+        )));
     };
     if stream {
         // The client asked for a stream but the provider answered in one piece: not valid.
@@ -376,27 +369,14 @@ async fn attempt(
     Ok(Upstream::Complete(bytes, usage))
 }
 
-fn post(
-    url: &http::Uri,
-    body: Bytes,
-    stream: bool,
-    request_id: &HeaderValue,
-) -> Result<Request<Full<Bytes>>, Failure> {
-    Request::builder()
-        .method(Method::POST)
-        .uri(url.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(
-            header::ACCEPT,
-            if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        )
-        .header("x-request-id", request_id.clone())
-        .body(Full::new(body))
-        .map_err(|e| Failure::Invalid(format!("building the upstream request: {e}")))
+/// Reads a complete answer in `format`: `None` when it is not one, else its usage.
+pub fn read_answer(format: WireFormat, body: &[u8]) -> Option<Option<crate::openai::Usage>> {
+    match format {
+        WireFormat::Chat => crate::openai::read_completion(body),
+        WireFormat::Responses => crate::api::responses::read_answer(body),
+        WireFormat::Messages => crate::api::messages::read_answer(body),
+        WireFormat::Embeddings => crate::api::embeddings::read_answer(body),
+    }
 }
 
 /// Waits for a stream's first data (within the first-byte deadline).

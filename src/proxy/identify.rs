@@ -5,10 +5,10 @@ use std::borrow::Cow;
 
 use http::HeaderMap;
 
+use crate::api::Inbound;
 use crate::config::{IdSource, IdentitySettings, OnMissing};
 use crate::flags::audience::{AttrValue, Attributes};
 use crate::openai::ApiError;
-use crate::proxy::request::ChatRequest;
 
 /// Who the request is for.
 #[derive(Debug)]
@@ -87,21 +87,20 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<&'h
         .filter(|s| !s.is_empty())
 }
 
-/// Finds the bucketing id and attributes of a chat request.
+/// Finds the bucketing id and attributes of a request of any client API.
 pub fn identify<'a>(
     settings: &IdentitySettings,
     headers: &'a HeaderMap,
-    req: &ChatRequest<'a>,
+    req: &'a dyn Inbound,
 ) -> Result<Identity<'a>, ApiError> {
     let mut bucketing_id: Option<Cow<'a, str>> = None;
     let mut source_label = String::from("random");
     for source in &settings.sources {
         let found: Option<Cow<'a, str>> = match source {
             IdSource::Header(name) => header_str(headers, name).map(Cow::Borrowed),
-            IdSource::Body(field) => req.string_field(field),
+            IdSource::Body(field) => req.body_string(field),
             IdSource::Metadata(key) => req
-                .metadata
-                .as_ref()
+                .metadata()
                 .and_then(|m| m.get(key))
                 .and_then(|v| match v {
                     serde_json::Value::String(s) => Some(s.clone()),
@@ -130,7 +129,7 @@ pub fn identify<'a>(
     };
     Ok(Identity {
         bucketing_id,
-        attributes: attributes(settings, headers, req.metadata.as_ref())?,
+        attributes: attributes(settings, headers, req.metadata())?,
         random,
         source: source_label,
     })

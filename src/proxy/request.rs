@@ -564,6 +564,64 @@ impl<'a> ChatRequest<'a> {
     }
 }
 
+impl crate::api::Inbound for ChatRequest<'_> {
+    fn api(&self) -> crate::api::ClientApi {
+        crate::api::ClientApi::Chat
+    }
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn stream(&self) -> bool {
+        self.stream
+    }
+
+    fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+
+    fn body_string(&self, field: &str) -> Option<Cow<'_, str>> {
+        self.string_field(field)
+    }
+
+    fn metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.metadata.as_ref()
+    }
+
+    fn last_user_text(&self) -> String {
+        let messages: Vec<&RawValue> = self.messages.iter().map(|m| m.raw).collect();
+        crate::fallback::last_user_text(&messages)
+    }
+
+    fn rewrite_native(
+        &self,
+        variation: Option<&crate::flags::Variation>,
+        mode: crate::flags::PromptMode,
+    ) -> Result<Vec<u8>, ApiError> {
+        let opts = crate::proxy::rewrite::RewriteOptions {
+            prompt_mode: mode,
+            force_stream_usage: true,
+        };
+        Ok(match variation {
+            Some(v) => crate::proxy::rewrite::rewrite(self, v, opts),
+            None => crate::proxy::rewrite::rewrite_passthrough(self, opts),
+        })
+    }
+
+    fn to_chat(&self) -> Result<Vec<u8>, ApiError> {
+        self.rewrite_native(None, crate::flags::PromptMode::Insert)
+    }
+
+    fn answer_from_chat(&self, chat: &[u8]) -> Result<Vec<u8>, ApiError> {
+        Ok(chat.to_vec())
+    }
+
+    fn stream_from_chat(&self, chat: crate::body::Body) -> crate::body::Body {
+        chat
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

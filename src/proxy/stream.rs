@@ -1,7 +1,9 @@
-//! Phase 7 for streams: SSE relayed chunk by chunk as it arrives. The relay frames events only
-//! to read what it must (first token, usage) and, when the proxy asked the provider for usage
-//! on the client's behalf, to remove it again so the client gets exactly the stream shape it
-//! asked for. Untouched events are passed on without copying.
+//! Phase 7 for streams: SSE relayed chunk by chunk as it arrives, in the client API's stream
+//! format. The relay frames events only to read what it must (first token, usage, the
+//! stream's end) and, when the proxy asked the provider for usage on a chat client's behalf,
+//! to remove it again so the client gets exactly the stream shape it asked for. Untouched
+//! events are passed on without copying. A stream that cannot complete ends with an error
+//! event in the client's format.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,13 +20,35 @@ use tokio::time::Sleep;
 use crate::body::{Body, BodyError, StreamFault};
 use crate::metrics::Outcome;
 use crate::openai::{read_usage, ErrorClass};
-use crate::providers::Timeouts;
+use crate::providers::{Timeouts, WireFormat};
 use crate::proxy::context::Recorder;
 use crate::proxy::request::RawObject;
+
+/// Receives a Responses stream's response id.
+pub type IdSink = Box<dyn FnOnce(&str) + Send + Sync>;
+
+/// How a stream is relayed.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayOptions {
+    /// Remove usage the chat client did not ask for.
+    pub strip_usage: bool,
+    /// Recorded when the stream completes.
+    pub outcome: Outcome,
+    /// `idle` bounds the silence between chunks, `total` the whole stream.
+    pub timeouts: Timeouts,
+    /// When the whole call must be over.
+    pub deadline: Instant,
+    /// The stream's format (the client's API).
+    pub format: WireFormat,
+}
 
 /// The relaying body.
 pub struct SseRelay {
     first: Option<Bytes>,
+    format: WireFormat,
+    /// The last `sequence_number` seen (Responses), so an error event continues the count.
+    sequence: Option<u64>,
+    on_id: Option<IdSink>,
     inner: Body,
     buf: BytesMut,
     strip_usage: bool,
@@ -32,6 +56,8 @@ pub struct SseRelay {
     outcome: Outcome,
     finished: bool,
     saw_done: bool,
+    /// The provider's own error event was relayed (native Responses or Messages streams).
+    provider_failed: bool,
     idle: Duration,
     /// When the last data arrived: the idle deadline counts from it.
     last_data: tokio::time::Instant,
@@ -54,22 +80,29 @@ static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
 
 impl SseRelay {
-    /// Relays `first` and then `rest`; `strip_usage` removes usage the client did not ask
-    /// for; `outcome` is recorded when the stream completes; `timeouts.idle` bounds the
-    /// silence between chunks and `timeouts.total` the whole stream.
+    /// Relays `first` and then `rest`, recording into `recorder`; `on_id` receives a Responses
+    /// stream's response id.
     pub fn new(
         first: Bytes,
         rest: Body,
-        strip_usage: bool,
         recorder: Recorder,
-        outcome: Outcome,
-        timeouts: Timeouts,
-        deadline: Instant,
+        opts: RelayOptions,
+        on_id: Option<IdSink>,
     ) -> SseRelay {
+        let RelayOptions {
+            strip_usage,
+            outcome,
+            timeouts,
+            deadline,
+            format,
+        } = opts;
         let now = tokio::time::Instant::now();
         let deadline = tokio::time::Instant::from(deadline);
         SseRelay {
             first: Some(first),
+            format,
+            sequence: None,
+            on_id,
             inner: rest,
             buf: BytesMut::new(),
             strip_usage,
@@ -77,6 +110,7 @@ impl SseRelay {
             outcome,
             finished: false,
             saw_done: false,
+            provider_failed: false,
             idle: timeouts.idle,
             last_data: now,
             deadline,
@@ -87,10 +121,89 @@ impl SseRelay {
     }
 }
 
-/// An SSE error event in OpenAI's shape, ending a stream that cannot complete.
+/// An SSE error event in OpenAI's chat shape, ending a stream that cannot complete.
 pub fn error_event(message: &str, code: &str) -> Bytes {
-    let v = serde_json::json!({"error": {"message": message, "type": "upstream_error", "param": null, "code": code}});
-    Bytes::from(format!("data: {v}\n\n"))
+    error_event_for(WireFormat::Chat, message, "upstream_error", code, None)
+}
+
+/// An SSE error event in `format`'s shape: chat's `data: {"error": …}`, Responses' `error`
+/// event (numbered after `sequence`), Anthropic's `error` event.
+pub fn error_event_for(
+    format: WireFormat,
+    message: &str,
+    kind: &str,
+    code: &str,
+    sequence: Option<u64>,
+) -> Bytes {
+    use serde_json::json;
+    match format {
+        WireFormat::Responses => {
+            let v = json!({"type": "error", "code": code, "message": message, "param": null,
+                "sequence_number": sequence.map_or(0, |s| s + 1)});
+            Bytes::from(format!("event: error\ndata: {v}\n\n"))
+        }
+        WireFormat::Messages => {
+            let anthropic_kind = match kind {
+                "rate_limit_error" => "rate_limit_error",
+                "invalid_request_error" => "invalid_request_error",
+                _ if code == "overloaded" => "overloaded_error",
+                _ => "api_error",
+            };
+            let v = json!({"type": "error", "error": {"type": anthropic_kind, "message": message}});
+            Bytes::from(format!("event: error\ndata: {v}\n\n"))
+        }
+        WireFormat::Chat | WireFormat::Embeddings => {
+            let v =
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+            Bytes::from(format!("data: {v}\n\n"))
+        }
+    }
+}
+
+/// A provider's error (OpenAI's error JSON) as an error event in `format`.
+fn provider_error_event(format: WireFormat, openai_json: &str, sequence: Option<u64>) -> Bytes {
+    if format == WireFormat::Chat {
+        return Bytes::from(format!("data: {openai_json}\n\n"));
+    }
+    let v: serde_json::Value = serde_json::from_str(openai_json).unwrap_or_default();
+    let e = &v["error"];
+    error_event_for(
+        format,
+        e["message"]
+            .as_str()
+            .unwrap_or("the provider's stream failed"),
+        e["type"].as_str().unwrap_or("upstream_error"),
+        e["code"].as_str().unwrap_or("stream_interrupted"),
+        sequence,
+    )
+}
+
+static SEQUENCE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"sequence_number\":"));
+static TYPE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"type\":\""));
+
+static EVENT_FIELD: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"event:"));
+
+/// An event's type: its `event:` line (Responses and Anthropic streams name every event),
+/// else the first `"type":"…"` member of its data.
+fn event_type<'e>(event: &'e [u8], data: &'e [u8]) -> &'e [u8] {
+    let line_start = EVENT_FIELD
+        .find(event)
+        .filter(|at| *at == 0 || event[at - 1] == b'\n');
+    if let Some(at) = line_start {
+        let rest = &event[at + 6..];
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+        return &rest[..end];
+    }
+    let Some(at) = TYPE_KEY.find(data) else {
+        return b"";
+    };
+    let rest = &data[at + 8..];
+    let end = memchr::memchr(b'"', rest).unwrap_or(rest.len());
+    &rest[..end]
 }
 
 /// The end of the first complete event in `buf` (after its blank line), if any.
@@ -123,6 +236,17 @@ impl SseRelay {
         let Some(data) = data_of(event) else {
             return Edit::Keep;
         };
+        match self.format {
+            WireFormat::Responses => {
+                self.inspect_responses(event_type(event, data), data);
+                return Edit::Keep;
+            }
+            WireFormat::Messages => {
+                self.inspect_messages(event_type(event, data), data);
+                return Edit::Keep;
+            }
+            WireFormat::Chat | WireFormat::Embeddings => {}
+        }
         if data == b"[DONE]" {
             self.saw_done = true;
             return Edit::Keep;
@@ -158,6 +282,61 @@ impl SseRelay {
         }
         out.extend_from_slice(b"}\n\n");
         Edit::Replace(out)
+    }
+
+    /// A Responses event: deltas are tokens, `response.completed` (or `.incomplete`) ends the
+    /// stream with usage and the response id; sequence numbers are followed.
+    fn inspect_responses(&mut self, kind: &[u8], data: &[u8]) {
+        if let Some(at) = SEQUENCE_KEY.find(data) {
+            let digits = &data[at + 18..];
+            let digits = &digits[..digits.iter().take_while(|b| b.is_ascii_digit()).count()];
+            if let Some(n) = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+            {
+                self.sequence = Some(n);
+            }
+        }
+        if kind.ends_with(b".delta") {
+            self.recorder.first_token();
+        }
+        if kind == b"response.completed" || kind == b"response.incomplete" {
+            self.saw_done = true;
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+                let r = &v["response"];
+                if let Some(u) = crate::api::responses::read_usage_value(r.get("usage")) {
+                    self.recorder.usage(u);
+                }
+                if let (Some(id), Some(sink)) = (r["id"].as_str(), self.on_id.take()) {
+                    sink(id);
+                }
+            }
+        } else if kind == b"response.failed" || kind == b"error" {
+            self.provider_failed = true;
+        }
+    }
+
+    /// A Messages event: deltas are tokens, `message_start` and `message_delta` carry usage,
+    /// `message_stop` ends the stream.
+    fn inspect_messages(&mut self, kind: &[u8], data: &[u8]) {
+        match kind {
+            b"content_block_delta" => self.recorder.first_token(),
+            b"message_start" | b"message_delta" => {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+                    let usage = v.get("usage").or_else(|| v["message"].get("usage"));
+                    if let Some(u) = crate::api::messages::read_usage_value(usage) {
+                        let mut merged = self.recorder.usage_so_far().unwrap_or_default();
+                        merged.prompt_tokens = merged.prompt_tokens.max(u.prompt_tokens);
+                        merged.completion_tokens =
+                            merged.completion_tokens.max(u.completion_tokens);
+                        self.recorder.usage(merged);
+                    }
+                }
+            }
+            b"message_stop" => self.saw_done = true,
+            b"error" => self.provider_failed = true,
+            _ => {}
+        }
     }
 
     /// Takes every complete event out of the buffer and returns what the client gets.
@@ -210,8 +389,14 @@ impl SseRelay {
         self.recorder.stream_interrupted();
         self.finish(Outcome::UpstreamError, Some(ErrorClass::StreamInterrupted));
         match provider_error {
-            Some(json) => Bytes::from(format!("data: {json}\n\n")),
-            None => error_event(message, "stream_interrupted"),
+            Some(json) => provider_error_event(self.format, &json, self.sequence),
+            None => error_event_for(
+                self.format,
+                message,
+                "upstream_error",
+                "stream_interrupted",
+                self.sequence,
+            ),
         }
     }
 
@@ -297,6 +482,13 @@ impl HttpBody for SseRelay {
                     return Poll::Ready(Some(Ok(Frame::data(this.interrupt(&msg, fault)))));
                 }
                 Poll::Ready(None) => {
+                    if this.provider_failed && !this.saw_done {
+                        // The provider already sent its error event: the client has it.
+                        this.buf.clear();
+                        this.recorder.stream_interrupted();
+                        this.finish(Outcome::UpstreamError, Some(ErrorClass::StreamInterrupted));
+                        return Poll::Ready(None);
+                    }
                     if !this.saw_done {
                         return Poll::Ready(Some(Ok(Frame::data(this.interrupt(
                             "the provider's stream ended before it was complete",
@@ -320,7 +512,7 @@ impl HttpBody for SseRelay {
 impl SseRelay {
     /// Whether any event in `data` may need editing (only usage ever does).
     fn needs_edit(&self, data: &[u8]) -> bool {
-        self.strip_usage && USAGE_KEY.find(data).is_some()
+        self.strip_usage && self.format == WireFormat::Chat && USAGE_KEY.find(data).is_some()
     }
 
     /// Records what whole events carry, without changing them.

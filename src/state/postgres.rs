@@ -25,9 +25,9 @@ use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls, Notification};
 
 use super::clock::system_time_ms;
 use super::{
-    backoff, db_to_u64, format_rfc3339_ms, ms_to_db, overrides_json, signal, AuditEntry,
-    AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides, RuntimeState,
-    StateError,
+    audit_json, backoff, db_to_u64, format_rfc3339_ms, ms_to_db, overrides_json, signal,
+    AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides,
+    RuntimeState, StateError,
 };
 
 /// The NOTIFY channel replicas listen on.
@@ -725,7 +725,7 @@ async fn apply_txn(
                 .await?;
             let before = parse_overrides(shared, flag, row.try_get(0)?)?;
             let mut after = before.clone();
-            change.apply(&mut after);
+            change.apply_by(&mut after, actor);
             if after.is_empty() {
                 tx.execute(
                     &format!("DELETE FROM {s}.switchyard_flag_state WHERE flag = $1"),
@@ -753,7 +753,7 @@ async fn apply_txn(
                 .await?
                 .try_get(0)?;
             new_version = Some(version);
-            (overrides_json(&before), overrides_json(&after))
+            (audit_json(&before), audit_json(&after))
         }
     };
     let row = tx

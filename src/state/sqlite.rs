@@ -18,9 +18,9 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::{
-    backoff, db_to_u64, format_rfc3339_ms, ms_to_db, now_ms, overrides_json, signal, AuditEntry,
-    AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides, RuntimeState,
-    StateError,
+    audit_json, backoff, db_to_u64, format_rfc3339_ms, ms_to_db, now_ms, overrides_json, signal,
+    AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides,
+    RuntimeState, StateError,
 };
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps applied. Append
@@ -513,7 +513,7 @@ fn apply_db(
                 None => FlagOverrides::default(),
             };
             let mut after = before.clone();
-            change.apply(&mut after);
+            change.apply_by(&mut after, actor);
             if after.is_empty() {
                 tx.execute("DELETE FROM switchyard_flag_state WHERE flag = ?1", [flag])?;
             } else {
@@ -531,7 +531,7 @@ fn apply_db(
                 |row| row.get(0),
             )?;
             versions = Some(new_version);
-            (overrides_json(&before), overrides_json(&after))
+            (audit_json(&before), audit_json(&after))
         }
     };
     tx.execute(

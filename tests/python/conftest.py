@@ -70,17 +70,33 @@ def _stop(process: subprocess.Popen[str]) -> int:
 
 @pytest.fixture(scope="session")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
-    binary = _binary()
     workdir = tmp_path_factory.mktemp("switchyard")
     env = dict(os.environ)
     env.setdefault("SWITCHYARD_ADMIN_TOKEN", "test-admin-token")
+    running = launch(REPO_ROOT / "proxy.toml", workdir, env)
+    yield running
+
+    code = _stop(running.process)
+    assert code == 0, (
+        f"switchyard exited with {code} after SIGTERM (expected 0).\nstderr:\n{running.stderr()}"
+    )
+
+
+def stop(running: Proxy) -> int:
+    """SIGTERM, wait, then SIGKILL; the exit code."""
+    return _stop(running.process)
+
+
+def launch(config: Path, workdir: Path, env: dict[str, str]) -> Proxy:
+    """Starts the binary on `config` (ports 0) and waits until both listeners are announced."""
+    binary = _binary()
     with open(workdir / "stderr.log", "wb") as stderr:
         process = subprocess.Popen(
             [
                 str(binary),
                 "serve",
                 "--config",
-                str(REPO_ROOT / "proxy.toml"),
+                str(config),
                 "--listen",
                 "127.0.0.1:0",
                 "--admin-listen",
@@ -127,13 +143,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
         elif m := ADMIN_LISTEN_RE.match(line):
             admin_url = m.group(1)
 
-    running = Proxy(url=url, admin_url=admin_url, process=process, workdir=workdir)
-    yield running
-
-    code = _stop(process)
-    assert code == 0, (
-        f"switchyard exited with {code} after SIGTERM (expected 0).\nstderr:\n{running.stderr()}"
-    )
+    return Proxy(url=url, admin_url=admin_url, process=process, workdir=workdir)
 
 
 @pytest.fixture(scope="session")

@@ -165,7 +165,10 @@ impl Http {
         headers: &[(&str, &str)],
     ) -> http::Response<Incoming> {
         let mut req = Request::builder().method(method).uri(url);
-        if !body.is_empty() {
+        let sets_type = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !sets_type {
             req = req.header("content-type", "application/json");
         }
         for (k, v) in headers {

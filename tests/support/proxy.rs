@@ -26,8 +26,18 @@ impl TestProxy {
         TestProxy::start_config(config).await
     }
 
+    /// Serves the config file at `path` (so `POST /admin/reload` reads it again).
+    pub async fn start_file(path: &std::path::Path) -> TestProxy {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("invalid test config:\n{e}"));
+        TestProxy::serve(config, Some(path.to_path_buf())).await
+    }
+
     /// Serves a validated config.
-    pub async fn start_config(mut config: Config) -> TestProxy {
+    pub async fn start_config(config: Config) -> TestProxy {
+        TestProxy::serve(config, None).await
+    }
+
+    async fn serve(mut config: Config, path: Option<std::path::PathBuf>) -> TestProxy {
         // Tests run side by side: never share the default state file of the working directory.
         if config.state_url == "sqlite:switchyard-state.db" {
             config.state_url = "sqlite::memory:".into();
@@ -46,7 +56,7 @@ impl TestProxy {
         let addr = listeners.main.local_addr().unwrap();
         let admin_addr = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(switchyard::run(listeners, config, async move {
+        let task = tokio::spawn(switchyard::run_with(listeners, config, path, async move {
             let _ = rx.await;
         }));
         TestProxy {
