@@ -617,7 +617,7 @@ impl Validator<'_> {
             idle_timeout: self.positive_duration(
                 &s.key("idle_timeout"),
                 raw.server.idle_timeout.as_deref(),
-                Duration::from_secs(60),
+                Duration::from_secs(75),
             ),
             body_timeout: self.positive_duration(
                 &s.key("body_timeout"),

@@ -265,3 +265,45 @@ async fn serve_fresh_starts_from_a_clean_state() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_file() {
+    let dir = tempdir("sighup");
+    let cfg = config(&dir);
+    // No file watch: only the signal can bring the change in.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[server]\n", "[server]\nreload_check_interval = \"0s\"\n");
+    std::fs::write(&cfg, &text).unwrap();
+    let state = format!("--state=sqlite:{}", dir.join("s.db").display());
+    let s = Serve::start(&cfg, &dir.join("serve.log"), &[&state], "t");
+    let models = || {
+        let url = format!("{}/v1/models", s.addr);
+        async move {
+            client::get(&url).await.json()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(models().await, ["f"]);
+    let added = text.replace("[flags.f]", "[flags.g]\noff_variation = \"a\"\n[flags.g.variations.a]\nprovider = \"mock\"\nmodel_id = \"m\"\n[[flags.g.rules]]\nid = \"r\"\nallocation = [{ variation = \"a\", end = 10000 }]\n[flags.f]");
+    std::fs::write(&cfg, added).unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let started = std::time::Instant::now();
+    while models().await != ["f", "g"] {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "SIGHUP did not reload the file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

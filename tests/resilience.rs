@@ -504,8 +504,10 @@ async fn the_total_timeout_ends_a_stream_that_never_finishes() {
 
 #[tokio::test]
 async fn the_total_timeout_of_a_stream_counts_from_the_request_start() {
-    // The first chunk takes 700 ms, then one every 700 ms; the whole request may take 1 s.
-    let up = FaultServer::start(Fault::Trickle(Duration::from_millis(700))).await;
+    // The first chunk takes 1.5 s, then one every 1.5 s; the whole request may take 2 s. Counted
+    // from the request's start the stream ends near 2 s; counted from the first chunk it would
+    // end near 3.5 s: the bound below sits between, with room for a loaded machine.
+    let up = FaultServer::start(Fault::Trickle(Duration::from_millis(1500))).await;
     let cfg = format!(
         "{GLOBAL_FALLBACK}{}{}",
         provider("up", &up.base_url(), NO_RETRY),
@@ -515,7 +517,7 @@ async fn the_total_timeout_of_a_stream_counts_from_the_request_start() {
             &[(
                 "a",
                 "up",
-                "fallback_behavior = \"rule-based\"\ntimeout = \"1s\"\nidle_timeout = \"5s\""
+                "fallback_behavior = \"rule-based\"\ntimeout = \"2s\"\nidle_timeout = \"10s\""
             )]
         )
     );
@@ -529,8 +531,8 @@ async fn the_total_timeout_of_a_stream_counts_from_the_request_start() {
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "stream_interrupted", "{text}");
     assert!(
-        elapsed < Duration::from_millis(1450),
-        "a stream with a 1 s total timeout ran for {elapsed:?}"
+        elapsed < Duration::from_millis(3200),
+        "a stream with a 2 s total timeout ran for {elapsed:?}"
     );
 }
 
@@ -735,6 +737,35 @@ async fn rate_limited_with_retry_after_zero_is_retried_and_succeeds() {
 }
 
 #[tokio::test]
+async fn rate_limited_with_retry_after_inside_the_cap_waits_that_long_then_succeeds() {
+    let up = FaultServer::start(Fault::Ok).await;
+    up.push(Fault::status_retry_after(429, "1"));
+    let cfg = format!(
+        "{GLOBAL_FALLBACK}{}{}",
+        provider(
+            "up",
+            &up.base_url(),
+            r#"retry = { attempts = 3, backoff = "5ms", retry_after_cap = "5s" }"#
+        ),
+        flag(
+            "f",
+            "off_variation = \"a\"",
+            &[("a", "up", "fallback_behavior = \"rule-based\"")]
+        )
+    );
+    let proxy = TestProxy::start(&cfg).await;
+    let started = Instant::now();
+    let resp = post(&proxy, &chat("f", "hello", false)).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert_eq!(resp.header(FALLBACK_HEADER), None);
+    // The retry waited the second the provider asked for (not the 5 ms backoff).
+    assert!(took >= Duration::from_millis(950), "retried after {took:?}");
+    assert_eq!(up.served("status_429"), 1);
+    assert_eq!(up.served("ok"), 1);
+}
+
+#[tokio::test]
 async fn rate_limited_with_retry_after_over_the_cap_falls_back_at_once() {
     let up = FaultServer::start(Fault::status_retry_after(429, "60")).await;
     let cfg = format!(
@@ -753,7 +784,8 @@ async fn rate_limited_with_retry_after_over_the_cap_falls_back_at_once() {
     let proxy = TestProxy::start(&cfg).await;
     let started = Instant::now();
     let resp = post(&proxy, &chat("f", "hello", false)).await;
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Far below the 60 s it would have waited; generous for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(20));
     assert_rule_based(&resp, "rate_limited", "GLOBAL-DEFAULT");
     assert_eq!(up.request_count(), 1, "no retry past the cap");
 
@@ -1072,7 +1104,7 @@ async fn the_circuit_opens_rejects_without_the_upstream_then_probes_and_closes()
             "up",
             &up.base_url(),
             &format!(
-                "{NO_RETRY}\ncircuit = {{ min_requests = 4, error_rate = 0.5, window = \"10s\", cooldown = \"300ms\" }}"
+                "{NO_RETRY}\ncircuit = {{ min_requests = 4, error_rate = 0.5, window = \"10s\", cooldown = \"3s\" }}"
             )
         ),
         flag(
@@ -1096,14 +1128,15 @@ async fn the_circuit_opens_rejects_without_the_upstream_then_probes_and_closes()
     m.expect(CIRCUIT, &[("provider", "up")], 2.0);
     assert_eq!(up.request_count(), 4, "an open circuit keeps requests away");
 
-    // After the cooldown one probe goes through; it succeeds and the circuit closes.
+    // After the cooldown (3 s: long enough that a loaded machine does not reach it while the
+    // open circuit is checked above) one probe goes through; it succeeds and the circuit closes.
     up.set_default(Fault::Ok);
     let m = scrape_until(
         &proxy,
         CIRCUIT,
         &[("provider", "up")],
         1.0,
-        Duration::from_secs(3),
+        Duration::from_secs(20),
     )
     .await;
     m.expect(CIRCUIT, &[("provider", "up")], 1.0);

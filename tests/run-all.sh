@@ -52,6 +52,8 @@ step_cargo_build() {
 }
 
 step_cargo_test() {
+  # tests/readme_commands.rs runs the README's command blocks, which use curl.
+  apt_install curl curl
   cargo test --all-targets
 }
 
@@ -69,44 +71,21 @@ step_schemathesis() {
     "${PY}" -m pytest -q tests/python/test_admin_schemathesis.py
 }
 
-# Installs Debian packages (as root, or through passwordless sudo).
-apt_install() {
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "missing: $* (Debian packages) and apt-get is unavailable; install them and run again" >&2
-    return 1
-  fi
-  local sudo=()
-  if ((EUID != 0)); then
-    if ! command -v sudo >/dev/null 2>&1; then
-      echo "installing Debian packages $* needs root (or sudo)" >&2
-      return 1
-    fi
-    sudo=(sudo -n)
-  fi
-  echo "installing Debian packages: $*"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
-}
-
 # The console's browser test: Debian's Chromium driven by playwright-core (which never
 # downloads a browser), axe-core for accessibility; npm packages kept under target/node.
 CONSOLE_NODE="${REPO_ROOT}/target/node"
 CONSOLE_NPM_PACKAGES=('playwright-core@1' 'axe-core@4')
 
 step_console() {
-  local missing=()
-  command -v node >/dev/null 2>&1 || missing+=(nodejs)
-  command -v npm >/dev/null 2>&1 || missing+=(npm)
-  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
-  if ((${#missing[@]})); then
-    apt_install "${missing[@]}"
-  fi
+  apt_install node nodejs
+  apt_install npm npm
+  apt_install chromium chromium
   if [[ ! -f "${CONSOLE_NODE}/node_modules/playwright-core/package.json" || ! -f "${CONSOLE_NODE}/node_modules/axe-core/axe.min.js" ]]; then
     mkdir -p "${CONSOLE_NODE}"
     npm install --prefix "${CONSOLE_NODE}" --no-audit --no-fund --loglevel=error "${CONSOLE_NPM_PACKAGES[@]}"
   fi
   SWITCHYARD_BIN="${SWITCHYARD_BIN}" CONSOLE_NODE_MODULES="${CONSOLE_NODE}/node_modules" \
-    CHROMIUM=/usr/bin/chromium node tests/console/console.test.mjs
+    CHROMIUM="$(command -v chromium)" node tests/console/console.test.mjs
 }
 
 step_promtool() {

@@ -8,11 +8,17 @@
 //! * Sample-ratio mismatch: a third of one arm lost is always flagged; a correct split
 //!   almost never is.
 //!
-//! Deterministic (fixed seeds, a hand-written SplitMix64 generator) and sized to run in a
-//! few seconds in a debug build. Run with `--nocapture` to see the observed figures.
+//! Every verdict and SRM flag comes from the product's own results code
+//! (`experiments::results::compute`, what `GET /admin/flags/F/results` serves), not a copy of
+//! its rule. Deterministic (fixed seeds, a hand-written SplitMix64 generator) and sized to run
+//! in a few seconds in a debug build. Run with `--nocapture` to see the observed figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use switchyard::experiments::stats::{mixture_tau2, msprt, srm, Arm};
+use std::collections::BTreeMap;
+
+use switchyard::experiments::catalog::Catalog;
+use switchyard::experiments::results::{compute, MetricSums, Policy, VariationData};
+use switchyard::experiments::stats::Arm;
 
 /// Significance level of the verdict rule.
 const ALPHA: f64 = 0.05;
@@ -68,20 +74,57 @@ fn enough_data(n: u64, conversions: u64) -> bool {
     n >= MIN_USERS && conversions >= MIN_CONVERSIONS
 }
 
-/// The product's verdict rule on one look: always-valid p ≤ α with the minimum sample met.
+/// The product's own results code on one look (`GET /admin/flags/F/results` computes exactly
+/// this): two variations of `n` users each, `control` and `treatment` conversions, the
+/// default policy (α, minimum sample, prior scale); returns the treatment's verdict and the
+/// result's SRM flag.
+fn product_results(
+    n_control: u64,
+    control: u64,
+    n_treatment: u64,
+    treatment: u64,
+) -> (String, bool) {
+    let data = |users: u64, conversions: u64| VariationData {
+        users,
+        expected_share: 0.5,
+        metrics: BTreeMap::from([(
+            "conversion".to_owned(),
+            MetricSums {
+                reporters: conversions,
+                sum: conversions as f64,
+                sum_sq: conversions as f64,
+                events: conversions,
+            },
+        )]),
+    };
+    let variations = BTreeMap::from([
+        ("control".to_owned(), data(n_control, control)),
+        ("treatment".to_owned(), data(n_treatment, treatment)),
+    ]);
+    let policy = Policy {
+        alpha: ALPHA,
+        min_users: MIN_USERS,
+        min_events: MIN_CONVERSIONS,
+        relative_effect: RELATIVE_EFFECT,
+        ..Policy::default()
+    };
+    let v = compute(
+        "f",
+        "control",
+        &variations,
+        &Catalog::default(),
+        Some("conversion"),
+        0,
+        &policy,
+    );
+    let verdict = v["variations"][0]["verdict"].as_str().unwrap().to_owned();
+    (verdict, v["srm"]["detected"].as_bool().unwrap())
+}
+
+/// The product's verdict on one look is a winner or a loser (significant either way).
 fn msprt_significant(n: u64, control: u64, treatment: u64) -> bool {
-    if !enough_data(n, control) || !enough_data(n, treatment) {
-        return false;
-    }
-    let (c, t) = (binary_arm(n, control), binary_arm(n, treatment));
-    msprt(
-        &c,
-        &t,
-        mixture_tau2(&Arm::pooled(&[c, t]), RELATIVE_EFFECT),
-        ALPHA,
-    )
-    .p_value
-        <= ALPHA
+    let (verdict, _) = product_results(n, control, n, treatment);
+    verdict == "winner" || verdict == "loser"
 }
 
 /// A naive two-sided z-test at level α, as if each look were the planned final one.
@@ -179,15 +222,9 @@ fn a_two_point_lift_is_detected_with_80_percent_power() {
             control += rng.binomial(USERS_PER_PEEK, 0.10);
             treatment += rng.binomial(USERS_PER_PEEK, 0.12);
             let n = peek * USERS_PER_PEEK;
-            if msprt_significant(n, control, treatment) {
-                let (c, t) = (binary_arm(n, control), binary_arm(n, treatment));
-                let r = msprt(
-                    &c,
-                    &t,
-                    mixture_tau2(&Arm::pooled(&[c, t]), RELATIVE_EFFECT),
-                    ALPHA,
-                );
-                wrong_direction += u32::from(r.ci_low <= 0.0);
+            let (verdict, _) = product_results(n, control, n, treatment);
+            if verdict == "winner" || verdict == "loser" {
+                wrong_direction += u32::from(verdict == "loser");
                 first_detection[(peek - 1) as usize] += 1;
                 break;
             }
@@ -225,13 +262,13 @@ fn sample_ratio_mismatch_is_flagged_when_a_third_of_an_arm_is_lost() {
         let mut rng = experiment_rng(3, s);
         // Healthy: every user lands in an arm with probability ½ and is counted.
         let treatment = rng.binomial(USERS, 0.5);
-        let (_, p) = srm(&[USERS - treatment, treatment], &[0.5, 0.5]);
-        flagged_healthy += u32::from(p < THRESHOLD);
+        let (_, flagged) = product_results(USERS - treatment, 0, treatment, 0);
+        flagged_healthy += u32::from(flagged);
         // Broken: same allocation, but a third of the treatment's users go missing.
         let treatment = rng.binomial(USERS, 0.5);
         let kept = rng.binomial(treatment, 2.0 / 3.0);
-        let (_, p) = srm(&[USERS - treatment, kept], &[0.5, 0.5]);
-        flagged_broken += u32::from(p < THRESHOLD);
+        let (_, flagged) = product_results(USERS - treatment, 0, kept, 0);
+        flagged_broken += u32::from(flagged);
     }
     let share = |k: u32| f64::from(k) / SIMULATIONS as f64;
     println!(
