@@ -857,11 +857,22 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(url) = &o.events_url {
+            match url.parse::<Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => self.err(
+                    &path.key("events_url"),
+                    format!("{url:?} is not an http(s) URL"),
+                ),
+            }
+        }
         Some(OptimizelySettings {
             location,
             access_token,
             poll_interval,
             default_provider: o.provider.clone(),
+            events_url: o.events_url.clone(),
         })
     }
 

@@ -111,6 +111,9 @@ pub struct Metrics {
     /// `switchyard_source_healthy{source}`: 1 while the source's last poll was good, 0 while
     /// it fails (the last good flags keep serving).
     pub source_healthy: IntGaugeVec,
+    /// `switchyard_source_events_total{source,outcome}`: decision events sent back to the
+    /// source (sent, dropped, failed).
+    pub source_events: IntCounterVec,
     /// `switchyard_requests_without_id_total{flag}`: flag requests with no bucketing id (a
     /// random one was used).
     without_id: IntCounterVec,
@@ -121,6 +124,12 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// `switchyard_open_connections{listener}`.
     pub open_connections: IntGaugeVec,
+    /// `switchyard_alert_level{alert,flag,variation}`.
+    pub alert_level: IntGaugeVec,
+    /// `switchyard_alert_notifications_total{alert,result}`.
+    pub alert_notifications: IntCounterVec,
+    /// `switchyard_stable_variation{flag,variation}`.
+    pub stable_variation: IntGaugeVec,
     rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
 }
 
@@ -551,6 +560,30 @@ impl Metrics {
         registry.register(Box::new(business.clone()))?;
         registry.register(Box::new(business_users.clone()))?;
         registry.register(Box::new(exposures.clone()))?;
+        let alert_level = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_alert_level",
+                "Alert level per flag and variation: 0 ok, 1 info, 2 warning, 3 critical, -1 insufficient data.",
+            ),
+            &["alert", "flag", "variation"],
+        )?;
+        let alert_notifications = IntCounterVec::new(
+            Opts::new(
+                "switchyard_alert_notifications_total",
+                "Alert webhook notifications by result (sent, failed after retries, dropped: too many in flight).",
+            ),
+            &["alert", "result"],
+        )?;
+        let stable_variation = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_stable_variation",
+                "1 for each flag's stable variation (the control of relative alerts), for joins in PromQL.",
+            ),
+            &["flag", "variation"],
+        )?;
+        registry.register(Box::new(alert_level.clone()))?;
+        registry.register(Box::new(alert_notifications.clone()))?;
+        registry.register(Box::new(stable_variation.clone()))?;
         let passthrough_requests = IntCounterVec::new(
             Opts::new(
                 "switchyard_passthrough_requests_total",
@@ -574,6 +607,11 @@ impl Metrics {
             Opts::new("switchyard_source_healthy", "1 while a flag source's last poll was good, 0 while it fails (the last good flags keep serving)."),
             &["source"],
         )?;
+        let source_events = IntCounterVec::new(
+            Opts::new("switchyard_source_events_total", "Decision events sent back to a flag source (Optimizely's event API) by outcome: sent, dropped (queue full), failed (after retries)."),
+            &["source", "outcome"],
+        )?;
+        registry.register(Box::new(source_events.clone()))?;
         registry.register(Box::new(source_updates.clone()))?;
         registry.register(Box::new(source_healthy.clone()))?;
         let without_id = IntCounterVec::new(
@@ -654,10 +692,14 @@ impl Metrics {
             business,
             business_users,
             exposures,
+            alert_level,
+            alert_notifications,
+            stable_variation,
             passthrough_requests,
             passthrough_duration,
             source_updates,
             source_healthy,
+            source_events,
             without_id,
             connections_refused,
             connections_closed,

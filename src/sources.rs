@@ -56,6 +56,8 @@ pub struct OptimizelySettings {
     pub poll_interval: Duration,
     /// The provider of variations without a `provider` variable.
     pub default_provider: Option<String>,
+    /// Where decision events go (Optimizely's event API), if anywhere.
+    pub events_url: Option<String>,
 }
 
 /// The flag sources' state: the file's config, the last good datafile, the last poll.
@@ -65,6 +67,10 @@ pub struct Sources {
     /// Held while a merged config is built and swapped in, so a reload and a datafile update
     /// never undo each other.
     updating: tokio::sync::Mutex<()>,
+    /// The ids decision events name, from the last good datafile.
+    event_ids: arc_swap::ArcSwapOption<optimizely::events::EventIds>,
+    /// Decision events waiting to be sent.
+    outbox: optimizely::events::Outbox,
 }
 
 #[derive(Debug, Default)]
@@ -197,7 +203,39 @@ enum Fetched {
 /// Starts the poller; it follows the live config (a reload may add, change or drop the
 /// source) and ends when `stop` turns true.
 pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
+    app.sources.outbox.spawn(app, stop.clone());
     tokio::spawn(poll_loop(app.clone(), stop));
+}
+
+/// Queues a decision event for an exposure to a datafile flag when `events_url` is set (a
+/// user's first exposure only; cheap, never waits).
+pub fn expose(app: &App, e: &crate::state::Exposure) {
+    if e.repeat {
+        return;
+    }
+    let live = app.live.load();
+    if live
+        .config
+        .optimizely
+        .as_ref()
+        .is_none_or(|o| o.events_url.is_none())
+    {
+        return;
+    }
+    let (Some(ids), Some(rule)) = (app.sources.event_ids.load_full(), &e.rule) else {
+        return;
+    };
+    let Some(p) =
+        optimizely::events::Pending::new(&ids, &e.flag, rule, &e.variation, &e.user, e.at_ms)
+    else {
+        return;
+    };
+    if !app.sources.outbox.push(p) {
+        app.metrics
+            .source_events
+            .with_label_values(&[SOURCE, "dropped"])
+            .inc();
+    }
 }
 
 async fn poll_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
@@ -233,7 +271,7 @@ async fn poll_once(app: &App, settings: &OptimizelySettings) -> bool {
         .lock()
         .ok()
         .and_then(|i| i.last_modified.clone());
-    let now = crate::admin::api::now_ms();
+    let now = crate::clock::now_ms();
     let fetched = fetch(app, settings, last_modified.as_deref()).await;
     let outcome = match fetched {
         Err(e) => {
@@ -316,6 +354,9 @@ async fn apply(app: &App, body: &[u8], now: u64) -> &'static str {
             let flags = merged.flags.len();
             if let Ok(mut i) = app.sources.inner.lock() {
                 i.datafile = Some(Arc::new(d));
+                app.sources
+                    .event_ids
+                    .store(Some(Arc::new(mapped.event_ids)));
                 i.status.skipped = mapped.skipped;
                 i.status.notes = mapped.notes;
                 i.status.last_change_ms = Some(now);

@@ -71,6 +71,7 @@ pub struct RawOptimizely {
     pub access_token_env: Option<String>,
     pub poll_interval: Option<String>,
     pub provider: Option<String>,
+    pub events_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@
 //! the variation `off`.
 
 pub mod audiences;
+pub mod events;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +50,14 @@ pub struct Datafile {
     /// The project's revision, which grows with every change.
     pub revision: String,
     #[serde(default)]
+    account_id: String,
+    #[serde(default)]
+    project_id: String,
+    #[serde(default, rename = "anonymizeIP")]
+    anonymize_ip: bool,
+    #[serde(default)]
+    bot_filtering: Option<bool>,
+    #[serde(default)]
     experiments: Vec<Experiment>,
     #[serde(default)]
     groups: Vec<GroupDef>,
@@ -73,6 +82,8 @@ struct Experiment {
     key: String,
     #[serde(default)]
     status: String,
+    #[serde(default)]
+    layer_id: String,
     #[serde(default)]
     variations: Vec<VariationDef>,
     #[serde(default)]
@@ -183,6 +194,8 @@ pub struct Mapped {
     pub skipped: Vec<String>,
     /// Conditions evaluated as unknown (as the SDKs do), for the status page.
     pub notes: Vec<String>,
+    /// The ids decision events name.
+    pub event_ids: events::EventIds,
 }
 
 /// Maps `d` onto flags, resolving providers, prompts and tool policies against `config`
@@ -220,7 +233,17 @@ pub fn to_flags(
             .chain(&d.typed_audiences)
             .map(|a| (a.id.as_str(), &a.conditions)),
     );
-    let mut out = Mapped::default();
+    let mut out = Mapped {
+        event_ids: events::EventIds {
+            account_id: d.account_id.clone(),
+            project_id: d.project_id.clone(),
+            revision: d.revision.clone(),
+            anonymize_ip: d.anonymize_ip,
+            bot_filtering: d.bot_filtering,
+            decisions: HashMap::new(),
+        },
+        ..Mapped::default()
+    };
     for feature in &d.feature_flags {
         if !feature.variables.iter().any(|v| v.key == "model_id") {
             out.skipped.push(feature.key.clone());
@@ -252,10 +275,12 @@ pub fn to_flags(
                 continue;
             }
             rules.push(ctx.rule(e, group, true, &mut audiences));
+            ctx.event_ids(e, true, &mut out.event_ids);
         }
         if let Some(rollout) = rollouts.get(feature.rollout_id.as_str()) {
             for e in &rollout.experiments {
                 rules.push(ctx.rule(e, None, false, &mut audiences));
+                ctx.event_ids(e, false, &mut out.event_ids);
             }
         }
         let off = ctx.off_variation();
@@ -308,6 +333,34 @@ struct FeatureCtx<'a> {
 }
 
 impl FeatureCtx<'_> {
+    /// Records the decision-event ids of rule `e`'s variations.
+    fn event_ids(&self, e: &Experiment, experiment: bool, out: &mut events::EventIds) {
+        for v in &e.variations {
+            let Some(variation) = self.ids.get(&v.id).and_then(|&i| self.variations.get(i)) else {
+                continue;
+            };
+            out.decisions.insert(
+                (
+                    self.feature.key.clone(),
+                    e.id.clone(),
+                    variation.key.clone(),
+                ),
+                events::DecisionIds {
+                    campaign_id: e.layer_id.clone(),
+                    experiment_id: e.id.clone(),
+                    variation_id: v.id.clone(),
+                    rule_key: e.key.clone(),
+                    rule_type: if experiment {
+                        "feature-test"
+                    } else {
+                        "rollout"
+                    },
+                    enabled: v.feature_enabled.unwrap_or(false),
+                },
+            );
+        }
+    }
+
     fn rule(
         &mut self,
         e: &Experiment,

@@ -120,11 +120,11 @@ def audiences() -> tuple[list[dict], list[dict]]:
 
 def datafile(revision: str = "1", *, variant: int = 1) -> dict:
     """The test project. `variant` 2 moves traffic and changes a value (a new revision)."""
-    on = variation("var_on", "on", True, model_id="large-2", temperature="0.2", show_sources="true", layout='{"columns": 2}')
-    off = variation("var_off", "off", False)
-    a_ctl = variation("var_a_ctl", "a_control", True, model_id="small-1", retrieval_profile="keyword-v1")
+    on = variation("4001", "on", True, model_id="large-2", temperature="0.2", show_sources="true", layout='{"columns": 2}')
+    off = variation("4002", "off", False)
+    a_ctl = variation("4011", "a_control", True, model_id="small-1", retrieval_profile="keyword-v1")
     a_trt = variation(
-        "var_a_trt",
+        "4012",
         "a_treatment",
         True,
         model_id="large-2" if variant == 1 else "large-3",
@@ -132,13 +132,13 @@ def datafile(revision: str = "1", *, variant: int = 1) -> dict:
         retrieval_profile="semantic-v2",
         show_sources="true",
     )
-    a_dark = variation("var_a_dark", "a_dark", False, model_id="ignored-when-disabled")
+    a_dark = variation("4013", "a_dark", False, model_id="ignored-when-disabled")
 
     exp_a1 = experiment(
         "9001",
         "assistant_ab",
         [a_ctl, a_trt, a_dark],
-        [("var_a_ctl", 3000), ("var_a_trt", 6000 if variant == 1 else 7000), ("", 6500 if variant == 1 else 7500), ("var_a_dark", 8000)],
+        [("4011", 3000), ("4012", 6000 if variant == 1 else 7000), ("", 6500 if variant == 1 else 7500), ("4013", 8000)],
         audience_conditions=["or", ["and", "a_age_ge18", ["not", "a_age_gt40"]], "a_plan_pro", "a_mixed"],
         forced={"forced-user-1": "a_treatment", "forced-user-2": "a_dark"},
     )
@@ -146,26 +146,26 @@ def datafile(revision: str = "1", *, variant: int = 1) -> dict:
         "9002",
         "assistant_paused",
         [a_trt],
-        [("var_a_trt", 10000)],
+        [("4012", 10000)],
         status="Paused",
         forced={"forced-user-3": "a_treatment"},
     )
     rollout_a = {
         "id": "r_assistant",
         "experiments": [
-            experiment("8001", "semver_rule", [on, off], [("var_on", 5000)], audience_ids=["a_v_ge21"], audience_conditions=None),
-            experiment("8002", "acme_rule", [on], [("var_on", 10000)], audience_conditions=["and", "a_acme", ["or", "a_v_lt15", "a_v_eq2", "a_v_gt31b", "a_v_le21"]]),
-            experiment("8003", "fr_rule", [on], [("var_on", 2500)], audience_ids=["a_fr", "a_beta", "a_age_30"]),
-            experiment("8004", "everyone_else_assistant", [on, off], [("var_on", 8000)]),
+            experiment("8001", "semver_rule", [on, off], [("4001", 5000)], audience_ids=["a_v_ge21"], audience_conditions=None),
+            experiment("8002", "acme_rule", [on], [("4001", 10000)], audience_conditions=["and", "a_acme", ["or", "a_v_lt15", "a_v_eq2", "a_v_gt31b", "a_v_le21"]]),
+            experiment("8003", "fr_rule", [on], [("4001", 2500)], audience_ids=["a_fr", "a_beta", "a_age_30"]),
+            experiment("8004", "everyone_else_assistant", [on, off], [("4001", 8000)]),
         ],
     }
 
-    b_x = variation("var_b_x", "b_x", True, model_id="sum-x")
-    b_y = variation("var_b_y", "b_y", True, model_id="sum-y", layout='{"columns": 3}')
-    w_p = variation("var_w_p", "w_plain", True, model_id="write-p")
-    w_q = variation("var_w_q", "w_quirky", True, model_id="write-q", temperature="1.1")
-    exp_b = experiment("7001", "summarizer_exp", [b_x, b_y], [("var_b_x", 5000), ("var_b_y", 10000)], audience_ids=["a_email_exists"], layer="lg")
-    exp_w = experiment("7002", "writer_exp", [w_p, w_q], [("var_w_p", 5000), ("var_w_q", 10000)], audience_conditions=["or", "a_age_lt25", "a_age_le65", "a_missing_audience"], layer="lg")
+    b_x = variation("4021", "b_x", True, model_id="sum-x")
+    b_y = variation("4022", "b_y", True, model_id="sum-y", layout='{"columns": 3}')
+    w_p = variation("4031", "w_plain", True, model_id="write-p")
+    w_q = variation("4032", "w_quirky", True, model_id="write-q", temperature="1.1")
+    exp_b = experiment("7001", "summarizer_exp", [b_x, b_y], [("4021", 5000), ("4022", 10000)], audience_ids=["a_email_exists"], layer="lg")
+    exp_w = experiment("7002", "writer_exp", [w_p, w_q], [("4031", 5000), ("4032", 10000)], audience_conditions=["or", "a_age_lt25", "a_age_le65", "a_missing_audience"], layer="lg")
     group = {
         "id": "6001",
         "policy": "random",
@@ -179,7 +179,7 @@ def datafile(revision: str = "1", *, variant: int = 1) -> dict:
     rollout_b = {
         "id": "r_summarizer",
         "experiments": [
-            experiment("8101", "everyone_else_summarizer", [on], [("var_on", 10000)]),
+            experiment("8101", "everyone_else_summarizer", [on], [("4001", 10000)]),
         ],
     }
 

@@ -23,6 +23,7 @@ import pytest
 import requests
 from optimizely import optimizely
 from optimizely.decision.optimizely_decide_option import OptimizelyDecideOption
+from optimizely.event.event_processor import ForwardingEventProcessor
 from optimizely.helpers.sdk_settings import OptimizelySdkSettings
 
 import optimizely_datafiles as df
@@ -31,6 +32,7 @@ from pipelined import request, send_all
 
 SDK_KEY = "sdk-key-secret-1234"
 ADMIN = "optimizely-admin-token"
+ACCESS_TOKEN = "datafile-access-token-5678"
 USERS = 10_000
 FLAGS = ["assistant", "summarizer", "writer"]
 
@@ -56,6 +58,8 @@ short = "Answer briefly."
 [sources.optimizely]
 datafile_url = "STUB_URL/datafiles/{sdk_key}.json"
 sdk_key_env = "OPTIMIZELY_TEST_SDK_KEY"
+access_token_env = "OPTIMIZELY_TEST_ACCESS_TOKEN"
+events_url = "STUB_URL/v1/events"
 poll_interval = "200ms"
 
 [flags.local-only]
@@ -79,10 +83,16 @@ class Stub:
         self.version = 0
         self.served = 0
         self.not_modified = 0
+        self.events: list[dict] = []
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
+                if self.headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}":
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path != f"/datafiles/{SDK_KEY}.json":
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
@@ -102,6 +112,15 @@ class Stub:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                ok = self.path == "/v1/events"
+                if ok:
+                    with stub.lock:
+                        stub.events.append(json.loads(body))
+                self.send_response(204 if ok else 404)
+                self.end_headers()
 
             def log_message(self, *args) -> None:
                 pass
@@ -131,7 +150,7 @@ def proxy(stub: Stub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prox
     workdir = tmp_path_factory.mktemp("optimizely")
     config = workdir / "proxy.toml"
     config.write_text(CONFIG.replace("STUB_URL", stub.url))
-    env = dict(os.environ, OPTIMIZELY_TEST_SDK_KEY=SDK_KEY, OPTIMIZELY_TEST_ADMIN=ADMIN, SWITCHYARD_LOG="info")
+    env = dict(os.environ, OPTIMIZELY_TEST_SDK_KEY=SDK_KEY, OPTIMIZELY_TEST_ADMIN=ADMIN, OPTIMIZELY_TEST_ACCESS_TOKEN=ACCESS_TOKEN, SWITCHYARD_LOG="info")
     running = launch(config, workdir, env)
     wait_for(lambda: readyz(running)["status"] == "ready", "the first datafile to load")
     yield running
@@ -270,6 +289,66 @@ def test_decisions_equal_the_sdk_for_10000_users(proxy: Proxy) -> None:
     print(f"{n} decisions x 3 interfaces compared in {time.monotonic() - started:.1f}s")
 
 
+def test_decision_events_reach_optimizely_in_its_format(proxy: Proxy, stub: Stub) -> None:
+    """The chat requests above were exposures: each user's first one per flag became a decision
+    event, batched to the events endpoint. They carry what the SDK's own impression events do."""
+    datafile = df.datafile("1")
+
+    class Capture:
+        def __init__(self) -> None:
+            self.params: list[dict] = []
+
+        def dispatch_event(self, event) -> None:
+            self.params.append(event.params)
+
+    capture = Capture()
+    sdk = optimizely.Optimizely(
+        datafile=json.dumps(datafile),
+        skip_json_validation=True,
+        event_processor=ForwardingEventProcessor(capture),
+        settings=OptimizelySdkSettings(odp_disabled=True),
+    )
+    # forced-user-1 appears twice with different attributes: left out of this sample.
+    sample = [u for u in users(USERS, seed=17)[:400] if not u[0].startswith("forced-user")]
+    expected: dict[tuple[str, str], dict] = {}
+    for user, attrs in sample:
+        before = len(capture.params)
+        decisions = sdk.create_user_context(user, attrs).decide_for_keys(FLAGS)
+        for params in capture.params[before:]:
+            visitor = params["visitors"][0]
+            d = visitor["snapshots"][0]["decisions"][0]
+            if d["metadata"]["flag_key"] in FLAGS and decisions[d["metadata"]["flag_key"]].rule_key:
+                expected[(user, d["metadata"]["flag_key"])] = {"top": params, "decision": d}
+
+    def received() -> dict[tuple[str, str], dict]:
+        with stub.lock:
+            batches = list(stub.events)
+        out = {}
+        for b in batches:
+            for v in b["visitors"]:
+                d = v["snapshots"][0]["decisions"][0]
+                out[(v["visitor_id"], d["metadata"]["flag_key"])] = {"top": b, "decision": d, "visitor": v}
+        return out
+
+    wait_for(lambda: expected.keys() <= received().keys(), "decision events for the sampled users")
+    got = received()
+    assert len(expected) > 600
+    assert all(w["decision"]["variation_id"] for w in expected.values()), "numeric ids are kept"
+    for key, want in expected.items():
+        have = got[key]
+        for field in ("campaign_id", "experiment_id", "variation_id"):
+            assert have["decision"][field] == want["decision"][field], (key, have, want)
+        for field in ("flag_key", "rule_key", "rule_type", "variation_key", "enabled"):
+            assert have["decision"]["metadata"][field] == want["decision"]["metadata"][field], (key, field)
+        for field in ("account_id", "project_id", "revision", "anonymize_ip", "enrich_decisions"):
+            assert have["top"][field] == want["top"][field], field
+        event = have["visitor"]["snapshots"][0]["events"][0]
+        assert event["type"] == event["key"] == "campaign_activated"
+        assert event["entity_id"] == have["decision"]["campaign_id"]
+    metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+    assert 'switchyard_source_events_total{outcome="sent",source="optimizely"}' in metrics
+
+
 def test_population_covers_every_outcome() -> None:
     sdk = sdk_for(df.datafile("1"))
     seen: dict[str, set] = {f: set() for f in FLAGS}
@@ -312,9 +391,9 @@ def test_new_revision_then_broken_datafiles_keep_the_last_good(proxy: Proxy, stu
     assert 'switchyard_source_updates_total{outcome="rejected",source="optimizely"} 3' in metrics
     assert 'switchyard_source_healthy{source="optimizely"} 0' in metrics
     assert "datafile rejected" in proxy.stderr()
-    # The SDK key never shows: not in logs, not on /readyz.
-    assert SDK_KEY not in proxy.stderr()
-    assert SDK_KEY not in json.dumps(source(proxy))
+    # The SDK key and the access token never show: not in logs, not in the status.
+    assert SDK_KEY not in proxy.stderr() and ACCESS_TOKEN not in proxy.stderr()
+    assert SDK_KEY not in json.dumps(source(proxy)) and ACCESS_TOKEN not in json.dumps(source(proxy))
 
     # Runtime overrides work on datafile flags: kill switch through the admin API is covered
     # by the Rust tests; here the good datafile comes back and is healthy again.
