@@ -162,7 +162,7 @@ impl App {
             config_path,
             last_reload_error: Mutex::new(None),
             history: Default::default(),
-            config_loaded_ms: AtomicU64::new(crate::admin::api::now_ms()),
+            config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             sources,
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
@@ -264,7 +264,7 @@ impl App {
                         tracing::error!(error = %e, "cannot rebuild after reload");
                     }
                     self.config_loaded_ms
-                        .store(crate::admin::api::now_ms(), Ordering::SeqCst);
+                        .store(crate::clock::now_ms(), Ordering::SeqCst);
                     let mut detail = json!({"from": old.hash, "to": hash});
                     merge(&mut detail, &summary);
                     let note = Change::Note {

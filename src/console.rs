@@ -158,7 +158,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) {
                 return;
             }
             let live = app.live.load_full();
-            app.history.sample(&live, crate::admin::api::now_ms());
+            app.history.sample(&live, crate::clock::now_ms());
             if ticks.is_multiple_of(history::SRM_EVERY_TICKS) {
                 history::refresh_srm(&app).await;
             }

@@ -9,7 +9,7 @@ use crate::app::Live;
 use crate::flags::audience::{AttrValue, Attributes};
 use crate::flags::Flag;
 use crate::openai::ApiError;
-use crate::proxy::decide::percent_decode;
+use crate::query::percent_decode;
 
 /// `GET /admin/console/explain?flag=F&user=U[&attr.k=v]…`: `{"decision": <as /v1/decide>,
 /// "steps": [...], "why": "…"}`.

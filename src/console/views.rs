@@ -15,12 +15,13 @@ use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::history::{self, series_json};
-use crate::admin::api::{flag, flag_json, now_ms, rollout_json, AdminError};
+use crate::admin::api::{flag, flag_json, rollout_json, AdminError};
 use crate::app::{App, Live};
+use crate::body::json_response;
 use crate::body::Body;
+use crate::clock::format_rfc3339_ms;
+use crate::clock::now_ms;
 use crate::flags::{Flag, ToolPolicy};
-use crate::proxy::json_response;
-use crate::state::format_rfc3339_ms;
 
 /// The window of the overview's traffic figures.
 const TRAFFIC_WINDOW_MS: u64 = 5 * 60 * 1000;
@@ -30,7 +31,7 @@ pub fn handle(app: &Arc<App>, method: &Method, path: &str, query: Option<&str>) 
     let segs: Vec<String> = match path
         .trim_matches('/')
         .split('/')
-        .map(crate::proxy::decide::decode_segment)
+        .map(crate::query::decode_segment)
         .collect()
     {
         Ok(s) => s,
