@@ -121,6 +121,8 @@ pub struct App {
     pub history: crate::console::history::History,
     /// When (unix ms) the running configuration was loaded.
     config_loaded_ms: AtomicU64,
+    /// This replica in its fleet: leadership, fleet-wide figures.
+    pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
     baselines: DashMap<(String, String), (u32, Baseline)>,
@@ -163,6 +165,7 @@ impl App {
             last_reload_error: Mutex::new(None),
             history: Default::default(),
             config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
+            fleet: crate::fleet::Fleet::default(),
             sources,
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),

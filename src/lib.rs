@@ -26,6 +26,7 @@
 //! | [`resilience`] | circuit breakers, retry budgets, backoff |
 //! | [`experiments`] | exposures, feedback, results; [`experiments::stats`] (mSPRT, Benjamini–Hochberg, SRM) |
 //! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
+//! | [`fleet`] | a fleet of replicas: leader election over the state store (only the leader acts), fleet-wide gate and alert figures from Prometheus |
 //! | [`console`] | the operators' console: embedded web page and assets, its JSON views, a one-hour history of each variation |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
@@ -50,6 +51,7 @@ pub mod ctl;
 pub mod experiments;
 pub mod fallback;
 pub mod flags;
+pub mod fleet;
 pub mod metrics;
 pub mod openai;
 pub mod providers;
@@ -63,6 +65,16 @@ pub mod sources;
 pub mod state;
 
 use std::future::Future;
+
+/// `println!` for the CLI that ignores a closed stdout (`switchyard check | head`): a broken
+/// pipe ends the output, never in a panic.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 pub use config::Config;
 pub use server::Listeners;
