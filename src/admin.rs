@@ -12,9 +12,9 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::app::App;
+use crate::body::json_response;
 use crate::body::{full, Body};
 use crate::openai::ApiError;
-use crate::proxy::json_response;
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;

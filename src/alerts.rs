@@ -72,16 +72,16 @@ pub mod notify;
 pub mod window;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::admin::api::now_ms;
 use crate::app::{App, Live};
+use crate::clock::now_ms;
 use crate::config::{AlertAction, AlertDirection, AlertRule};
 use crate::flags::Flag;
 use crate::metrics::VariationTotals;
@@ -125,9 +125,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) {
 
 /// One evaluation pass over every alert of the live configuration. Passes never overlap.
 pub async fn evaluate_once(app: &Arc<App>) {
-    let Some(engine) = engine(app) else {
-        return;
-    };
+    let engine = &app.alerts;
     let mut state = engine.state.lock().await;
     if !state.restored {
         state.restored = true;
@@ -185,7 +183,7 @@ pub async fn evaluate_once(app: &Arc<App>) {
         let Some(rule) = live.config.alerts.get(w.alert) else {
             continue;
         };
-        let done = act(app, &engine, rule, &w, at_ms).await;
+        let done = act(app, engine, rule, &w, at_ms).await;
         if let Some(t) = state
             .trackers
             .get_mut(&(rule.name.clone(), w.variation.clone()))
@@ -196,7 +194,7 @@ pub async fn evaluate_once(app: &Arc<App>) {
         }
     }
 
-    publish(&engine, &live, &mut state, views, at_ms);
+    publish(engine, &live, &mut state, views, at_ms);
 }
 
 /// Every alert's current level per flag and variation, for `GET /admin/alerts`:
@@ -204,8 +202,11 @@ pub async fn evaluate_once(app: &Arc<App>) {
 /// "thresholds": {"info", "warning", "critical"}, "direction", …}]}`.
 pub fn alerts_json(app: &App) -> Value {
     let live = app.live.load();
-    let views = find_engine(app)
-        .and_then(|e| e.views.lock().ok().map(|v| v.clone()))
+    let views = app
+        .alerts
+        .views
+        .lock()
+        .map(|v| v.clone())
         .unwrap_or_default();
     let mut out = Vec::new();
     for rule in &live.config.alerts {
@@ -225,8 +226,8 @@ pub fn alerts_json(app: &App) -> Value {
 // Engine: per-App state, kept beside the App.
 // ---------------------------------------------------------------------------------------------
 
-/// The alerting state of one [`App`].
-struct Engine {
+/// The alerting state of one [`App`] (held in it).
+pub struct Engine {
     /// Held for a whole pass, so passes never overlap.
     state: tokio::sync::Mutex<State>,
     /// What the last pass saw, for [`alerts_json`] (read without waiting for a pass).
@@ -267,89 +268,24 @@ struct View {
     evaluated_ms: u64,
 }
 
-/// Engines of the Apps alive in this process, found by the App's address. Each entry holds a
-/// `Weak` to its App, so that address cannot be reused by another App while the entry exists.
-type Registry = Mutex<Vec<(Weak<App>, Arc<Engine>)>>;
-
-fn registry() -> &'static Registry {
-    static ENGINES: OnceLock<Registry> = OnceLock::new();
-    ENGINES.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-fn find_engine(app: &App) -> Option<Arc<Engine>> {
-    let engines = registry().lock().ok()?;
-    engines
-        .iter()
-        .find(|(w, _)| std::ptr::eq(w.as_ptr(), app))
-        .map(|(_, e)| e.clone())
-}
-
-fn engine(app: &Arc<App>) -> Option<Arc<Engine>> {
-    let mut engines = match registry().lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    engines.retain(|(w, _)| w.strong_count() > 0);
-    if let Some((_, e)) = engines
-        .iter()
-        .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(app)))
-    {
-        return Some(e.clone());
-    }
-    match Engine::new(app) {
-        Ok(e) => {
-            let e = Arc::new(e);
-            engines.push((Arc::downgrade(app), e.clone()));
-            Some(e)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "alerting disabled: its metrics cannot be created");
-            None
-        }
-    }
-}
-
 impl Engine {
-    fn new(app: &App) -> prometheus::Result<Engine> {
-        let level_gauge = IntGaugeVec::new(
-            Opts::new(
-                "switchyard_alert_level",
-                "Alert level per flag and variation: 0 ok, 1 info, 2 warning, 3 critical, -1 insufficient data.",
-            ),
-            &["alert", "flag", "variation"],
-        )?;
-        let notifications = IntCounterVec::new(
-            Opts::new(
-                "switchyard_alert_notifications_total",
-                "Alert webhook notifications by result (sent, failed after retries, dropped: too many in flight).",
-            ),
-            &["alert", "result"],
-        )?;
-        let stable = IntGaugeVec::new(
-            Opts::new(
-                "switchyard_stable_variation",
-                "1 for each flag's stable variation (the control of relative alerts), for joins in PromQL.",
-            ),
-            &["flag", "variation"],
-        )?;
-        for c in [
-            Box::new(level_gauge.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(notifications.clone()),
-            Box::new(stable.clone()),
-        ] {
-            if let Err(e) = app.metrics.registry().register(c) {
-                tracing::error!(error = %e, "alert metrics not registered");
-            }
-        }
-        let client = app.clients.get(Duration::from_secs(2), false);
-        Ok(Engine {
+    /// The alerting state of an app with these clients and metric families.
+    pub fn new(
+        clients: &crate::providers::client::Clients,
+        metrics: &crate::metrics::Metrics,
+    ) -> Engine {
+        let level_gauge = metrics.alert_level.clone();
+        let notifications = metrics.alert_notifications.clone();
+        let stable = metrics.stable_variation.clone();
+        let client = clients.get(Duration::from_secs(2), false);
+        Engine {
             state: tokio::sync::Mutex::new(State::default()),
             views: Mutex::new(HashMap::new()),
             notifier: Notifier::new(client, notifications.clone(), notify::MAX_IN_FLIGHT),
             level_gauge,
             notifications,
             stable,
-        })
+        }
     }
 }
 

@@ -323,10 +323,3 @@ pub fn new_id(prefix: &str) -> String {
         fastrand::u32(..)
     )
 }
-
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}

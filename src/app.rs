@@ -109,6 +109,8 @@ pub struct App {
     pub resilience: Resilience,
     /// Which variation answered each Responses id (`previous_response_id` continues there).
     pub responses: Arc<crate::api::responses::Affinity>,
+    /// Tiered alerts: what the last pass saw, and the notifier.
+    pub alerts: crate::alerts::Engine,
     /// Exposures, request ids, feedback.
     pub experiments: crate::experiments::runtime::Experiments,
     /// The file the config came from (reloads read it again).
@@ -142,11 +144,14 @@ impl App {
         let sources = crate::sources::Sources::default();
         sources.set_base(&config);
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
+        let clients = Clients::default();
+        let alerts = crate::alerts::Engine::new(&clients, &metrics);
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(live),
             store,
             metrics,
-            clients: Clients::default(),
+            clients,
+            alerts,
             responses: Arc::default(),
             resilience: Resilience::default(),
             experiments: Default::default(),
@@ -303,7 +308,7 @@ impl App {
         let key = (flag.to_owned(), rule.to_owned());
         let fresh = Baseline {
             totals: now,
-            since_ms: crate::admin::api::now_ms(),
+            since_ms: crate::clock::now_ms(),
         };
         let mut entry = self.baselines.entry(key).or_insert((stage, fresh));
         if entry.0 != stage {

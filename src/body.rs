@@ -23,6 +23,17 @@ pub fn json(value: &serde_json::Value) -> Body {
     full(value.to_string())
 }
 
+/// A JSON response with a status.
+pub fn json_response(status: http::StatusCode, value: &serde_json::Value) -> http::Response<Body> {
+    let mut resp = http::Response::new(json(value));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 /// A provider's error inside a stream, already in OpenAI's error JSON shape: the relay sends it
 /// to the client as the stream's last event.
 #[derive(Debug)]

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::admin::api::{gate_verdict, now_ms};
+use crate::admin::api::gate_verdict;
 use crate::app::App;
+use crate::clock::now_ms;
 use crate::state::Change;
 
 /// How often the state is reloaded from the store even without a notification.

@@ -234,9 +234,12 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         return 1;
     }
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        print!("{}", render(action, &v));
+        {
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout(), "{}", render(action, &v));
+        }
     }
     0
 }

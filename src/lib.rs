@@ -41,6 +41,7 @@ pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ctl;
@@ -51,6 +52,7 @@ pub mod metrics;
 pub mod openai;
 pub mod providers;
 pub mod proxy;
+pub mod query;
 pub mod resilience;
 pub mod rollout;
 pub mod runtime;
@@ -59,6 +61,16 @@ pub mod sources;
 pub mod state;
 
 use std::future::Future;
+
+/// `println!` for the CLI that ignores a closed stdout (`switchyard check | head`): a broken
+/// pipe ends the output, never in a panic.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 pub use config::Config;
 pub use server::Listeners;

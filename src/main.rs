@@ -440,12 +440,13 @@ fn check(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    println!("{}: ok (hash {})", path.display(), config.hash);
-    println!(
+    switchyard::out!("{}: ok (hash {})", path.display(), config.hash);
+    switchyard::out!(
         "  listen {}  admin {}",
-        config.server.listen, config.server.admin_listen
+        config.server.listen,
+        config.server.admin_listen
     );
-    println!(
+    switchyard::out!(
         "  {} provider(s), {} prompt(s), {} audience(s), {} flag(s)",
         config.providers.len(),
         config.prompt_count,
@@ -453,20 +454,22 @@ fn check(path: PathBuf) -> ExitCode {
         config.flags.len()
     );
     for (name, p) in &config.providers {
-        println!("  provider {name}: {}", p.kind.as_str());
+        switchyard::out!("  provider {name}: {}", p.kind.as_str());
     }
     for flag in &config.flags {
         let state = if flag.enabled { "on" } else { "OFF" };
-        println!(
+        switchyard::out!(
             "  flag {} [{state}]: {} variation(s), {} rule(s)",
             flag.key,
             flag.variations.len(),
             flag.rules.len()
         );
         for v in &flag.variations {
-            println!(
+            switchyard::out!(
                 "    variation {}: {} / {}",
-                v.key, v.provider.name, v.model_id
+                v.key,
+                v.provider.name,
+                v.model_id
             );
         }
         for r in &flag.rules {
@@ -511,7 +514,7 @@ fn check(path: PathBuf) -> ExitCode {
                 }
                 None => ranges.join(" "),
             };
-            println!("    rule {} ({audience}): {ranges}", r.id);
+            switchyard::out!("    rule {} ({audience}): {ranges}", r.id);
         }
     }
     ExitCode::SUCCESS
@@ -537,22 +540,22 @@ fn decide(path: PathBuf, flag_key: &str, user: &str, attrs: &[String], json: boo
     }
     let out = switchyard::proxy::decide::decide_for(flag, user, &attributes);
     if json {
-        println!("{out}");
+        switchyard::out!("{out}");
     } else {
         let rule = out["rule"].as_str().unwrap_or("(none)");
         let bucket = out["bucket"]
             .as_u64()
             .map_or("-".to_owned(), |b| b.to_string());
-        println!("flag       {}", flag.key);
-        println!("user       {user}");
-        println!("variation  {}", out["variation"].as_str().unwrap_or("?"));
-        println!("rule       {rule}");
-        println!("bucket     {bucket}");
-        println!(
+        switchyard::out!("flag       {}", flag.key);
+        switchyard::out!("user       {user}");
+        switchyard::out!("variation  {}", out["variation"].as_str().unwrap_or("?"));
+        switchyard::out!("rule       {rule}");
+        switchyard::out!("bucket     {bucket}");
+        switchyard::out!(
             "reason     {}",
             explain(out["reason"].as_str().unwrap_or(""))
         );
-        println!("variables  {}", out["variables"]);
+        switchyard::out!("variables  {}", out["variables"]);
     }
     ExitCode::SUCCESS
 }

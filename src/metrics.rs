@@ -124,6 +124,12 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     /// `switchyard_open_connections{listener}`.
     pub open_connections: IntGaugeVec,
+    /// `switchyard_alert_level{alert,flag,variation}`.
+    pub alert_level: IntGaugeVec,
+    /// `switchyard_alert_notifications_total{alert,result}`.
+    pub alert_notifications: IntCounterVec,
+    /// `switchyard_stable_variation{flag,variation}`.
+    pub stable_variation: IntGaugeVec,
     rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
 }
 
@@ -546,6 +552,30 @@ impl Metrics {
         registry.register(Box::new(business.clone()))?;
         registry.register(Box::new(business_users.clone()))?;
         registry.register(Box::new(exposures.clone()))?;
+        let alert_level = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_alert_level",
+                "Alert level per flag and variation: 0 ok, 1 info, 2 warning, 3 critical, -1 insufficient data.",
+            ),
+            &["alert", "flag", "variation"],
+        )?;
+        let alert_notifications = IntCounterVec::new(
+            Opts::new(
+                "switchyard_alert_notifications_total",
+                "Alert webhook notifications by result (sent, failed after retries, dropped: too many in flight).",
+            ),
+            &["alert", "result"],
+        )?;
+        let stable_variation = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_stable_variation",
+                "1 for each flag's stable variation (the control of relative alerts), for joins in PromQL.",
+            ),
+            &["flag", "variation"],
+        )?;
+        registry.register(Box::new(alert_level.clone()))?;
+        registry.register(Box::new(alert_notifications.clone()))?;
+        registry.register(Box::new(stable_variation.clone()))?;
         let passthrough_requests = IntCounterVec::new(
             Opts::new(
                 "switchyard_passthrough_requests_total",
@@ -654,6 +684,9 @@ impl Metrics {
             business,
             business_users,
             exposures,
+            alert_level,
+            alert_notifications,
+            stable_variation,
             passthrough_requests,
             passthrough_duration,
             source_updates,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -448,7 +448,7 @@ fn rule_based(
     reason: FallbackReason,
 ) -> Result<Response<Body>, ApiError> {
     let text = req.last_user_text();
-    let created = now_secs();
+    let created = crate::clock::now_secs();
     let chat_api = req.api() == ClientApi::Chat;
     let mut resp = if req.stream() {
         let chat = flag
@@ -472,11 +472,6 @@ fn rule_based(
     resp.headers_mut()
         .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));
     Ok(resp)
-}
-
-/// Seconds since the epoch, for `created`.
-pub fn now_secs() -> u64 {
-    crate::api::now_secs()
 }
 
 /// Phases 2 and 3: who is asking, and which variation they get. A Responses request that
@@ -565,7 +560,7 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// request ids rather than scattered through it.
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let ms = crate::admin::api::now_ms() & 0xffff_ffff_ffff;
+    let ms = crate::clock::now_ms() & 0xffff_ffff_ffff;
     let random = fastrand::u64(..) & 0xffff_ffff_ffff;
     let mut id = *b"req_000000000000000000000000";
     for (i, slot) in id[4..].iter_mut().enumerate() {
@@ -586,17 +581,6 @@ pub async fn read_body(
     crate::server::linger::read_body(body, headers, limits).await
 }
 
-/// A JSON response with a status.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(crate::body::json(value));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,7 +594,7 @@ mod tests {
         assert_eq!(a.len(), 28);
         assert!(a.starts_with("req_") && a[4..].bytes().all(|c| c.is_ascii_hexdigit()));
         assert!(a[4..16] < b[4..16], "{a} then {b}");
-        let now = crate::admin::api::now_ms();
+        let now = crate::clock::now_ms();
         let ms = u64::from_str_radix(&b[4..16], 16).unwrap_or(0);
         assert!(now >= ms && now - ms < 10_000);
         let many: std::collections::HashSet<String> = (0..10_000)

@@ -78,7 +78,7 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
         ("/v1/embeddings", &Method::POST) => proxy::embeddings(app, req).await,
         ("/v1/models", &Method::GET) => {
             let live = app.live.load();
-            proxy::json_response(StatusCode::OK, &proxy::decide::models(&live.config))
+            crate::body::json_response(StatusCode::OK, &proxy::decide::models(&live.config))
         }
         ("/v1/feedback", &Method::POST) => {
             let limits = {
@@ -91,14 +91,14 @@ pub async fn route_main(app: Arc<App>, req: Request<Incoming>) -> Response<Body>
                 Err(e) => return e.into_response(),
             };
             match crate::experiments::runtime::post_feedback(&app, &body).await {
-                Ok((status, v)) => proxy::json_response(status, &v),
+                Ok((status, v)) => crate::body::json_response(status, &v),
                 Err(e) => e.into_response(),
             }
         }
         ("/v1/decide", &Method::GET) => {
             let live = app.live.load();
             match proxy::decide::decide(&live, req.uri().query(), req.headers()) {
-                Ok((status, v)) => proxy::json_response(status, &v),
+                Ok((status, v)) => crate::body::json_response(status, &v),
                 Err(e) => e.into_response(),
             }
         }

@@ -271,7 +271,7 @@ async fn poll_once(app: &App, settings: &OptimizelySettings) -> bool {
         .lock()
         .ok()
         .and_then(|i| i.last_modified.clone());
-    let now = crate::admin::api::now_ms();
+    let now = crate::clock::now_ms();
     let fetched = fetch(app, settings, last_modified.as_deref()).await;
     let outcome = match fetched {
         Err(e) => {

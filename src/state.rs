@@ -29,11 +29,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-mod clock;
 mod postgres;
 mod sqlite;
 
-pub(crate) use clock::{format_rfc3339_ms, now_ms};
+pub(crate) use crate::clock::{format_rfc3339_ms, now_ms};
 
 /// Runtime overrides of one flag (what operators changed at runtime; absent = the config's
 /// value).

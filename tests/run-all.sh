@@ -33,6 +33,7 @@ NODE_OFREP="${REPO_ROOT}/target/node-ofrep"
 NODE_REQUIREMENTS=(
   '@openfeature/server-sdk@^1'
   '@openfeature/ofrep-provider@^0.1'
+  'openai@^5'
 )
 
 banner() {
@@ -126,6 +127,8 @@ step_node_ofrep() {
   fi
   (cd "${NODE_OFREP}" && npm install --no-audit --no-fund --loglevel=error "${NODE_REQUIREMENTS[@]}")
   SWITCHYARD_BIN="${SWITCHYARD_BIN}" node --test tests/node/ofrep.test.mjs
+  # The official OpenAI SDK reads the 413 of a 16 MB body (lingering close).
+  SWITCHYARD_BIN="${SWITCHYARD_BIN}" node --test tests/node/openai_413.test.mjs
 }
 
 STEPS=(

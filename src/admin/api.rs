@@ -3,7 +3,7 @@
 //! with the token's name as actor) before it is acknowledged.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -11,10 +11,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::{App, Live};
+use crate::body::json_response;
 use crate::body::Body;
 use crate::flags::Flag;
 use crate::openai::ApiError;
-use crate::proxy::json_response;
 use crate::rollout::{self, StageFigures, Verdict};
 use crate::runtime::FlagRuntime;
 use crate::state::{Change, StateError};
@@ -162,12 +162,7 @@ fn optional<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T> {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::now_ms;
 
 /// Routes an authenticated admin request (`path` below `/admin`).
 pub async fn handle(
@@ -195,7 +190,7 @@ async fn dispatch(
     let decoded: Vec<String> = path
         .trim_matches('/')
         .split('/')
-        .map(crate::proxy::decide::decode_segment)
+        .map(crate::query::decode_segment)
         .collect::<std::result::Result<_, _>>()?;
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let ok = |v: Value| Ok((StatusCode::OK, v));
@@ -406,7 +401,7 @@ async fn dispatch(
             for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 match k {
-                    "metric" => metric = Some(crate::proxy::decide::percent_decode(v)?),
+                    "metric" => metric = Some(crate::query::percent_decode(v)?),
                     other => {
                         return Err(AdminError::bad(format!(
                             "unknown query parameter `{other}` (metric)"
@@ -422,7 +417,7 @@ async fn dispatch(
             let mut limit = 50u32;
             for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let v = crate::proxy::decide::percent_decode(v)?;
+                let v = crate::query::percent_decode(v)?;
                 match k {
                     "flag" => flag_filter = Some(v),
                     "limit" => {
@@ -694,7 +689,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .split('&')
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
-        .and_then(|(_, v)| crate::proxy::decide::decode_segment(v).ok())
+        .and_then(|(_, v)| crate::query::decode_segment(v).ok())
 }
 
 /// Where each effective value of flag `i` comes from: the file, or an override and who set it.

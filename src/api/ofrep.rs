@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
 use crate::app::{App, Live};
-use crate::body::Body;
+use crate::body::{json_response, Body};
 use crate::config::AdminToken;
 use crate::flags::audience::Attributes;
 use crate::flags::{Decision, DecisionReason, Flag};
@@ -64,35 +64,23 @@ impl Failure {
     }
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
-    let mut resp = Response::new(crate::body::json(value));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
 /// Routes `/ofrep/…` on the main listener.
 pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let key = match path.strip_prefix(FLAGS_PATH) {
         Some("") => None,
         Some(rest) => match rest.strip_prefix('/') {
-            Some(k) if !k.is_empty() && !k.contains('/') => {
-                match crate::proxy::decide::decode_segment(k) {
-                    Ok(k) => Some(k),
-                    Err(_) => {
-                        return Failure::new(
-                            StatusCode::BAD_REQUEST,
-                            "PARSE_ERROR",
-                            "the flag key is not valid percent-encoded UTF-8",
-                        )
-                        .response(None)
-                    }
+            Some(k) if !k.is_empty() && !k.contains('/') => match crate::query::decode_segment(k) {
+                Ok(k) => Some(k),
+                Err(_) => {
+                    return Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "PARSE_ERROR",
+                        "the flag key is not valid percent-encoded UTF-8",
+                    )
+                    .response(None)
                 }
-            }
+            },
             _ => return not_found(&path),
         },
         None => return not_found(&path),
@@ -365,7 +353,7 @@ fn expose(app: &App, flag: &Flag, d: &Decision, user: &str) {
         rule: d.rule.and_then(|r| flag.rules.get(r)).map(|r| r.id.clone()),
         user: user.to_owned(),
         request_id: format!("ofrep-{:016x}", fastrand::u64(..)),
-        at_ms: crate::admin::api::now_ms(),
+        at_ms: crate::clock::now_ms(),
         repeat: false,
     };
     app.experiments.expose(app, exposure);

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::sse::{AssembledCall, ChatChunk, ChatStreamTranslator, Translated};
-use super::{
-    kept_tools, new_id, now_secs, number_json, parse_object, ClientApi, Edit, Inbound, Parsed,
-};
+use super::{kept_tools, new_id, number_json, parse_object, ClientApi, Edit, Inbound, Parsed};
 use crate::body::Body;
 use crate::flags::{PromptMode, Variation};
 use crate::openai::{ApiError, Usage};
@@ -657,7 +655,9 @@ pub fn from_chat_completion(chat: &Value, req: &Map<String, Value>) -> Value {
     let model = chat["model"].as_str().unwrap_or("");
     response_object(
         &new_id("resp_"),
-        chat["created"].as_u64().unwrap_or_else(now_secs),
+        chat["created"]
+            .as_u64()
+            .unwrap_or_else(crate::clock::now_secs),
         model,
         status,
         output,
@@ -728,7 +728,7 @@ impl ChatToResponses {
         req.remove("input");
         ChatToResponses {
             id: new_id("resp_"),
-            created_at: now_secs(),
+            created_at: crate::clock::now_secs(),
             model: model.to_owned(),
             req,
             seq: 0,

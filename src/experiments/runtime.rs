@@ -186,7 +186,7 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) {
                     let started = std::time::Instant::now();
                     refresh_gauges(&refresher).await;
                     pause = REFRESH_EVERY.max(started.elapsed() * 10);
-                    let now = crate::admin::api::now_ms();
+                    let now = crate::clock::now_ms();
                     if now.saturating_sub(pruned_at) > 3_600_000 {
                         pruned_at = now;
                         let _ = refresher.store.prune_requests(now.saturating_sub(KEEP_REQUESTS.as_millis() as u64)).await;
@@ -233,7 +233,7 @@ async fn write(app: &App, batch: &mut Vec<Exposure>) {
 pub async fn post_feedback(app: &App, body: &[u8]) -> Result<(http::StatusCode, Value), ApiError> {
     let live = app.live.load_full();
     let events = feedback::batch(body, &live.config.catalog)?;
-    let now = crate::admin::api::now_ms();
+    let now = crate::clock::now_ms();
     let mut errors = Vec::new();
     let mut rows = Vec::new();
     let mut row_index = Vec::new();
@@ -446,7 +446,7 @@ pub async fn business_values(
     let Some((_, flag)) = live.config.flag(flag_key) else {
         return Ok(HashMap::new());
     };
-    let since = crate::admin::api::now_ms().saturating_sub(window.as_millis() as u64);
+    let since = crate::clock::now_ms().saturating_sub(window.as_millis() as u64);
     let (data, _, _) = gather(app, flag, Some(since), true).await?;
     let mut out = HashMap::new();
     for (variation, d) in &data {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame};
@@ -97,12 +97,6 @@ fn read(body: &[u8]) -> Echo {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn completion_id() -> String {
     format!("chatcmpl-mock{:016x}", fastrand::u64(..))
 }
@@ -118,7 +112,7 @@ pub fn complete(body: &[u8]) -> Bytes {
     let v = json!({
         "id": completion_id(),
         "object": "chat.completion",
-        "created": now_secs(),
+        "created": crate::clock::now_secs(),
         "model": echo.model,
         "system_fingerprint": "switchyard-mock",
         "choices": [{
@@ -136,7 +130,7 @@ pub fn complete(body: &[u8]) -> Bytes {
 pub fn stream(body: &[u8], settings: &MockSettings) -> MockStream {
     let echo = read(body);
     let id = completion_id();
-    let created = now_secs();
+    let created = crate::clock::now_secs();
     let chunk = |delta: Value, finish: Value| {
         let v = json!({
             "id": id, "object": "chat.completion.chunk", "created": created, "model": echo.model,

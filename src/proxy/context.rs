@@ -176,7 +176,7 @@ impl<'a> RequestCtx<'a> {
                     rule,
                     user: user.clone(),
                     request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
-                    at_ms: crate::admin::api::now_ms(),
+                    at_ms: crate::clock::now_ms(),
                     repeat: false,
                 };
                 self.app.experiments.expose(self.app, exposure);

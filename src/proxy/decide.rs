@@ -24,45 +24,6 @@ pub fn decision_json(flag: &Flag, decision: &Decision) -> Value {
     })
 }
 
-/// Decodes one `application/x-www-form-urlencoded` component (`+` is a space).
-pub fn percent_decode(s: &str) -> Result<String, ApiError> {
-    decode(s, true)
-}
-
-/// Decodes one path segment (`+` stays `+`).
-pub fn decode_segment(s: &str) -> Result<String, ApiError> {
-    decode(s, false)
-}
-
-fn decode(s: &str, plus_is_space: bool) -> Result<String, ApiError> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' if plus_is_space => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => out.push(b),
-                    None => {
-                        return Err(ApiError::field(
-                            "query",
-                            "malformed percent-encoding in the query string",
-                        ))
-                    }
-                }
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| ApiError::field("query", "the query string is not UTF-8"))
-}
-
 /// `GET /v1/decide?flag=F&user=U[&attr.k=v]…`.
 pub fn decide(
     live: &Live,
@@ -75,8 +36,8 @@ pub fn decide(
     let mut attrs = crate::proxy::identify::attributes(&config.identity, headers, None)?;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)?;
-        let v = percent_decode(v)?;
+        let k = crate::query::percent_decode(k)?;
+        let v = crate::query::percent_decode(v)?;
         match k.as_str() {
             "flag" => flag_key = Some(v),
             "user" => user = Some(v),

@@ -330,7 +330,7 @@ async fn attempt(
             .map_err(|e| Box::new(e) as BodyError)
             .boxed();
         let mut s = if translate {
-            AnthropicSse::new(raw, crate::proxy::now_secs(), include_usage).boxed()
+            AnthropicSse::new(raw, crate::clock::now_secs(), include_usage).boxed()
         } else {
             raw
         };
@@ -348,7 +348,7 @@ async fn attempt(
     };
     let bytes = if translate {
         Bytes::from(
-            anthropic::from_anthropic_response(&bytes, crate::proxy::now_secs())
+            anthropic::from_anthropic_response(&bytes, crate::clock::now_secs())
                 .map_err(|e| Failure::Invalid(e.to_string()))?,
         )
     } else {

@@ -23,12 +23,12 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls, Notification};
 
-use super::clock::system_time_ms;
 use super::{
     audit_json, backoff, db_to_u64, format_rfc3339_ms, ms_to_db, overrides_json, signal,
     AuditEntry, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides, RuntimeState,
     StateError,
 };
+use crate::clock::system_time_ms;
 
 /// The NOTIFY channel replicas listen on.
 const CHANNEL: &str = "switchyard_state";

@@ -1,17 +1,23 @@
-//! Wall-clock time for the audit log: unix milliseconds and their RFC 3339 UTC form.
+//! The one wall clock: unix milliseconds and seconds, and the RFC 3339 UTC form the audit log
+//! and the admin API write. (Durations on the request path use `Instant`, never this.)
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the unix epoch, now (0 if the clock is before 1970).
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
+/// Seconds since the unix epoch, now (`created` of answers).
+pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
 /// Milliseconds since the unix epoch of a `SystemTime` (negative before 1970).
-pub(crate) fn system_time_ms(t: SystemTime) -> i64 {
+pub fn system_time_ms(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
         Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
@@ -19,7 +25,7 @@ pub(crate) fn system_time_ms(t: SystemTime) -> i64 {
 }
 
 /// `ms` unix milliseconds as RFC 3339 UTC with milliseconds: `2026-11-25T12:01:02.345Z`.
-pub(crate) fn format_rfc3339_ms(ms: i64) -> String {
+pub fn format_rfc3339_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
