@@ -71,7 +71,8 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
                 )
             } else {
                 // Ready or not and a short reason only: the file, its errors and the figures
-                // are behind the admin token (`GET /admin/status`).
+                // are behind the admin token (`GET /admin/status`). Which replica leads the fleet is
+                // shown (names, no paths or secrets).
                 let live = app.live.load();
                 if !app.sources.ready(&live.config) {
                     // Flags from a datafile must have loaded once before traffic comes here.
@@ -86,11 +87,11 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
                     .ok()
                     .is_some_and(|e| e.is_some());
                 let v = if reload_failed {
-                    json!({"status": "ready", "reason": "the last reload was refused; the previous config is serving"})
+                    json!({"status": "ready", "reason": "the last reload was refused; the previous config is serving", "fleet": app.fleet.readyz_json()})
                 } else if !app.sources.healthy(&live.config) {
-                    json!({"status": "ready", "reason": "the Optimizely datafile cannot be used; its last good flags are serving"})
+                    json!({"status": "ready", "reason": "the Optimizely datafile cannot be used; its last good flags are serving", "fleet": app.fleet.readyz_json()})
                 } else {
-                    json!({"status": "ready"})
+                    json!({"status": "ready", "fleet": app.fleet.readyz_json()})
                 };
                 json_response(StatusCode::OK, &v)
             }

@@ -64,8 +64,17 @@
 //! `switchyard_stable_variation{flag,variation}` (1 for each flag's stable variation, so
 //! Prometheus rules can compare a variation with its control).
 //!
-//! Each replica evaluates its own counters; for fleet-wide alerting use the Prometheus rules
-//! in `deploy/prometheus/`.
+//! An alert with `source = "local"` (the default) evaluates this replica's own counters; with
+//! `source = "prometheus"` it reads the fleet's figures from Prometheus ([`crate::fleet`]):
+//! counter metrics as `increase()` over `window` summed across replicas, latency quantiles
+//! from the duration histogram over `window`, business metrics from
+//! `switchyard_business_metric`. When Prometheus cannot be read the alert's level is
+//! `unknown` (gauge -2): nothing is announced and no action runs.
+//!
+//! Every replica evaluates every alert (`GET /admin/alerts` and the gauges are read-only
+//! views); only the fleet's leader audits, acts and notifies. A follower counts a tier as
+//! acted once its actions are in effect in the shared state, so one that becomes leader
+//! neither repeats them nor overrules an operator.
 
 pub mod level;
 pub mod notify;
@@ -82,7 +91,7 @@ use tokio::sync::watch;
 
 use crate::app::{App, Live};
 use crate::clock::now_ms;
-use crate::config::{AlertAction, AlertDirection, AlertRule};
+use crate::config::{AlertAction, AlertDirection, AlertRule, FigureSource};
 use crate::flags::Flag;
 use crate::metrics::VariationTotals;
 use crate::state::{format_rfc3339_ms, Change};
@@ -137,6 +146,7 @@ pub async fn evaluate_once(app: &Arc<App>) {
     record_counters(&live, &mut state, now);
     state.passes += 1;
     let business = business_values(app, &live).await;
+    let fleet = crate::fleet::figures::alert_values(app, &live).await;
 
     let mut work = Vec::new();
     let mut views = HashMap::new();
@@ -153,6 +163,7 @@ pub async fn evaluate_once(app: &Arc<App>) {
                 live: &live,
                 rings: &state.rings,
                 business: &business,
+                fleet: &fleet,
                 now,
             };
             let m = measure(&inputs, rule, fi, flag, vi);
@@ -179,11 +190,16 @@ pub async fn evaluate_once(app: &Arc<App>) {
         }
     }
 
+    let leads = app.fleet.is_leader();
     for w in work {
         let Some(rule) = live.config.alerts.get(w.alert) else {
             continue;
         };
-        let done = act(app, engine, rule, &w, at_ms).await;
+        let done = if leads {
+            act(app, engine, rule, &w, at_ms).await
+        } else {
+            in_effect(&live, rule, &w.due)
+        };
         if let Some(t) = state
             .trackers
             .get_mut(&(rule.name.clone(), w.variation.clone()))
@@ -332,7 +348,7 @@ fn record_counters(live: &Live, state: &mut State, now: Instant) {
     let first_pass = state.passes == 0;
     let mut needed: HashMap<(usize, usize), (Duration, Duration)> = HashMap::new();
     for rule in &live.config.alerts {
-        if !is_counter_metric(&rule.metric) {
+        if !is_counter_metric(&rule.metric) || rule.source != FigureSource::Local {
             continue;
         }
         let Some((fi, flag)) = live.config.flag(&rule.flag) else {
@@ -377,7 +393,7 @@ type Business = HashMap<(String, Duration), Option<HashMap<(String, String), (f6
 async fn business_values(app: &App, live: &Live) -> Business {
     let mut out: Business = HashMap::new();
     for rule in &live.config.alerts {
-        if !is_business_metric(&rule.metric) {
+        if !is_business_metric(&rule.metric) || rule.source != FigureSource::Local {
             continue;
         }
         let key = (rule.flag.clone(), rule.window);
@@ -421,6 +437,8 @@ struct Inputs<'a> {
     /// By (flag key, variation key).
     rings: &'a HashMap<Key, Ring>,
     business: &'a Business,
+    /// Figures of Prometheus-sourced alerts.
+    fleet: &'a crate::fleet::figures::AlertValues,
     now: Instant,
 }
 
@@ -435,6 +453,9 @@ fn raw_value(
     let Some(h) = inputs.live.routes.flags.get(fi).and_then(|v| v.get(vi)) else {
         return (None, 0, Some("no such variation"));
     };
+    if rule.source == FigureSource::Prometheus {
+        return crate::fleet::figures::alert_value(inputs.fleet, rule, &flag.variations[vi].key);
+    }
     let metric = rule.metric.as_str();
     if is_counter_metric(metric) {
         let key = (flag.key.clone(), flag.variations[vi].key.clone());
@@ -627,6 +648,36 @@ async fn act(app: &App, engine: &Engine, rule: &AlertRule, w: &Work, at_ms: u64)
     done
 }
 
+/// Whether a measurement is missing because the fleet's figures could not be read.
+fn is_unknown(m: &Measured) -> bool {
+    m.why == Some(crate::fleet::figures::UNAVAILABLE)
+}
+
+/// On a follower: the due tiers whose actions the leader has put in effect (so this replica,
+/// should it lead later, does not run them again).
+fn in_effect(live: &Live, rule: &AlertRule, due: &[usize]) -> Vec<usize> {
+    let Some((fi, flag)) = live.config.flag(&rule.flag) else {
+        return due.to_vec();
+    };
+    let Some(rt) = live.runtime.get(fi) else {
+        return due.to_vec();
+    };
+    due.iter()
+        .copied()
+        .filter(|tier| {
+            rule.actions.get(*tier).is_some_and(|actions| {
+                actions.iter().all(|a| match a {
+                    AlertAction::Notify => true,
+                    AlertAction::Kill => !rt.enabled,
+                    AlertAction::HoldRollout => flag.rules.iter().enumerate().all(|(r, rr)| {
+                        rr.rollout.is_none() || rt.held.get(r).copied().unwrap_or(false)
+                    }),
+                })
+            })
+        })
+        .collect()
+}
+
 fn action_name(a: AlertAction) -> &'static str {
     match a {
         AlertAction::Notify => "notify",
@@ -794,10 +845,11 @@ fn publish(
         };
         if let Some(rule) = live.config.alerts.iter().find(|r| r.name == key.0) {
             let labels = (rule.name.clone(), rule.flag.clone(), key.1.clone());
+            let missing = if is_unknown(&m) { -2 } else { -1 };
             engine
                 .level_gauge
                 .with_label_values(&[&labels.0, &labels.1, &labels.2])
-                .set(level.map_or(-1, Level::code));
+                .set(level.map_or(missing, Level::code));
             gauges.insert(labels);
         }
         next.insert(
@@ -843,9 +895,12 @@ fn alert_json(rule: &AlertRule, variation: &str, view: Option<&View>) -> Value {
         why: Some("not evaluated yet"),
         ..Measured::default()
     });
-    let level = view
-        .and_then(|v| v.level)
-        .map_or("insufficient_data", Level::as_str);
+    let missing = if is_unknown(&m) {
+        "unknown"
+    } else {
+        "insufficient_data"
+    };
+    let level = view.and_then(|v| v.level).map_or(missing, Level::as_str);
     json!({
         "alert": rule.name,
         "flag": rule.flag,

@@ -117,6 +117,8 @@ pub struct App {
     pub config_path: Option<PathBuf>,
     /// The last reload failure, for the admin API.
     pub last_reload_error: Mutex<Option<String>>,
+    /// This replica in its fleet: leadership, fleet-wide figures.
+    pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
     baselines: DashMap<(String, String), (u32, Baseline)>,
@@ -157,6 +159,7 @@ impl App {
             experiments: Default::default(),
             config_path,
             last_reload_error: Mutex::new(None),
+            fleet: crate::fleet::Fleet::default(),
             sources,
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),

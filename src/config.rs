@@ -1,6 +1,7 @@
 //! `proxy.toml`: parsed into raw serde types ([`raw`]), then validated into a [`Config`] that
 //! cannot hold a dangling reference. Every error names the file, the line and the key.
 
+mod fleet;
 mod locate;
 mod raw;
 
@@ -68,6 +69,8 @@ pub struct Config {
     pub prices: BTreeMap<String, (f64, f64)>,
     /// `[experiments]`: the verdict policy.
     pub experiment_policy: crate::experiments::results::Policy,
+    /// `[fleet]`: where fleet-wide figures come from.
+    pub fleet: FleetSettings,
     /// `[prompts]`, by name (flags from other sources resolve their prompts here).
     pub prompts: BTreeMap<String, Arc<str>>,
     /// `[tool_policies]`, by name.
@@ -145,6 +148,37 @@ pub struct AlertRule {
     pub actions: [Vec<AlertAction>; 3],
     /// Webhooks notified on every change of level.
     pub webhooks: Vec<Uri>,
+    /// Where the figures come from: this process's counters or the fleet's, from Prometheus.
+    pub source: FigureSource,
+}
+
+/// Where a gate or an alert reads its figures (`source = "local" | "prometheus"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FigureSource {
+    /// This process's own counters (the default).
+    #[default]
+    Local,
+    /// The fleet's, aggregated across replicas by Prometheus (`[fleet] prometheus_url`).
+    Prometheus,
+}
+
+impl FigureSource {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FigureSource::Local => "local",
+            FigureSource::Prometheus => "prometheus",
+        }
+    }
+}
+
+/// `[fleet]`.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Prometheus' base URL (`http://host:port`, optionally with a path prefix).
+    pub prometheus_url: Option<Uri>,
+    /// Budget for one query.
+    pub query_timeout: Duration,
 }
 
 /// Which side of the thresholds is bad.
@@ -726,6 +760,8 @@ impl Validator<'_> {
         }
         let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
+        let fleet = self.fleet(&raw, &flags, &alerts);
+        let state_url = self.state_url(&raw);
         let ofrep = crate::api::ofrep::OfrepSettings {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
             exposures: raw.ofrep.exposures.unwrap_or(false),
@@ -746,16 +782,13 @@ impl Validator<'_> {
             audience_count: audiences.len(),
             flags,
             flag_index,
-            state_url: raw
-                .state
-                .url
-                .clone()
-                .unwrap_or_else(|| "sqlite:switchyard-state.db".into()),
+            state_url,
             admin_tokens,
             alerts,
             catalog,
             prices,
             experiment_policy,
+            fleet,
             prompts,
             tool_policies: raw.tool_policies.clone(),
             default_responder,
@@ -1671,6 +1704,11 @@ impl Validator<'_> {
                 g.rollback_min_requests,
                 20,
             ),
+            source: self.source(&gp.key("source"), g.source.as_deref()),
+            window: g
+                .window
+                .as_deref()
+                .map(|w| self.duration(&gp.key("window"), Some(w), Duration::ZERO)),
         };
         for (key, v) in [
             ("max_p95_seconds", gate.max_p95_seconds),
@@ -2037,6 +2075,7 @@ impl Validator<'_> {
                     _ => self.err(&path.key("webhooks").index(j), format!("invalid URL {w:?}")),
                 }
             }
+            let source = self.source(&path.key("source"), a.source.as_deref());
             if self.errors.len() == before {
                 out.push(AlertRule {
                     name: a.name.clone(),
@@ -2050,6 +2089,7 @@ impl Validator<'_> {
                     min_samples,
                     actions,
                     webhooks,
+                    source,
                 });
             }
         }

@@ -1,5 +1,8 @@
 //! The control loops that run beside the request path: runtime-state sync across replicas,
 //! rollout gates (auto-advance, auto-rollback), and config reload on file change or SIGHUP.
+//!
+//! Every replica evaluates gates (their status is a read-only view); only the fleet's leader
+//! ([`crate::fleet`]) advances or rolls back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ const RESYNC_EVERY: Duration = Duration::from_secs(5);
 
 /// Starts every control loop; they end when `stop` turns true.
 pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
+    crate::fleet::spawn(app, stop.clone());
     tokio::spawn(state_sync(app.clone(), stop.clone()));
     tokio::spawn(gates(app.clone(), stop.clone()));
     crate::alerts::spawn(app, stop.clone());
@@ -58,8 +62,11 @@ async fn gates(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 }
 
 /// One pass over every rollout: publishes gate status, rolls back on a breach, advances when
-/// `auto_advance` is on and the gate holds. Actions are audited with actor `gate`.
+/// `auto_advance` is on and the gate holds. Actions are audited with actor `gate`, and taken
+/// only on the fleet's leader.
 pub async fn evaluate_gates(app: &Arc<App>) {
+    crate::fleet::figures::refresh_gates(app).await;
+    let leads = app.fleet.is_leader();
     let live = app.live.load_full();
     for (i, flag) in live.config.flags.iter().enumerate() {
         for (r, rule) in flag.rules.iter().enumerate() {
@@ -71,6 +78,9 @@ pub async fn evaluate_gates(app: &Arc<App>) {
                 .gate_met
                 .with_label_values(&[&flag.key, &rule.id])
                 .set(i64::from(verdict.pass));
+            if !leads {
+                continue;
+            }
             if !verdict.rollback.is_empty() && stage > 0 && rt.enabled {
                 let reason = format!("automatic rollback: {}", verdict.rollback.join("; "));
                 tracing::warn!(flag = %flag.key, rule = %rule.id, from = stage, %reason, "rolling back");

@@ -225,6 +225,11 @@ pub struct Gate {
     pub rollback_fallback_rate: Option<f64>,
     /// Requests needed before a rollback threshold is trusted.
     pub rollback_min_requests: u64,
+    /// Where the figures come from: this process's counters or the fleet's, from Prometheus.
+    pub source: crate::config::FigureSource,
+    /// With a Prometheus source: the figures cover at most this last part of the stage
+    /// (`None`: the whole stage).
+    pub window: Option<std::time::Duration>,
 }
 
 impl Rollout {

@@ -26,6 +26,7 @@
 //! | [`resilience`] | circuit breakers, retry budgets, backoff |
 //! | [`experiments`] | exposures, feedback, results; [`experiments::stats`] (mSPRT, Benjamini–Hochberg, SRM) |
 //! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
+//! | [`fleet`] | a fleet of replicas: leader election over the state store (only the leader acts), fleet-wide gate and alert figures from Prometheus |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
@@ -48,6 +49,7 @@ pub mod ctl;
 pub mod experiments;
 pub mod fallback;
 pub mod flags;
+pub mod fleet;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

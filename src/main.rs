@@ -60,6 +60,15 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Probe a running proxy (container health checks): exits 0 when the URL answers 2xx.
+    Health {
+        /// What to GET.
+        #[arg(long, default_value = switchyard::fleet::probe::DEFAULT_URL)]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Show which variation a user gets, and why.
     Decide {
         /// The configuration file.
@@ -262,6 +271,7 @@ fn main() -> ExitCode {
             &log_format,
         ),
         Command::Check { config } => check(config),
+        Command::Health { url, timeout } => health(&url, timeout),
         Command::Ctl {
             action,
             reason,
@@ -274,6 +284,29 @@ fn main() -> ExitCode {
             attrs,
             json,
         } => decide(config, &flag, &user, &attrs, json),
+    }
+}
+
+fn health(url: &str, timeout: std::time::Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(switchyard::fleet::probe::probe(url, timeout)) {
+        Ok(status) => {
+            println!("{url}: HTTP {status}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("unhealthy: {why}");
+            ExitCode::from(1)
+        }
     }
 }
 

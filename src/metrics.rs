@@ -6,12 +6,13 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use hdrhistogram::Histogram as Hdr;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+mod summary;
 
 use crate::api::ClientApi;
 use crate::config::Config;
@@ -79,7 +80,6 @@ pub struct Metrics {
     errors: IntCounterVec,
     /// `switchyard_fallback_triggers_total{flag,variation,reason,behavior}`.
     pub fallback_triggers: IntCounterVec,
-    quantiles: GaugeVec,
     config_info: IntGaugeVec,
     attempts: IntCounterVec,
     retries: IntCounterVec,
@@ -103,6 +103,10 @@ pub struct Metrics {
     pub business_users: IntGaugeVec,
     /// `switchyard_exposures_total{result}`: written, dropped (queue full), failed.
     pub exposures: IntCounterVec,
+    /// `switchyard_leader`: 1 on the replica running the acting loops.
+    pub leader: IntGauge,
+    /// `switchyard_prometheus_queries_total{result}`: fleet-figure queries, `ok` or `failed`.
+    pub prometheus_queries: IntCounterVec,
     passthrough_requests: IntCounterVec,
     passthrough_duration: HistogramVec,
     /// `switchyard_source_updates_total{source,outcome}`: polls of a flag source by outcome
@@ -130,7 +134,7 @@ pub struct Metrics {
     pub alert_notifications: IntCounterVec,
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
-    rolling: DashMap<(String, String), Arc<Mutex<Rolling>>>,
+    rolling: summary::Windows,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -359,16 +363,27 @@ impl Rolling {
     }
 
     fn quantiles(&mut self) -> (u64, [f64; 3]) {
+        let (n, qs, _) = self.summary();
+        (n, qs)
+    }
+
+    /// Count, p50/p95/p99 and sum (seconds) of the window.
+    fn summary(&mut self) -> (u64, [f64; 3], f64) {
         self.rotate();
         let Some((first, rest)) = self.slots.split_first() else {
-            return (0, [0.0; 3]);
+            return (0, [0.0; 3], 0.0);
         };
         let mut merged = first.clone();
         for s in rest {
             let _ = merged.add(s);
         }
         let q = |p: f64| merged.value_at_quantile(p) as f64 / 1e6;
-        (merged.len(), [q(0.5), q(0.95), q(0.99)])
+        let n = merged.len();
+        (
+            n,
+            [q(0.5), q(0.95), q(0.99)],
+            merged.mean() * n as f64 / 1e6,
+        )
     }
 }
 
@@ -435,13 +450,6 @@ impl Metrics {
                 "Fallbacks by trigger reason and behaviour.",
             ),
             &["flag", "variation", "reason", "behavior"],
-        )?;
-        let quantiles = GaugeVec::new(
-            Opts::new(
-                "switchyard_latency_quantile_seconds",
-                "Exact request latency quantiles over a rolling 60 s window (hdrhistogram).",
-            ),
-            &["flag", "variation", "quantile"],
         )?;
         let config_info = IntGaugeVec::new(
             Opts::new(
@@ -547,6 +555,22 @@ impl Metrics {
             Opts::new("switchyard_exposures_total", "Exposures (answered chat requests) by what became of them: written, dropped (queue full), failed (store error)."),
             &["result"],
         )?;
+        let leader = IntGauge::new(
+            "switchyard_leader",
+            "1 on the replica that runs the acting loops (gate advance and rollback, alert actions), else 0.",
+        )?;
+        let prometheus_queries = IntCounterVec::new(
+            Opts::new(
+                "switchyard_prometheus_queries_total",
+                "Queries to Prometheus for fleet-wide gate and alert figures, by result (ok, failed: unreachable, timed out or a nonsense answer).",
+            ),
+            &["result"],
+        )?;
+        for result in ["ok", "failed"] {
+            let _ = prometheus_queries.with_label_values(&[result]);
+        }
+        registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(prometheus_queries.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(feedback_events.clone()))?;
         registry.register(Box::new(business.clone()))?;
@@ -655,7 +679,8 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
-        registry.register(Box::new(quantiles.clone()))?;
+        let rolling = summary::Windows::default();
+        registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
         Ok(Metrics {
             registry,
@@ -666,7 +691,6 @@ impl Metrics {
             tokens,
             errors,
             fallback_triggers,
-            quantiles,
             config_info,
             attempts,
             retries,
@@ -684,6 +708,8 @@ impl Metrics {
             business,
             business_users,
             exposures,
+            leader,
+            prometheus_queries,
             alert_level,
             alert_notifications,
             stable_variation,
@@ -696,7 +722,7 @@ impl Metrics {
             connections_refused,
             connections_closed,
             open_connections,
-            rolling: DashMap::new(),
+            rolling,
         })
     }
 
@@ -914,24 +940,9 @@ impl Metrics {
         })
     }
 
-    /// The Prometheus text exposition, with the rolling quantile gauges refreshed first.
+    /// The Prometheus text exposition (the rolling quantile summary is built as it is
+    /// gathered).
     pub fn render(&self) -> Vec<u8> {
-        for entry in self.rolling.iter() {
-            let (flag, variation) = entry.key();
-            let Ok(mut r) = entry.value().lock() else {
-                continue;
-            };
-            let (count, qs) = r.quantiles();
-            drop(r);
-            if count == 0 {
-                continue;
-            }
-            for (label, value) in ["0.5", "0.95", "0.99"].iter().zip(qs) {
-                self.quantiles
-                    .with_label_values(&[flag.as_str(), variation.as_str(), label])
-                    .set(value);
-            }
-        }
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

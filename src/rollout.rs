@@ -142,6 +142,8 @@ mod tests {
             rollback_error_rate: Some(0.2),
             rollback_fallback_rate: None,
             rollback_min_requests: 20,
+            source: crate::config::FigureSource::Local,
+            window: None,
         }
     }
 

@@ -32,6 +32,8 @@ use tokio::sync::watch;
 mod postgres;
 mod sqlite;
 
+pub use postgres::LeaderLock;
+
 pub(crate) use crate::clock::{format_rfc3339_ms, now_ms};
 
 /// Runtime overrides of one flag (what operators changed at runtime; absent = the config's
@@ -568,6 +570,15 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Where the replicas sharing this store elect the one that acts: a PostgreSQL advisory
+    /// lock. `None` on SQLite, where the single process leads.
+    pub fn leader_lock(&self) -> Option<LeaderLock> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pg) => Some(pg.leader_lock()),
         }
     }
 }

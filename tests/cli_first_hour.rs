@@ -327,3 +327,55 @@ fn a_closed_stdout_ends_the_output_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
 }
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+#[tokio::test]
+async fn memory_stays_flat_over_a_flood_of_oversized_ids() {
+    let dir = tempdir("flood");
+    let cfg = config(&dir);
+    let state = format!("--state=sqlite:{}", dir.join("s.db").display());
+    let s = Serve::start(&cfg, &dir.join("serve.log"), &[&state], "t");
+    let http = client::Http::new();
+    let url = format!("{}/v1/chat/completions", s.addr);
+    let body = |user: &str| {
+        json!({"model": "f", "user": user, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string()
+    };
+    for i in 0..100 {
+        let r = http.post_json(&url, &body(&format!("warm-{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let before = rss_mb(s.child.id());
+    // 120 requests whose `user` is 1 MB (the report that found this saw 300 of them take the
+    // process from 15 MB to 376 MB).
+    let big = "x".repeat(1 << 20);
+    for i in 0..120 {
+        let r = http.post_json(&url, &body(&format!("{big}{i}")), &[]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    }
+    let after = rss_mb(s.child.id());
+    eprintln!("RSS before {before:.1} MB, after 120 oversized ids {after:.1} MB");
+    assert!(
+        after < before + 48.0,
+        "RSS grew from {before:.1} to {after:.1} MB"
+    );
+    let state_size = std::fs::metadata(dir.join("s.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(
+        state_size < 8 << 20,
+        "the state file grew to {state_size} bytes"
+    );
+    tokio::task::spawn_blocking(move || s.stop()).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -345,7 +345,21 @@ async fn the_bearer_scheme_is_case_insensitive_and_readyz_shows_no_details() {
     );
     let ready = client::get(&proxy.admin_url("/readyz")).await;
     assert_eq!(ready.status, StatusCode::OK);
-    assert_eq!(ready.json(), json!({"status": "ready"}));
+    // Ready, and which replica leads the fleet (names only: no file, figures or secrets).
+    let mut ready = ready.json();
+    let fleet = ready
+        .as_object_mut()
+        .and_then(|o| o.remove("fleet"))
+        .expect("/readyz says who leads");
+    assert_eq!(ready, json!({"status": "ready"}));
+    let mut keys: Vec<&str> = fleet
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["leader", "leader_replica", "replica"], "{fleet}");
     let status = client::request(
         Method::GET,
         &proxy.admin_url("/admin/status"),

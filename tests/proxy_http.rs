@@ -1659,7 +1659,7 @@ async fn metrics_count_requests_per_variation_with_bounded_labels() {
                     && s.labels.get("quantile").map(String::as_str) == Some("0.95")
             })
             .collect();
-        assert_eq!(p95.len(), 1, "one p95 gauge for {v}");
+        assert_eq!(p95.len(), 1, "one p95 quantile for {v}");
         assert!(p95[0].value > 0.0 && p95[0].value < 10.0, "{:?}", p95[0]);
     }
     assert!(
@@ -1672,6 +1672,10 @@ async fn metrics_count_requests_per_variation_with_bounded_labels() {
             "switchyard_errors_total",
             &[("class", "invalid_request")]
         ) >= 1.0
+    );
+    assert!(
+        text.contains("# TYPE switchyard_latency_quantile_seconds summary"),
+        "the rolling quantiles are a summary"
     );
     for family in [
         "switchyard_requests_total",

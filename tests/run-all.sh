@@ -36,9 +36,48 @@ NODE_REQUIREMENTS=(
   'openai@^5'
 )
 
+# Validators of deploy/ (Kubernetes schema, checkov, the Compose specification), in a venv of
+# their own: checkov pins many packages.
+DEPLOY_PYENV="${REPO_ROOT}/target/pyenv-deploy"
+DEPLOY_REQUIREMENTS=(
+  'kubernetes-validate>=1.30,<2'
+  'checkov>=3,<4'
+  'check-jsonschema>=0.29,<1'
+  'pyyaml>=6,<7'
+)
+
 banner() {
   printf '\n==> %s\n' "$*"
 }
+
+# System services the tests need: PostgreSQL (SWITCHYARD_TEST_PG, 127.0.0.1:5432, or a
+# throwaway cluster under target/, stopped at the end) and Prometheus' binaries (the fleet
+# test starts its own server on a free port).
+# shellcheck source=tests/support/postgres.sh
+source "${REPO_ROOT}/tests/support/postgres.sh"
+trap stop_throwaway_postgres EXIT
+banner "postgres"
+if ! ensure_postgres; then
+  echo "--- postgres: FAILED (the tests that need PostgreSQL will fail)"
+fi
+banner "prometheus"
+if ! bash "${REPO_ROOT}/tests/support/install-prometheus.sh"; then
+  echo "--- prometheus: FAILED (the fleet test and promtool will fail)"
+fi
+
+# The deploy validators install while Rust builds (network against CPU).
+mkdir -p "${REPO_ROOT}/target"
+rm -f "${REPO_ROOT}/target/pyenv-deploy.rc"
+(
+  rc=0
+  {
+    if ! "${DEPLOY_PYENV}/bin/python" -m pip --version >/dev/null 2>&1; then
+      python3 -m venv --clear "${DEPLOY_PYENV}"
+    fi
+    "${DEPLOY_PYENV}/bin/python" -m pip install -q --disable-pip-version-check "${DEPLOY_REQUIREMENTS[@]}"
+  } >"${REPO_ROOT}/target/pyenv-deploy.log" 2>&1 || rc=$?
+  echo "${rc}" >"${REPO_ROOT}/target/pyenv-deploy.rc"
+) </dev/null &
 
 step_python_env() {
   # Reuse the venv unless it is missing or broken (e.g. python3 was upgraded).
@@ -73,26 +112,31 @@ step_schemathesis() {
 }
 
 step_promtool() {
-  # Prometheus rules for fleets: syntax check, then their unit tests.
-  if ! command -v promtool >/dev/null 2>&1; then
-    if ! command -v apt-get >/dev/null 2>&1; then
-      echo "promtool is missing and apt-get is unavailable: install Prometheus' promtool (Debian package 'prometheus') and run again" >&2
-      return 1
-    fi
-    local sudo=()
-    if ((EUID != 0)); then
-      if ! command -v sudo >/dev/null 2>&1; then
-        echo "promtool is missing; installing Debian's 'prometheus' package needs root (or sudo)" >&2
-        return 1
-      fi
-      sudo=(sudo -n)
-    fi
-    echo "installing promtool (Debian package prometheus)"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
-  fi
+  # Prometheus configs (scrape configs of the compose file and of Kubernetes, with the rules
+  # they load), the alerting rules and their unit tests. `promtool check metrics` on a live
+  # /metrics runs in the fleet test (tests/fleet_prometheus.rs).
+  bash tests/support/install-prometheus.sh
+  promtool check config deploy/prometheus/prometheus.yml
+  promtool check config deploy/prometheus/prometheus.kubernetes.yml
   promtool check rules deploy/prometheus/*.rules.yml
   promtool test rules deploy/prometheus/tests/*.yml
+}
+
+step_deploy() {
+  # deploy/: YAML and JSON parse, the compose file against the Compose specification, every
+  # Kubernetes manifest against the Kubernetes schema, checkov on the manifests and the
+  # Dockerfile, and the structure the fleet relies on (tests/deploy_check.py).
+  local waited=0
+  while [[ ! -e target/pyenv-deploy.rc ]] && ((waited < 900)); do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  if [[ "$(cat target/pyenv-deploy.rc 2>/dev/null)" != 0 ]]; then
+    cat target/pyenv-deploy.log >&2 || true
+    echo "installing the deploy validators failed" >&2
+    return 1
+  fi
+  SWITCHYARD_BIN="${SWITCHYARD_BIN}" "${DEPLOY_PYENV}/bin/python" tests/deploy_check.py
 }
 
 # Installs Debian packages (as root, or with sudo) when a command is missing.
@@ -137,6 +181,7 @@ STEPS=(
   cargo_test
   hadolint
   promtool
+  deploy
   python_sdk
   node_ofrep
   schemathesis

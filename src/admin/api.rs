@@ -205,6 +205,7 @@ async fn dispatch(
                 "flags": live.config.flags.len(),
                 "state_store": app.store.kind(),
                 "last_reload_error": last_reload_error,
+                "fleet": app.fleet.readyz_json(),
                 "sources": app.sources.status_json(&live.config),
             }))
         }
@@ -605,7 +606,37 @@ pub fn gate_verdict(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Ver
             rollback: Vec::new(),
         };
     };
-    rollout::evaluate(&ro.gate, &stage_figures(app, live, i, f, r))
+    match gate_figures(app, live, i, f, r) {
+        Ok(figures) => rollout::evaluate(&ro.gate, &figures),
+        Err(why) => Verdict {
+            pass: false,
+            reasons: vec![why],
+            rollback: Vec::new(),
+        },
+    }
+}
+
+/// The figures rule `r`'s gate reads: this process's, or the fleet's from Prometheus (`Err`:
+/// why they are missing; the gate then fails closed).
+pub fn gate_figures(
+    app: &App,
+    live: &Live,
+    i: usize,
+    f: &Flag,
+    r: usize,
+) -> std::result::Result<StageFigures, String> {
+    let local = stage_figures(app, live, i, f, r);
+    match f.rules[r].rollout.as_ref().map(|ro| ro.gate.source) {
+        Some(crate::config::FigureSource::Prometheus) => crate::fleet::figures::stage_figures(
+            app,
+            live,
+            &f.key,
+            &f.rules[r].id,
+            live.runtime[i].stages[r],
+            local.held_for,
+        ),
+        _ => Ok(local),
+    }
 }
 
 /// What the rolled-out variation showed since its stage began.
@@ -643,8 +674,9 @@ fn rollout_json(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Value {
     };
     let rt = &live.runtime[i];
     let stage = rt.stages[r];
-    let figures = stage_figures(app, live, i, f, r);
-    let verdict = rollout::evaluate(&ro.gate, &figures);
+    let read = gate_figures(app, live, i, f, r);
+    let verdict = gate_verdict(app, live, i, f, r);
+    let figures = read.clone().unwrap_or_default();
     let pct: Vec<f64> = ro.stages.iter().map(|e| f64::from(*e) / 100.0).collect();
     json!({
         "flag": f.key,
@@ -665,7 +697,10 @@ fn rollout_json(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Value {
             "max_p95_ratio": ro.gate.max_p95_ratio,
             "rollback_error_rate": ro.gate.rollback_error_rate,
             "rollback_fallback_rate": ro.gate.rollback_fallback_rate,
+            "source": ro.gate.source.as_str(),
+            "window_seconds": ro.gate.window.map(|w| w.as_secs_f64()),
         },
+        "figures_error": read.err(),
         "figures": {
             "requests": figures.requests,
             "errors": figures.errors,

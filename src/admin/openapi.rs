@@ -113,7 +113,7 @@ pub fn document(metrics: &[&str]) -> Value {
             }},
             "/admin/alerts": {"get": op("Each alert's current level per flag and variation", json!({"type": "object", "required": ["alerts"], "properties": {"alerts": {"type": "array", "items": {"type": "object", "required": ["alert", "flag", "variation", "metric", "level"], "properties": {
                 "alert": {"type": "string"}, "flag": {"type": "string"}, "variation": {"type": "string"}, "metric": {"type": "string"},
-                "level": {"type": "string", "enum": ["ok", "info", "warning", "critical", "insufficient_data"]}}}}}}), None, &[])},
+                "level": {"type": "string", "enum": ["ok", "info", "warning", "critical", "insufficient_data", "unknown"]}}}}}}), None, &[])},
             "/admin/audit": {"get": {
                 "summary": "The audit log, newest first",
                 "security": [{"bearer": []}],

@@ -40,6 +40,9 @@ pub struct RawConfig {
     pub prices: BTreeMap<String, RawPrice>,
     #[serde(default)]
     pub experiments: RawExperiments,
+    /// `[fleet]`: fleet-wide figures from Prometheus.
+    #[serde(default)]
+    pub fleet: RawFleet,
     /// `[ofrep]`: the OpenFeature remote evaluation endpoints.
     #[serde(default)]
     pub ofrep: RawOfrep,
@@ -191,6 +194,8 @@ pub struct RawAdminToken {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub url: Option<String>,
+    /// An environment variable holding the URL (with its password): it wins over `url`.
+    pub url_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,6 +322,10 @@ pub struct RawGate {
     pub rollback_error_rate: Option<f64>,
     pub rollback_fallback_rate: Option<f64>,
     pub rollback_min_requests: Option<i64>,
+    /// `local` (default) or `prometheus`.
+    pub source: Option<String>,
+    /// With `source = "prometheus"`: figures over the last `window` of the stage.
+    pub window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,6 +353,8 @@ pub struct RawAlert {
     pub actions: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub webhooks: Vec<String>,
+    /// `local` (default) or `prometheus`.
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -353,4 +364,12 @@ pub struct RawTiers {
     pub info: Option<f64>,
     pub warning: Option<f64>,
     pub critical: Option<f64>,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub prometheus_url: Option<String>,
+    pub query_timeout: Option<String>,
 }

@@ -236,6 +236,14 @@ impl PgStore {
         self.shared.location.clone()
     }
 
+    pub(super) fn leader_lock(&self) -> LeaderLock {
+        LeaderLock {
+            config: self.shared.config.clone(),
+            key: leader_key(&self.shared.schema),
+            location: self.shared.location.clone(),
+        }
+    }
+
     pub(super) async fn load(&self) -> Result<RuntimeState, StateError> {
         let shared = &*self.shared;
         let state = self
@@ -1270,6 +1278,39 @@ fn lock_key(schema: &str) -> i64 {
     hash as i64
 }
 
+/// The advisory-lock key replicas of one schema compete for to lead (FNV-1a, apart from the
+/// migration lock's).
+fn leader_key(schema: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in "switchyard_leader:".bytes().chain(schema.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// What a replica needs to take the fleet's leader lock: a session-level advisory lock held
+/// on a connection of its own (PostgreSQL releases it when that session ends, so a replica
+/// that dies gives up leadership at once).
+#[derive(Clone)]
+pub struct LeaderLock {
+    /// Connection settings of the store (password included: never printed).
+    pub config: tokio_postgres::Config,
+    /// The advisory-lock key (per schema).
+    pub key: i64,
+    /// `postgres://user@host:port/db?schema=…`, without password, for messages.
+    pub location: String,
+}
+
+impl std::fmt::Debug for LeaderLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaderLock")
+            .field("location", &self.location)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The driver's error with the server's message and code when there is one.
 fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
@@ -1342,6 +1383,12 @@ mod tests {
         assert!(is_foreign(&payload, "sy", 0xabd));
         assert!(!is_foreign(&payload, "other", 0xabd));
         assert!(is_foreign("garbage", "sy", 1));
+    }
+
+    #[test]
+    fn the_leader_key_is_not_the_migration_key() {
+        assert_ne!(leader_key("public"), lock_key("public"));
+        assert_ne!(leader_key("a"), leader_key("b"));
     }
 
     #[test]
