@@ -4,9 +4,8 @@
 //! allocates nothing.
 
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hdrhistogram::Histogram as Hdr;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -17,6 +16,14 @@ mod summary;
 use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
+
+mod handles;
+mod rolling;
+
+pub use handles::{
+    HandleLabels, RouteMetrics, VariationHandles, VariationMetrics, VariationTotals,
+};
+use rolling::Rolling;
 
 /// The `flag` label of requests for a model that is no flag.
 pub const PASSTHROUGH: &str = "_passthrough";
@@ -140,258 +147,6 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
-    }
-}
-
-/// Pre-resolved handles for one (flag, variation): the request path records through these.
-#[derive(Debug, Clone)]
-pub struct VariationMetrics {
-    outcomes: [IntCounter; 5],
-    /// Total request duration.
-    pub duration: Histogram,
-    /// Time to first token of streams.
-    pub ttft: Histogram,
-    /// The proxy's own time.
-    pub overhead: Histogram,
-    /// Prompt tokens.
-    pub tokens_in: IntCounter,
-    /// Completion tokens.
-    pub tokens_out: IntCounter,
-    errors: [IntCounter; 10],
-    /// `fallback_triggers_total{reason="stream_interrupted", behavior="error"}`.
-    pub stream_interrupted: IntCounter,
-    /// Estimated cost in USD (from `[prices]`).
-    pub cost_usd: prometheus::Counter,
-    /// USD per million (input, output) tokens of this variation's model, when priced.
-    pub price: Option<(f64, f64)>,
-    rolling: Arc<Mutex<Rolling>>,
-}
-
-impl VariationMetrics {
-    /// Counts one request with its outcome.
-    pub fn outcome(&self, outcome: Outcome) {
-        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-        self.outcomes[i].inc();
-    }
-
-    /// Totals since the process started: (requests, errors, fallbacks, client_errors).
-    /// Requests exclude the client's own bad requests.
-    pub fn totals(&self) -> VariationTotals {
-        let get = |o: Outcome| {
-            let i = Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0);
-            self.outcomes[i].get()
-        };
-        let errors = get(Outcome::UpstreamError);
-        let fallbacks = get(Outcome::Fallback);
-        VariationTotals {
-            requests: get(Outcome::Success) + fallbacks + errors + get(Outcome::Cancelled),
-            errors,
-            fallbacks,
-            tokens_in: self.tokens_in.get(),
-            tokens_out: self.tokens_out.get(),
-        }
-    }
-
-    /// Counts one error of a class.
-    pub fn error(&self, class: ErrorClass) {
-        let i = ErrorClass::ALL
-            .iter()
-            .position(|c| *c == class)
-            .unwrap_or(0);
-        self.errors[i].inc();
-    }
-
-    /// Records a request's total latency (histogram and rolling quantiles).
-    pub fn latency(&self, d: Duration) {
-        self.duration.observe(d.as_secs_f64());
-        if let Ok(mut r) = self.rolling.lock() {
-            r.record(d);
-        }
-    }
-
-    /// Exact quantiles of the rolling window, in seconds (for the admin API).
-    pub fn quantiles(&self) -> Option<(u64, [f64; 3])> {
-        self.rolling.lock().ok().map(|mut r| r.quantiles())
-    }
-}
-
-/// A variation's counters, read back.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VariationTotals {
-    /// Requests that reached a decision (answered, fell back, failed, or cancelled).
-    pub requests: u64,
-    /// Requests that ended in an upstream error.
-    pub errors: u64,
-    /// Requests answered by a fallback.
-    pub fallbacks: u64,
-    /// Prompt tokens.
-    pub tokens_in: u64,
-    /// Completion tokens.
-    pub tokens_out: u64,
-}
-
-/// Handles of every variation of a config, indexed `[flag][variation]`, plus the
-/// passthrough and pre-flag handles.
-#[derive(Debug)]
-pub struct RouteMetrics {
-    /// `[flag index][variation index]`.
-    pub flags: Vec<Vec<VariationHandles>>,
-    /// Requests for a model that is no flag.
-    pub passthrough: VariationHandles,
-    /// Requests rejected before a flag was known.
-    pub unrouted: VariationHandles,
-}
-
-/// The labels of one (flag, variation)'s handles.
-#[derive(Debug)]
-pub struct HandleLabels {
-    flag: String,
-    variation: String,
-    provider: String,
-    model: String,
-    price: Option<(f64, f64)>,
-}
-
-/// One (flag, variation)'s handles per client API: the chat API's resolved with the config,
-/// the others on first use (so a config of many flags does not carry five sets each).
-#[derive(Debug)]
-pub struct VariationHandles {
-    chat: VariationMetrics,
-    others: [OnceLock<VariationMetrics>; 4],
-    labels: HandleLabels,
-    metrics: std::sync::Weak<Metrics>,
-}
-
-impl VariationHandles {
-    /// The handles of requests that came in through `api`.
-    pub fn api(&self, api: ClientApi) -> &VariationMetrics {
-        let Some(slot) = api.index().checked_sub(1).and_then(|i| self.others.get(i)) else {
-            return &self.chat;
-        };
-        if let Some(h) = slot.get() {
-            return h;
-        }
-        match self
-            .metrics
-            .upgrade()
-            .and_then(|m| m.variation(&self.labels, api).ok())
-        {
-            Some(h) => slot.get_or_init(|| h),
-            // The registry is gone (shutting down): count with chat's.
-            None => &self.chat,
-        }
-    }
-
-    /// Estimated cost in USD since the process started.
-    pub fn cost_usd(&self) -> f64 {
-        self.chat.cost_usd.get()
-    }
-
-    /// Mean time to first token of streams since the process started, over every client API.
-    pub fn ttft_mean_seconds(&self) -> Option<f64> {
-        let (n, sum) = self.all().fold((0u64, 0.0), |(n, sum), h| {
-            (n + h.ttft.get_sample_count(), sum + h.ttft.get_sample_sum())
-        });
-        (n > 0).then(|| sum / n as f64)
-    }
-
-    fn all(&self) -> impl Iterator<Item = &VariationMetrics> {
-        std::iter::once(&self.chat).chain(self.others.iter().filter_map(OnceLock::get))
-    }
-
-    /// Totals since the process started, over every client API.
-    pub fn totals(&self) -> VariationTotals {
-        let mut t = VariationTotals::default();
-        for h in self.all() {
-            let x = h.totals();
-            t.requests += x.requests;
-            t.errors += x.errors;
-            t.fallbacks += x.fallbacks;
-            t.tokens_in += x.tokens_in;
-            t.tokens_out += x.tokens_out;
-        }
-        t
-    }
-
-    /// Exact quantiles of the rolling window (shared by every client API), in seconds.
-    pub fn quantiles(&self) -> Option<(u64, [f64; 3])> {
-        self.chat.quantiles()
-    }
-}
-
-/// Rolling-window latency quantiles from hdrhistogram: a ring of slots, the oldest cleared as
-/// time moves on.
-#[derive(Debug)]
-struct Rolling {
-    slots: Vec<Hdr<u32>>,
-    current: usize,
-    slot_started: Instant,
-    slot_len: Duration,
-}
-
-const SLOTS: usize = 6;
-const SLOT_LEN: Duration = Duration::from_secs(10);
-
-impl Rolling {
-    fn new() -> Option<Rolling> {
-        let mut slots = Vec::with_capacity(SLOTS);
-        for _ in 0..SLOTS {
-            // 1 µs to 1 h at two significant figures.
-            slots.push(Hdr::new_with_bounds(1, 3_600_000_000, 2).ok()?);
-        }
-        Some(Rolling {
-            slots,
-            current: 0,
-            slot_started: Instant::now(),
-            slot_len: SLOT_LEN,
-        })
-    }
-
-    fn rotate(&mut self) {
-        let elapsed = self.slot_started.elapsed();
-        if elapsed < self.slot_len {
-            return;
-        }
-        let steps = (elapsed.as_nanos() / self.slot_len.as_nanos().max(1)) as usize;
-        for _ in 0..steps.min(SLOTS) {
-            self.current = (self.current + 1) % SLOTS;
-            if let Some(slot) = self.slots.get_mut(self.current) {
-                slot.reset();
-            }
-        }
-        self.slot_started += self.slot_len * steps as u32;
-    }
-
-    fn record(&mut self, d: Duration) {
-        self.rotate();
-        let micros = (d.as_micros() as u64).clamp(1, 3_600_000_000);
-        if let Some(slot) = self.slots.get_mut(self.current) {
-            let _ = slot.record(micros);
-        }
-    }
-
-    fn quantiles(&mut self) -> (u64, [f64; 3]) {
-        let (n, qs, _) = self.summary();
-        (n, qs)
-    }
-
-    /// Count, p50/p95/p99 and sum (seconds) of the window.
-    fn summary(&mut self) -> (u64, [f64; 3], f64) {
-        self.rotate();
-        let Some((first, rest)) = self.slots.split_first() else {
-            return (0, [0.0; 3], 0.0);
-        };
-        let mut merged = first.clone();
-        for s in rest {
-            let _ = merged.add(s);
-        }
-        let q = |p: f64| merged.value_at_quantile(p) as f64 / 1e6;
-        let n = merged.len();
-        (
-            n,
-            [q(0.5), q(0.95), q(0.99)],
-            merged.mean() * n as f64 / 1e6,
-        )
     }
 }
 
@@ -954,16 +709,5 @@ impl Metrics {
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
-    }
-}
-
-impl Rolling {
-    fn empty() -> Rolling {
-        Rolling {
-            slots: Vec::new(),
-            current: 0,
-            slot_started: Instant::now(),
-            slot_len: SLOT_LEN,
-        }
     }
 }
