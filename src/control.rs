@@ -27,8 +27,17 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
     crate::experiments::runtime::spawn(app, stop.clone());
     if app.config_path.is_some() {
         tokio::spawn(file_watch(app.clone(), stop.clone()));
+        // Registered here, before any request is served, so a SIGHUP sent once the proxy
+        // answers always reloads (the task below only waits on it).
         #[cfg(unix)]
-        tokio::spawn(sighup(app.clone(), stop.clone()));
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(sighup(app.clone(), stop.clone(), hup));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIGHUP reloads are off: the signal cannot be handled")
+            }
+        }
     }
     crate::console::spawn(app, stop);
 }
@@ -181,11 +190,11 @@ async fn file_watch(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 }
 
 #[cfg(unix)]
-async fn sighup(app: Arc<App>, mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn sighup(
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     loop {
         tokio::select! {
             _ = stop.changed() => return,

@@ -402,6 +402,11 @@ fn serve(path: PathBuf, opts: ServeOptions, log_format: &str) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = shutdown_signal();
+        // SIGHUP's default action ends the process: take it over before the listeners are
+        // announced (the reload loop registers its own stream before serving).
+        #[cfg(unix)]
+        let _early_hup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let main_addr = listen.unwrap_or(config.server.listen);
         let admin_addr = admin_listen.unwrap_or(config.server.admin_listen);
         let listeners = match Listeners::bind(main_addr, admin_addr).await {

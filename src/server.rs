@@ -324,6 +324,8 @@ pub async fn run_app(
     let (cut_tx, cut_rx) = watch::channel(false);
     let graceful_main = Arc::new(GracefulShutdown::new());
     let graceful_admin = Arc::new(GracefulShutdown::new());
+    // The control loops (and the SIGHUP handler) before the first request is served.
+    crate::control::spawn(&app, stop_rx.clone());
     let main = tokio::spawn(serve(
         listeners.main,
         ListenerCtx {
@@ -346,7 +348,6 @@ pub async fn run_app(
         },
         admin::route_admin,
     ));
-    crate::control::spawn(&app, stop_rx);
     shutdown.await;
     app.start_draining();
     let (delay, drain) = {
