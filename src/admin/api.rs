@@ -86,6 +86,12 @@ impl From<ApiError> for AdminError {
 type Result<T> = std::result::Result<T, AdminError>;
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
+    // serde reads a struct from a JSON array too (`[true, null]`): only objects are bodies.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(AdminError::bad(
+            "invalid JSON body: expected a JSON object".to_owned(),
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| AdminError::bad(format!("invalid JSON body: {e}")))
 }
 
