@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and the
-//! admin API under `/admin/` (bearer tokens, compared in constant time).
+//! admin API under `/admin/` (bearer tokens, compared in constant time), and the operators'
+//! console at `/` ([`crate::console`]).
 
 pub mod api;
 pub mod openapi;
@@ -50,10 +51,20 @@ fn unauthorized() -> Response<Body> {
     resp
 }
 
-/// Routes a request on the admin listener.
+/// Routes a request on the admin listener; every response carries the console's security
+/// headers ([`crate::console::secure`]).
 pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let mut resp = route(app, req).await;
+    crate::console::secure(&mut resp);
+    resp
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     match (path.as_str(), req.method()) {
+        (p, &Method::GET | &Method::HEAD) if crate::console::is_console_path(p) => {
+            crate::console::asset(p, req.method() == Method::HEAD)
+        }
         ("/metrics", &Method::GET) => {
             let mut resp = Response::new(full(app.render_metrics()));
             resp.headers_mut().insert(
@@ -125,6 +136,9 @@ pub async fn route_admin(app: Arc<App>, req: Request<Incoming>) -> Response<Body
                 Err(e) => return e.into_response(),
             };
             let sub = p.trim_start_matches("/admin");
+            if let Some(rest) = sub.strip_prefix("/console/") {
+                return crate::console::views::handle(&app, &method, rest, query.as_deref());
+            }
             api::handle(&app, &actor, &method, sub, query.as_deref(), body).await
         }
         _ => ApiError::NotFound(path.clone()).into_response(),

@@ -3,7 +3,7 @@
 //! state.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -117,6 +117,10 @@ pub struct App {
     pub config_path: Option<PathBuf>,
     /// The last reload failure, for the admin API.
     pub last_reload_error: Mutex<Option<String>>,
+    /// The last hour of each variation's figures, for the console.
+    pub history: crate::console::history::History,
+    /// When (unix ms) the running configuration was loaded.
+    config_loaded_ms: AtomicU64,
     /// This replica in its fleet: leadership, fleet-wide figures.
     pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
@@ -159,6 +163,8 @@ impl App {
             experiments: Default::default(),
             config_path,
             last_reload_error: Mutex::new(None),
+            history: Default::default(),
+            config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             fleet: crate::fleet::Fleet::default(),
             sources,
             baselines: DashMap::new(),
@@ -260,6 +266,8 @@ impl App {
                     if let Err(e) = self.rebuild(Some(Arc::new(config)), None).await {
                         tracing::error!(error = %e, "cannot rebuild after reload");
                     }
+                    self.config_loaded_ms
+                        .store(crate::clock::now_ms(), Ordering::SeqCst);
                     let mut detail = json!({"from": old.hash, "to": hash});
                     merge(&mut detail, &summary);
                     let note = Change::Note {
@@ -336,6 +344,11 @@ impl App {
             self.metrics.circuit_state(&provider, state.code());
         }
         self.metrics.render()
+    }
+
+    /// When (unix ms) the running configuration was loaded.
+    pub fn config_loaded_ms(&self) -> u64 {
+        self.config_loaded_ms.load(Ordering::SeqCst)
     }
 
     /// Marks the proxy as shutting down (`/readyz` turns 503).

@@ -28,8 +28,9 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
     if app.config_path.is_some() {
         tokio::spawn(file_watch(app.clone(), stop.clone()));
         #[cfg(unix)]
-        tokio::spawn(sighup(app.clone(), stop));
+        tokio::spawn(sighup(app.clone(), stop.clone()));
     }
+    crate::console::spawn(app, stop);
 }
 
 async fn state_sync(app: Arc<App>, mut stop: watch::Receiver<bool>) {

@@ -27,6 +27,7 @@
 //! | [`experiments`] | exposures, feedback, results; [`experiments::stats`] (mSPRT, Benjamini–Hochberg, SRM) |
 //! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
 //! | [`fleet`] | a fleet of replicas: leader election over the state store (only the leader acts), fleet-wide gate and alert figures from Prometheus |
+//! | [`console`] | the operators' console: embedded web page and assets, its JSON views, a one-hour history of each variation |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
@@ -44,6 +45,7 @@ pub mod app;
 pub mod body;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod ctl;
 pub mod experiments;

@@ -287,6 +287,14 @@ impl VariationHandles {
         self.chat.cost_usd.get()
     }
 
+    /// Mean time to first token of streams since the process started, over every client API.
+    pub fn ttft_mean_seconds(&self) -> Option<f64> {
+        let (n, sum) = self.all().fold((0u64, 0.0), |(n, sum), h| {
+            (n + h.ttft.get_sample_count(), sum + h.ttft.get_sample_sum())
+        });
+        (n > 0).then(|| sum / n as f64)
+    }
+
     fn all(&self) -> impl Iterator<Item = &VariationMetrics> {
         std::iter::once(&self.chat).chain(self.others.iter().filter_map(OnceLock::get))
     }

@@ -108,6 +108,21 @@ pub struct AuditEntry {
     pub reason: Option<String>,
 }
 
+/// Filters and paging of the audit log; `None` filters match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this flag's entries.
+    pub flag: Option<String>,
+    /// Only this actor's entries (a token name, `alert:<name>`…).
+    pub actor: Option<String>,
+    /// Only this action ([`Change::action`]).
+    pub action: Option<String>,
+    /// Only entries older than this id (the next page).
+    pub before_id: Option<i64>,
+    /// At most this many entries.
+    pub limit: u32,
+}
+
 /// One change to the runtime state (or an audit-only note).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -446,10 +461,24 @@ impl Store {
         flag: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StateError> {
-        let limit = limit.clamp(1, 1000);
+        self.audit_page(&AuditQuery {
+            flag: flag.map(str::to_owned),
+            limit,
+            ..AuditQuery::default()
+        })
+        .await
+    }
+
+    /// Audit entries matching every filter of `q`, newest first (`q.limit` clamped to
+    /// 1..=1000); the next page starts `before_id` the last entry's id.
+    pub async fn audit_page(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StateError> {
+        let q = AuditQuery {
+            limit: q.limit.clamp(1, 1000),
+            ..q.clone()
+        };
         match &self.backend {
-            Backend::Sqlite(s) => s.audit(flag, limit).await,
-            Backend::Postgres(s) => s.audit(flag, limit).await,
+            Backend::Sqlite(s) => s.audit(q).await,
+            Backend::Postgres(s) => s.audit(&q).await,
         }
     }
 

@@ -111,6 +111,23 @@ step_schemathesis() {
     "${PY}" -m pytest -q tests/python/test_admin_schemathesis.py
 }
 
+# The console's browser test: Debian's Chromium driven by playwright-core (which never
+# downloads a browser), axe-core for accessibility; npm packages kept under target/node.
+CONSOLE_NODE="${REPO_ROOT}/target/node"
+CONSOLE_NPM_PACKAGES=('playwright-core@1' 'axe-core@4')
+
+step_console() {
+  apt_install node nodejs
+  apt_install npm npm
+  apt_install chromium chromium
+  if [[ ! -f "${CONSOLE_NODE}/node_modules/playwright-core/package.json" || ! -f "${CONSOLE_NODE}/node_modules/axe-core/axe.min.js" ]]; then
+    mkdir -p "${CONSOLE_NODE}"
+    npm install --prefix "${CONSOLE_NODE}" --no-audit --no-fund --loglevel=error "${CONSOLE_NPM_PACKAGES[@]}"
+  fi
+  SWITCHYARD_BIN="${SWITCHYARD_BIN}" CONSOLE_NODE_MODULES="${CONSOLE_NODE}/node_modules" \
+    CHROMIUM="$(command -v chromium)" node tests/console/console.test.mjs
+}
+
 step_promtool() {
   # Prometheus configs (scrape configs of the compose file and of Kubernetes, with the rules
   # they load), the alerting rules and their unit tests. `promtool check metrics` on a live
@@ -185,6 +202,7 @@ STEPS=(
   python_sdk
   node_ofrep
   schemathesis
+  console
 )
 
 failed=()

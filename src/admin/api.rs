@@ -17,7 +17,7 @@ use crate::flags::Flag;
 use crate::openai::ApiError;
 use crate::rollout::{self, StageFigures, Verdict};
 use crate::runtime::FlagRuntime;
-use crate::state::{Change, StateError};
+use crate::state::{AuditQuery, Change, StateError};
 
 /// An admin error: OpenAI's error shape, plus extra top-level members (e.g. `reasons`).
 pub struct AdminError {
@@ -29,7 +29,11 @@ pub struct AdminError {
 }
 
 impl AdminError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AdminError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> AdminError {
         AdminError {
             status,
             code,
@@ -39,11 +43,11 @@ impl AdminError {
         }
     }
 
-    fn bad(message: impl Into<String>) -> AdminError {
+    pub(crate) fn bad(message: impl Into<String>) -> AdminError {
         AdminError::new(StatusCode::BAD_REQUEST, "invalid_value", message)
     }
 
-    fn not_found(message: impl Into<String>) -> AdminError {
+    pub(crate) fn not_found(message: impl Into<String>) -> AdminError {
         AdminError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
@@ -86,11 +90,9 @@ impl From<ApiError> for AdminError {
 type Result<T> = std::result::Result<T, AdminError>;
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
-    // serde reads a struct from a JSON array too (`[true, null]`): only objects are bodies.
+    // Serde reads a struct from an array too (`[null, null]`); a body is an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(AdminError::bad(
-            "invalid JSON body: expected a JSON object".to_owned(),
-        ));
+        return Err(AdminError::bad("invalid JSON body: expected a JSON object"));
     }
     serde_json::from_slice(body).map_err(|e| AdminError::bad(format!("invalid JSON body: {e}")))
 }
@@ -420,15 +422,24 @@ async fn dispatch(
             ok(v)
         }
         (&Method::GET, ["audit"]) => {
-            let mut flag_filter = None;
-            let mut limit = 50u32;
+            let mut q = AuditQuery {
+                limit: 50,
+                ..AuditQuery::default()
+            };
             for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 let v = crate::query::percent_decode(v)?;
                 match k {
-                    "flag" => flag_filter = Some(v),
+                    "flag" => q.flag = Some(v),
+                    "actor" => q.actor = Some(v),
+                    "action" => q.action = Some(v),
+                    "before" => {
+                        q.before_id = Some(v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            AdminError::bad("before must be a positive integer (an entry id)")
+                        })?)
+                    }
                     "limit" => {
-                        limit = v
+                        q.limit = v
                             .parse()
                             .ok()
                             .filter(|n| (1..=1000).contains(n))
@@ -438,13 +449,17 @@ async fn dispatch(
                     }
                     other => {
                         return Err(AdminError::bad(format!(
-                            "unknown query parameter `{other}` (flag, limit)"
+                            "unknown query parameter `{other}` (flag, actor, action, before, limit)"
                         )))
                     }
                 }
             }
-            let entries = app.store.audit(flag_filter.as_deref(), limit).await?;
-            ok(json!({"entries": entries}))
+            let entries = app.store.audit_page(&q).await?;
+            // A full page may have more behind it: the cursor of the next one.
+            let next = (entries.len() == q.limit as usize)
+                .then(|| entries.last().map(|e| e.id))
+                .flatten();
+            ok(json!({"entries": entries, "next_before": next}))
         }
         (&Method::GET, ["alerts"]) => ok(crate::alerts::alerts_json(app)),
         (&Method::POST, ["reload"]) => {
@@ -499,7 +514,7 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
     })
 }
 
-fn flag<'l>(live: &'l Live, key: &str) -> Result<(usize, &'l Arc<Flag>)> {
+pub(crate) fn flag<'l>(live: &'l Live, key: &str) -> Result<(usize, &'l Arc<Flag>)> {
     live.config
         .flag(key)
         .ok_or_else(|| AdminError::not_found(format!("unknown flag `{key}`")))
@@ -673,7 +688,7 @@ pub fn stage_figures(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> St
     }
 }
 
-fn rollout_json(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Value {
+pub(crate) fn rollout_json(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Value {
     let rule = &f.rules[r];
     let Some(ro) = rule.rollout.as_ref() else {
         return Value::Null;
@@ -780,7 +795,7 @@ fn sources_json(live: &Live, i: usize, f: &Flag) -> Value {
     })
 }
 
-fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
+pub(crate) fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
     let rt: &FlagRuntime = &live.runtime[i];
     let variations: Vec<Value> = f
         .variations

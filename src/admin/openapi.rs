@@ -54,6 +54,77 @@ fn reason() -> Value {
 /// The document; `metrics` are the business metrics the running config knows (the results'
 /// `metric` parameter takes one of them).
 pub fn document(metrics: &[&str]) -> Value {
+    let mut doc = core_document(metrics);
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        if let Value::Object(more) = console_paths() {
+            paths.extend(more);
+        }
+    }
+    doc
+}
+
+fn get_only(summary: &str, parameters: Value, ok: Value) -> Value {
+    json!({"get": {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "parameters": parameters,
+        "responses": {
+            "200": {"description": "OK", "content": {"application/json": {"schema": ok}}},
+            "400": {"$ref": "#/components/responses/Error"},
+            "401": {"$ref": "#/components/responses/Error"},
+            "404": {"$ref": "#/components/responses/Error"},
+            "405": {"$ref": "#/components/responses/Error"},
+            "default": {"$ref": "#/components/responses/Error"}
+        }
+    }})
+}
+
+/// The views the operators' console reads (`/admin/console/…`).
+fn console_paths() -> Value {
+    let string = json!({"type": "string"});
+    let nullable_number = json!({"type": ["number", "null"]});
+    let overview_flag = json!({"type": "object", "required": ["flag", "enabled", "enabled_source", "force_fallback", "forced_variations", "variations", "requests_5m", "error_rate_5m", "rollout", "alert_level", "alerts", "srm_detected", "warning"], "properties": {
+        "flag": string, "description": {"type": ["string", "null"]}, "enabled": {"type": "boolean"},
+        "enabled_source": {"type": "string", "enum": ["config", "runtime"]}, "force_fallback": {"type": "boolean"},
+        "forced_variations": {"type": "array", "items": string}, "variations": {"type": "array", "items": string},
+        "requests_5m": {"type": "integer", "minimum": 0}, "error_rate_5m": nullable_number,
+        "rollout": {"type": ["object", "null"]},
+        "alert_level": {"type": ["string", "null"], "enum": ["ok", "info", "warning", "critical", "insufficient_data", null]},
+        "alerts": {"type": "integer", "minimum": 0}, "srm_detected": {"type": ["boolean", "null"]}, "warning": {"type": "boolean"}}});
+    let overview = json!({"type": "object", "required": ["config", "at", "window_seconds", "flags"], "properties": {
+        "config": string, "at": string, "window_seconds": {"type": "integer"}, "flags": {"type": "array", "items": overview_flag}}});
+    let flag_view = json!({"type": "object", "required": ["state", "config", "overrides", "alerts", "series"], "properties": {
+        "state": {"$ref": "#/components/schemas/FlagState"},
+        "config": {"type": "array", "items": {"type": "object", "required": ["variation", "provider", "model_id", "prompt", "temperature", "token_budget", "tool_policy", "fallback_behavior", "forced_fallback"], "properties": {
+            "variation": string, "provider": string, "model_id": string,
+            "prompt": {"type": ["object", "null"], "required": ["name", "text"], "properties": {"name": string, "text": string}},
+            "temperature": nullable_number, "token_budget": {"type": ["integer", "null"]}, "tool_policy": string,
+            "fallback_behavior": string, "forced_fallback": {"type": "boolean"}, "ttft_mean_seconds": nullable_number}}},
+        "overrides": {"type": "array", "items": {"type": "object", "required": ["what", "config", "runtime"]}},
+        "alerts": {"type": "array"},
+        "series": {"type": "object", "required": ["interval_seconds", "columns", "variations"], "properties": {
+            "interval_seconds": {"type": "integer"}, "columns": {"type": "array", "items": string},
+            "variations": {"type": "array", "items": {"type": "object", "required": ["variation", "points"], "properties": {
+                "variation": string, "points": {"type": "array", "items": {"type": "array", "minItems": 5, "maxItems": 5}}}}}}}}});
+    let decision = json!({"type": "object", "required": ["flag", "variation", "rule", "bucket", "reason", "variables"], "properties": {
+        "flag": string, "variation": {"type": ["string", "null"]}, "rule": {"type": ["string", "null"]},
+        "bucket": {"type": ["integer", "null"], "minimum": 0, "maximum": 9999}, "reason": string, "variables": {}}});
+    let explain = json!({"type": "object", "required": ["decision", "steps", "why"], "properties": {
+        "decision": decision, "why": string,
+        "steps": {"type": "array", "items": {"type": "object", "required": ["rule", "outcome", "detail"], "properties": {"outcome": string, "detail": string}}}}});
+    let config = json!({"type": "object", "required": ["hash", "loaded_at", "file", "flags", "state_store", "last_reload_error"], "properties": {
+        "hash": string, "loaded_at": string, "file": {"type": ["string", "null"]}, "flags": {"type": "integer"},
+        "state_store": string, "last_reload_error": {"type": ["string", "null"]}}});
+    let query = |name: &str, required: bool| json!({"name": name, "in": "query", "required": required, "schema": {"type": "string", "minLength": 1}});
+    json!({
+        "/admin/console/overview": get_only("Every flag in one answer, for the console's flag list: state, rollout stage, alert tier, traffic of the last 5 minutes, SRM and critical marks", json!([]), overview),
+        "/admin/console/flags/{flag}": get_only("One flag's console page: effective state and figures, each variation's effective configuration and runtime overrides, alerts, the last hour's series (p50, p95, error rate)", json!([flag_param()]), flag_view),
+        "/admin/console/explain": get_only("The decision of GET /v1/decide for a user (attributes as attr.NAME=value) and why: each rule tried", json!([query("flag", true), query("user", true)]), explain),
+        "/admin/console/config": get_only("The running configuration's hash and load time, and the last reload error", json!([]), config)
+    })
+}
+
+fn core_document(metrics: &[&str]) -> Value {
     let conflict = json!({"$ref": "#/components/responses/Conflict"});
     let invalid_config = json!({"$ref": "#/components/responses/InvalidConfig"});
     let with_flag = |mut o: Value| {
@@ -115,14 +186,17 @@ pub fn document(metrics: &[&str]) -> Value {
                 "alert": {"type": "string"}, "flag": {"type": "string"}, "variation": {"type": "string"}, "metric": {"type": "string"},
                 "level": {"type": "string", "enum": ["ok", "info", "warning", "critical", "insufficient_data", "unknown"]}}}}}}), None, &[])},
             "/admin/audit": {"get": {
-                "summary": "The audit log, newest first",
+                "summary": "The audit log, newest first, filtered by flag, actor and action; paged with `before`",
                 "security": [{"bearer": []}],
                 "parameters": [
                     {"name": "flag", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "actor", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "action", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "before", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807i64}},
                     {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
                 ],
                 "responses": {
-                    "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "required": ["entries"], "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}}}}}},
+                    "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "required": ["entries", "next_before"], "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}, "next_before": {"type": ["integer", "null"], "description": "`before` of the next (older) page when this one is full"}}}}}},
                     "400": {"$ref": "#/components/responses/Error"},
                     "401": {"$ref": "#/components/responses/Error"},
                     "503": {"$ref": "#/components/responses/Error"},

@@ -153,6 +153,9 @@ struct VariableDef {
     key: String,
     #[serde(rename = "type")]
     kind: String,
+    /// `"json"` on a `string` variable makes it a JSON variable (as the SDKs read it).
+    #[serde(default)]
+    sub_type: String,
     default_value: String,
 }
 
@@ -488,7 +491,12 @@ impl FeatureCtx<'_> {
             let raw = overrides
                 .and_then(|o| o.iter().find(|x| x.id == def.id))
                 .map_or(def.default_value.as_str(), |x| x.value.as_str());
-            let value = match def.kind.as_str() {
+            let kind = if def.kind == "string" && def.sub_type == "json" {
+                "json"
+            } else {
+                def.kind.as_str()
+            };
+            let value = match kind {
                 "boolean" => Value::Bool(raw == "true"),
                 "integer" => raw
                     .trim()
@@ -689,7 +697,7 @@ mod tests {
                 {"id": "f", "key": "ai", "experimentIds": ["1", "2"], "rolloutId": "", "variables": [
                     {"id": "m", "key": "model_id", "type": "string", "defaultValue": "m0"},
                     {"id": "n", "key": "limit", "type": "integer", "defaultValue": "3"},
-                    {"id": "j", "key": "ui", "type": "json", "defaultValue": "{\"a\": [1]}"},
+                    {"id": "j", "key": "ui", "type": "string", "subType": "json", "defaultValue": "{\"a\": [1]}"},
                     {"id": "p", "key": "system_prompt_variant", "type": "string", "defaultValue": "brief"}]},
                 {"id": "g", "key": "banner", "experimentIds": [], "rolloutId": "", "variables": []}
             ]

@@ -25,8 +25,8 @@ use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls, Notification};
 
 use super::{
     audit_json, backoff, db_to_u64, format_rfc3339_ms, ms_to_db, overrides_json, signal,
-    AuditEntry, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides, RuntimeState,
-    StateError,
+    AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides,
+    RuntimeState, StateError,
 };
 use crate::clock::system_time_ms;
 
@@ -280,14 +280,10 @@ impl PgStore {
         Ok(entry)
     }
 
-    pub(super) async fn audit(
-        &self,
-        flag: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, StateError> {
+    pub(super) async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StateError> {
         let shared = &*self.shared;
         self.with_conn("reading the audit log", |conn| async move {
-            let result = audit_query(&conn.client, shared, flag, limit).await;
+            let result = audit_query(&conn.client, shared, q).await;
             (conn, result)
         })
         .await
@@ -809,30 +805,19 @@ async fn apply_txn(
 async fn audit_query(
     client: &Client,
     shared: &Shared,
-    flag: Option<&str>,
-    limit: u32,
+    q: &AuditQuery,
 ) -> Result<Vec<AuditEntry>, Fail> {
     let s = &shared.quoted_schema;
-    let columns = format!(
+    let sql = format!(
         "SELECT id, at, actor, action, flag, \"before\", \"after\", reason \
-         FROM {s}.switchyard_audit"
+         FROM {s}.switchyard_audit WHERE ($1::text IS NULL OR flag = $1) \
+         AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action = $3) \
+         AND ($4::bigint IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
     );
-    let limit = i64::from(limit);
-    let rows = match flag {
-        Some(flag) => {
-            client
-                .query(
-                    &format!("{columns} WHERE flag = $1 ORDER BY id DESC LIMIT $2"),
-                    &[&flag, &limit],
-                )
-                .await?
-        }
-        None => {
-            client
-                .query(&format!("{columns} ORDER BY id DESC LIMIT $1"), &[&limit])
-                .await?
-        }
-    };
+    let limit = i64::from(q.limit);
+    let rows = client
+        .query(&sql, &[&q.flag, &q.actor, &q.action, &q.before_id, &limit])
+        .await?;
     let mut entries = Vec::with_capacity(rows.len());
     for row in rows {
         let at: std::time::SystemTime = row.try_get(1)?;

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use super::{
     audit_json, backoff, db_to_u64, format_rfc3339_ms, ms_to_db, now_ms, overrides_json, signal,
-    AuditEntry, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides, RuntimeState,
-    StateError,
+    AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides,
+    RuntimeState, StateError,
 };
 
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps applied. Append
@@ -166,15 +166,9 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn audit(
-        &self,
-        flag: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<AuditEntry>, StateError> {
-        let flag = flag.map(str::to_owned);
+    pub(super) async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StateError> {
         run(self.shared.clone(), move |db, location| {
-            audit_db(&db.conn, flag.as_deref(), limit)
-                .map_err(|e| e.into_state(location, "reading the audit log"))
+            audit_db(&db.conn, &q).map_err(|e| e.into_state(location, "reading the audit log"))
         })
         .await
     }
@@ -574,26 +568,27 @@ fn apply_db(
     })
 }
 
-fn audit_db(conn: &Connection, flag: Option<&str>, limit: u32) -> Result<Vec<AuditEntry>, DbError> {
-    const COLUMNS: &str = "SELECT id, at, actor, action, flag, \"before\", \"after\", reason \
-                           FROM switchyard_audit";
-    let sql = match flag {
-        Some(_) => format!("{COLUMNS} WHERE flag = ?1 ORDER BY id DESC LIMIT ?2"),
-        None => format!("{COLUMNS} WHERE ?1 IS NULL ORDER BY id DESC LIMIT ?2"),
-    };
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params![flag, limit], |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, String>(2)?,
-            row.get::<_, String>(3)?,
-            row.get::<_, Option<String>>(4)?,
-            row.get::<_, String>(5)?,
-            row.get::<_, String>(6)?,
-            row.get::<_, Option<String>>(7)?,
-        ))
-    })?;
+fn audit_db(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditEntry>, DbError> {
+    let sql = "SELECT id, at, actor, action, flag, \"before\", \"after\", reason \
+               FROM switchyard_audit WHERE (?1 IS NULL OR flag = ?1) \
+               AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3) \
+               AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5";
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(
+        params![q.flag, q.actor, q.action, q.before_id, q.limit],
+        |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, Option<String>>(7)?,
+            ))
+        },
+    )?;
     let mut entries = Vec::new();
     for row in rows {
         let (id, at, actor, action, flag, before, after, reason) = row?;

@@ -20,7 +20,8 @@ VARIABLES = [
     _var("v4", "token_budget", "integer", "500"),
     _var("v5", "retrieval_profile", "string", "none"),
     _var("v6", "show_sources", "boolean", "false"),
-    _var("v7", "layout", "json", '{"columns": 1}'),
+    # A JSON variable as current datafiles write it: a string with subType json.
+    {**_var("v7", "layout", "string", '{"columns": 1}'), "subType": "json"},
     _var("v8", "system_prompt_variant", "string", "short"),
 ]
 

@@ -381,11 +381,8 @@ def test_new_revision_then_broken_datafiles_keep_the_last_good(proxy: Proxy, stu
         st = source(proxy)
         assert st["healthy"] is False and st["revision"] == "2"
         ready = readyz(proxy)
-        ready.pop("fleet", None)  # which replica leads: names only
-        assert ready == {
-            "status": "ready",
-            "reason": "the Optimizely datafile cannot be used; its last good flags are serving",
-        }
+        assert ready["status"] == "ready"
+        assert ready["reason"] == "the Optimizely datafile cannot be used; its last good flags are serving"
         # The last good flags keep serving.
         r = requests.get(f"{proxy.url}/v1/decide", params={"flag": "assistant", "user": "forced-user-1"}, timeout=10)
         assert r.json()["variation"] == "a_treatment" and r.json()["variables"]["model_id"] == "large-3"
