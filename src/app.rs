@@ -86,6 +86,22 @@ impl Live {
     }
 }
 
+impl Live {
+    /// The effective decision for `user` on flag `index`: the config's rules under the runtime
+    /// overrides in force (kill switch, rollout stages). The one place a decision is made for
+    /// requests, `/v1/decide`, OFREP and feedback re-decided by user. `None`: no such flag.
+    pub fn decide(
+        &self,
+        index: usize,
+        user: &str,
+        attributes: &crate::flags::audience::Attributes,
+    ) -> Option<crate::flags::Decision> {
+        let flag = self.config.flags.get(index)?;
+        let rt = self.runtime.get(index)?;
+        Some(flag.decide_at(rt.enabled, Some(&rt.stages), user, attributes))
+    }
+}
+
 /// Counters of a rollout's variation when its current stage began.
 #[derive(Debug, Clone, Copy)]
 pub struct Baseline {

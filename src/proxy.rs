@@ -501,13 +501,9 @@ fn decide_target(
             c.inc();
         }
     }
-    let rt = &live.runtime[flag_index];
-    let mut decision = flag.decide_at(
-        rt.enabled,
-        Some(&rt.stages),
-        &identity.bucketing_id,
-        &identity.attributes,
-    );
+    let mut decision = live
+        .decide(flag_index, &identity.bucketing_id, &identity.attributes)
+        .ok_or_else(|| ApiError::ModelNotFound(req.model().to_owned()))?;
     if let Some(pinned) = app.responses.pinned(req, flag) {
         if decision.reason != DecisionReason::FlagDisabled {
             decision.variation = pinned;

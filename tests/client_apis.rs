@@ -792,3 +792,35 @@ allocation = [{{ variation = "a", end = 10000 }}]
         .unwrap()
         .contains("passthrough"));
 }
+
+#[tokio::test]
+async fn responses_to_an_anthropic_provider_cross_both_translations() {
+    std::env::set_var("SWITCHYARD_TEST_CLIENT_APIS_KEY", "sk-ant-provider");
+    let up = MockUpstream::builder()
+        .json_body(json!({"id": "msg_x", "type": "message", "role": "assistant", "model": "model-a",
+            "content": [{"type": "text", "text": "from claude"}], "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 12, "output_tokens": 3}}))
+        .start()
+        .await;
+    let p = proxy::TestProxy::start(&anthropic_config(&up.base_url())).await;
+    let r = client::post_json(
+        &p.url("/v1/responses"),
+        r#"{"model":"f","input":"hello","instructions":"theirs","max_output_tokens":500,"user":"u"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "response");
+    assert_eq!(v["output"][0]["content"][0]["text"], "from claude");
+    assert_eq!(v["usage"]["input_tokens"], 12);
+    let sent = &up.requests()[0];
+    assert!(sent.path.ends_with("/messages"));
+    let m = sent.json();
+    assert_eq!(m["system"], "VARIATION PROMPT");
+    assert_eq!(m["max_tokens"], 100);
+    assert_eq!(
+        m["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "hello"}]}])
+    );
+}

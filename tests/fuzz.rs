@@ -87,10 +87,23 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 fn the_request_parsers_of_every_client_api_never_panic() {
     runner(256)
         .run(&body(), |b| {
+            use switchyard::api::Inbound;
             let _ = switchyard::proxy::request::ChatRequest::parse(&b);
-            let _ = switchyard::api::responses::ResponsesRequest::parse(&b);
-            let _ = switchyard::api::messages::MessagesRequest::parse(&b);
-            let _ = switchyard::api::messages::MessagesRequest::parse_count(&b);
+            // Whatever parses is translated to chat and answers are translated back: the
+            // translations never panic either (an arbitrary body doubles as an arbitrary answer).
+            if let Ok(r) = switchyard::api::responses::ResponsesRequest::parse(&b) {
+                let _ = r.to_chat();
+                let _ = r.answer_from_chat(&b);
+                let _ = r.last_user_text();
+            }
+            if let Ok(r) = switchyard::api::messages::MessagesRequest::parse(&b) {
+                let _ = r.to_chat();
+                let _ = r.answer_from_chat(&b);
+                let _ = r.last_user_text();
+            }
+            if let Ok(r) = switchyard::api::messages::MessagesRequest::parse_count(&b) {
+                let _ = r.estimate_tokens();
+            }
             let _ = switchyard::api::embeddings::EmbeddingsRequest::parse(&b);
             Ok(())
         })

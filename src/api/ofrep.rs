@@ -283,7 +283,13 @@ fn evaluate(app: &App, live: &Live, key: &str, ctx: &Context) -> Result<Value, F
         ));
     };
     let rt = &live.runtime[index];
-    let d = flag.decide_at(rt.enabled, Some(&rt.stages), user, &ctx.attributes);
+    let Some(d) = live.decide(index, user, &ctx.attributes) else {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "FLAG_NOT_FOUND",
+            "the flag is gone",
+        ));
+    };
     let Some(v) = flag.variations.get(d.variation) else {
         return Err(Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,

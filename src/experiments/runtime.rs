@@ -255,8 +255,9 @@ pub async fn post_feedback(app: &App, body: &[u8]) -> Result<(http::StatusCode, 
             },
             Target::User { flag, user } => match live.config.flag(flag) {
                 Some((fi, f)) => {
-                    let rt = &live.runtime[fi];
-                    let d = f.decide_at(rt.enabled, Some(&rt.stages), user, &Attributes::new());
+                    let d = live
+                        .decide(fi, user, &Attributes::new())
+                        .unwrap_or_else(|| f.decide(f.enabled, user, &Attributes::new()));
                     Ok((
                         flag.clone(),
                         f.variations[d.variation].key.clone(),

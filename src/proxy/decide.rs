@@ -63,8 +63,9 @@ pub fn decide(
     let (i, flag) = config
         .flag(&flag_key)
         .ok_or(ApiError::UnknownFlag(flag_key))?;
-    let rt = &live.runtime[i];
-    let decision = flag.decide_at(rt.enabled, Some(&rt.stages), &user, &attrs);
+    let decision = live
+        .decide(i, &user, &attrs)
+        .ok_or_else(|| ApiError::UnknownFlag(flag.key.clone()))?;
     Ok((StatusCode::OK, decision_json(flag, &decision)))
 }
 
