@@ -824,3 +824,112 @@ async fn responses_to_an_anthropic_provider_cross_both_translations() {
         json!([{"role": "user", "content": [{"type": "text", "text": "hello"}]}])
     );
 }
+
+#[tokio::test]
+async fn kill_switch_forced_fallback_and_feedback_work_on_every_api() {
+    std::env::set_var("SWITCHYARD_TEST_CLIENT_APIS_ADMIN", "tok-apis");
+    let up = MockUpstream::builder().start().await;
+    let toml = format!(
+        "[admin]\ntokens = [{{ name = \"ops\", token_env = \"SWITCHYARD_TEST_CLIENT_APIS_ADMIN\" }}]\n{}",
+        config(&openai_provider(&up.base_url(), r#"["chat"]"#))
+    );
+    let p = proxy::TestProxy::start(&toml).await;
+    let auth = [("authorization", "Bearer tok-apis")];
+    // Feedback by the x-request-id of a Responses answer and of a Messages answer.
+    let r = client::post_json(
+        &p.url("/v1/responses"),
+        r#"{"model":"f","user":"fb-1","input":"hi"}"#,
+        &[],
+    )
+    .await;
+    let m = client::post_json(&p.url("/v1/messages"), r#"{"model":"f","max_tokens":9,"metadata":{"user_id":"fb-2"},"messages":[{"role":"user","content":"hi"}]}"#, &[]).await;
+    let ids = [
+        r.header("x-request-id").unwrap(),
+        m.header("x-request-id").unwrap(),
+    ];
+    let events: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| json!({"event_id": format!("e{i}"), "metric": "conversion", "value": 1, "request_id": id}))
+        .collect();
+    let mut accepted = Value::Null;
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        // Request ids reach the store off the request path: retry until both are known.
+        let fb = client::post_json(
+            &p.url("/v1/feedback"),
+            &json!({"events": events}).to_string(),
+            &[],
+        )
+        .await;
+        accepted = fb.json();
+        if accepted["accepted"].as_u64().unwrap_or(0) + accepted["duplicates"].as_u64().unwrap_or(0)
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        accepted["accepted"].as_u64().unwrap_or(0) + accepted["duplicates"].as_u64().unwrap_or(0),
+        2,
+        "{accepted}"
+    );
+
+    // Forced fallback: rule-based answers in each API's shape.
+    let f = client::request(
+        http::Method::PUT,
+        &p.admin_url("/admin/flags/f/fallback"),
+        r#"{"forced":true,"variation":null}"#,
+        &auth,
+    )
+    .await;
+    assert_eq!(f.status, 200, "{}", f.text());
+    let r = client::post_json(
+        &p.url("/v1/responses"),
+        r#"{"model":"f","user":"u","input":"refund?"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-switchyard-fallback").as_deref(), Some("forced"));
+    assert_eq!(r.json()["object"], "response");
+    let m = client::post_json(
+        &p.url("/v1/messages"),
+        r#"{"model":"f","max_tokens":9,"messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(m.header("x-switchyard-fallback").as_deref(), Some("forced"));
+    assert_eq!(m.json()["type"], "message");
+    let before = up.request_count();
+    let f = client::request(
+        http::Method::PUT,
+        &p.admin_url("/admin/flags/f/fallback"),
+        r#"{"forced":false,"variation":null}"#,
+        &auth,
+    )
+    .await;
+    assert_eq!(f.status, 200);
+
+    // Kill switch: the off variation, marked.
+    let k = client::request(
+        http::Method::PUT,
+        &p.admin_url("/admin/flags/f/enabled"),
+        r#"{"enabled":false}"#,
+        &auth,
+    )
+    .await;
+    assert_eq!(k.status, 200, "{}", k.text());
+    let r = client::post_json(
+        &p.url("/v1/responses"),
+        r#"{"model":"f","user":"u","input":"hi"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.header("x-switchyard-fallback").as_deref(),
+        Some("kill_switch")
+    );
+    assert_eq!(r.header("x-switchyard-variation").as_deref(), Some("a"));
+    assert_eq!(up.request_count(), before + 1);
+}
