@@ -98,18 +98,30 @@ impl ClientApi {
 pub trait Inbound: Send + Sync {
     /// The API it came in.
     fn api(&self) -> ClientApi;
+    /// The decoded top level, for APIs parsed with [`parse_object`] (the view's defaults read it).
+    fn parsed(&self) -> Option<&Parsed<'_>> {
+        None
+    }
     /// `model`: a flag key, or a model for the passthrough provider.
-    fn model(&self) -> &str;
+    fn model(&self) -> &str {
+        self.parsed().map_or("", Parsed::model)
+    }
     /// Whether the client asked for a stream.
-    fn stream(&self) -> bool;
+    fn stream(&self) -> bool {
+        self.parsed().is_some_and(Parsed::stream)
+    }
     /// Whether a chat client asked for usage in its stream (other APIs always carry it).
     fn include_usage(&self) -> bool {
         true
     }
     /// A top-level string member named by a `body:FIELD` identity source.
-    fn body_string(&self, field: &str) -> Option<Cow<'_, str>>;
+    fn body_string(&self, field: &str) -> Option<Cow<'_, str>> {
+        self.parsed().and_then(|p| p.string(field))
+    }
     /// `metadata`, for `metadata:KEY` identity sources and attributes.
-    fn metadata(&self) -> Option<&Map<String, Value>>;
+    fn metadata(&self) -> Option<&Map<String, Value>> {
+        self.parsed().and_then(Parsed::metadata)
+    }
     /// The text of the last user turn (what a rule-based answer responds to).
     fn last_user_text(&self) -> String;
     /// `previous_response_id` (Responses only): the stored response this request continues.

@@ -2,9 +2,7 @@
 //! temperature) and measured like a chat request. The variation's provider must accept
 //! embeddings (`apis`); there is no chat form of an embedding request to translate to.
 
-use std::borrow::Cow;
-
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::{parse_object, ClientApi, Edit, Inbound, Parsed};
 use crate::body::Body;
@@ -48,20 +46,12 @@ impl Inbound for EmbeddingsRequest<'_> {
         ClientApi::Embeddings
     }
 
-    fn model(&self) -> &str {
-        self.parsed.model()
+    fn parsed(&self) -> Option<&Parsed<'_>> {
+        Some(&self.parsed)
     }
 
     fn stream(&self) -> bool {
         false
-    }
-
-    fn body_string(&self, field: &str) -> Option<Cow<'_, str>> {
-        self.parsed.string(field)
-    }
-
-    fn metadata(&self) -> Option<&Map<String, Value>> {
-        self.parsed.metadata()
     }
 
     fn last_user_text(&self) -> String {

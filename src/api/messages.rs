@@ -4,8 +4,6 @@
 //! rewritten; translated through chat for the others, answers and streams translated back
 //! (`message_start` … `message_stop`). Errors take Anthropic's envelope.
 
-use std::borrow::Cow;
-
 use serde_json::{json, Map, Value};
 
 use super::sse::{AssembledCall, ChatChunk, ChatStreamTranslator, Translated};
@@ -167,20 +165,8 @@ impl Inbound for MessagesRequest<'_> {
         ClientApi::Messages
     }
 
-    fn model(&self) -> &str {
-        self.parsed.model()
-    }
-
-    fn stream(&self) -> bool {
-        self.parsed.stream()
-    }
-
-    fn body_string(&self, field: &str) -> Option<Cow<'_, str>> {
-        self.parsed.string(field)
-    }
-
-    fn metadata(&self) -> Option<&Map<String, Value>> {
-        self.parsed.metadata()
+    fn parsed(&self) -> Option<&Parsed<'_>> {
+        Some(&self.parsed)
     }
 
     fn last_user_text(&self) -> String {

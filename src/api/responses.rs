@@ -3,8 +3,6 @@
 //! `max_output_tokens` and tool policy (on the flat function tools) rewritten; translated
 //! through chat for the others, answers and streams translated back into Responses' shape.
 
-use std::borrow::Cow;
-
 use serde_json::{json, Map, Value};
 
 use super::sse::Translated;
@@ -92,20 +90,8 @@ impl Inbound for ResponsesRequest<'_> {
         ClientApi::Responses
     }
 
-    fn model(&self) -> &str {
-        self.parsed.model()
-    }
-
-    fn stream(&self) -> bool {
-        self.parsed.stream()
-    }
-
-    fn body_string(&self, field: &str) -> Option<Cow<'_, str>> {
-        self.parsed.string(field)
-    }
-
-    fn metadata(&self) -> Option<&Map<String, Value>> {
-        self.parsed.metadata()
+    fn parsed(&self) -> Option<&Parsed<'_>> {
+        Some(&self.parsed)
     }
 
     fn previous_response_id(&self) -> Option<&str> {

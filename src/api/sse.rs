@@ -121,7 +121,7 @@ impl<T: ChatStreamTranslator> Translated<T> {
     /// Every complete event in the buffer, translated.
     fn drain(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
-        while let Some(end) = event_end(&self.buf) {
+        while let Some(end) = crate::proxy::stream::event_end(&self.buf) {
             let event = self.buf.split_to(end);
             for line in event[..].split(|b| *b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -140,15 +140,6 @@ impl<T: ChatStreamTranslator> Translated<T> {
             }
         }
         out
-    }
-}
-
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

@@ -207,7 +207,7 @@ fn event_type<'e>(event: &'e [u8], data: &'e [u8]) -> &'e [u8] {
 }
 
 /// The end of the first complete event in `buf` (after its blank line), if any.
-fn event_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn event_end(buf: &[u8]) -> Option<usize> {
     let lf = EVENT_END_LF.find(buf).map(|i| i + 2);
     // A CRLF boundary contains no "\n\n": it can only come first if it ends before `lf`.
     let before = lf.map_or(buf, |end| &buf[..end]);
