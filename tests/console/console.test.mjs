@@ -324,6 +324,37 @@ await step('a refused advance shows the gate reasons', async () => {
   assert.equal(ro.json.rollouts[0].stage, 2, 'still at stage 2');
 });
 
+await step('force advance, roll back, set a stage, hold and release: each confirmed, each through the admin API', async () => {
+  const stage = async () => (await admin('GET', '/admin/flags/summarizer/rollout')).json.rollouts[0];
+  const confirm = async (button, reason) => {
+    await page.evaluate(() => document.getElementById('action-status').replaceChildren());
+    await page.click(button);
+    await page.waitForSelector('#confirm[open]');
+    await page.fill('#confirm-reason', reason);
+    await page.click('#confirm-ok');
+    await page.waitForSelector('#action-status .outcome.ok, #action-status .outcome.err');
+    const text = await page.textContent('#action-status');
+    assert.match(text, /by ops/, text);
+  };
+  await confirm('#rollout-force-advance', 'console test: approved by PM');
+  assert.equal((await stage()).stage, 3);
+  const audit = (await admin('GET', '/admin/audit?flag=summarizer&limit=1')).json.entries[0];
+  assert.match(audit.reason, /forced past the gate: console test: approved by PM/);
+  await confirm('#rollout-rollback', 'console test: roll back');
+  assert.equal((await stage()).stage, 2);
+  await until('the stage list to follow', async () => (await page.inputValue('#rollout-stage')) === '2');
+  await page.selectOption('#rollout-stage', '1');
+  await confirm('#rollout-set-stage', 'console test: set stage');
+  assert.equal((await stage()).stage, 1);
+  await confirm('#rollout-hold', 'console test: hold');
+  assert.equal((await stage()).held, true);
+  await page.waitForSelector('#rollout-hold:text("Release")');
+  await confirm('#rollout-hold', 'console test: release');
+  assert.equal((await stage()).held, false);
+  await confirm('#rollout-force-advance', 'console test: back to stage 2');
+  assert.equal((await stage()).stage, 2);
+});
+
 await step('XSS: a prompt holding <script> and <img onerror> is shown as text', async () => {
   await page.waitForSelector('#config-table pre.prompt');
   const texts = await page.$$eval('#config-table pre.prompt', (els) => els.map((e) => e.textContent));

@@ -67,6 +67,7 @@ export async function act(spec) {
   }
   const body = { ...(spec.body || {}) };
   if (reason) body.reason = reason;
+  showOutcome(spec.status, 'info', 'Sending…');
   try {
     const result = await api(spec.method, spec.path, body);
     const who = result?.audit ? ` Audited as “${result.audit.action}” by ${result.audit.actor}.` : '';
