@@ -1830,3 +1830,33 @@ async fn flag_keys_are_percent_decoded_in_admin_paths() {
     let r = cp.chat("assistant v2", "u").await;
     assert_eq!(r.header(FALLBACK_HEADER).as_deref(), Some("kill_switch"));
 }
+
+#[tokio::test]
+async fn admin_bodies_must_be_json_objects() {
+    let body = format!(
+        "{MOCK}{}",
+        rollout_flag(r#"{ min_requests = 0, hold = "0s" }"#, false)
+    );
+    let cp = Cp::start("objects-only", &body, &[]).await;
+    cp.change(Method::PUT, "/admin/flags/r/rollout", json!({"stage": 2}))
+        .await;
+    // serde reads a struct from an array; the API takes objects only, so nothing changes.
+    for (method, path) in [
+        (Method::POST, "/admin/flags/r/rollout/rollback"),
+        (Method::POST, "/admin/flags/r/rollout/advance"),
+        (Method::PUT, "/admin/flags/r/enabled"),
+    ] {
+        let r = cp
+            .admin(method.clone(), path, Some(json!([null, null])))
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path}: {}",
+            r.text()
+        );
+        assert!(r.text().contains("JSON object"), "{}", r.text());
+    }
+    assert_eq!(cp.rollout("r").await["stage"], 2);
+    assert_eq!(cp.get("/admin/flags/r").await["enabled"], true);
+}
