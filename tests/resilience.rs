@@ -1983,11 +1983,22 @@ async fn soak_two_thousand_mixed_requests_against_random_faults() {
         &[("reason", "stream_interrupted")],
         tally.stream_errors as f64,
     );
-    // Every upstream request is one attempt on /metrics (circuit-open ones never arrive).
+    // Every upstream request is one attempt on /metrics (circuit-open ones never arrive). An
+    // attempt that timed out or failed to connect before the fake upstream read its request is
+    // counted by the proxy but never seen upstream: on a loaded machine a few may.
     let sent: f64 = attempts
         .iter()
         .filter(|(o, _)| o.as_str() != "circuit_open")
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(sent, up.request_count() as f64);
+    let unseen_possible: f64 = attempts
+        .iter()
+        .filter(|(o, _)| matches!(o.as_str(), "timeout" | "connect_error"))
+        .map(|(_, v)| v)
+        .sum();
+    let seen = up.request_count() as f64;
+    assert!(
+        sent >= seen && sent - seen <= unseen_possible,
+        "attempts {sent}, seen upstream {seen}, timeouts and connect errors {unseen_possible}"
+    );
 }
