@@ -933,3 +933,27 @@ async fn kill_switch_forced_fallback_and_feedback_work_on_every_api() {
     assert_eq!(r.header("x-switchyard-variation").as_deref(), Some("a"));
     assert_eq!(up.request_count(), before + 1);
 }
+
+#[tokio::test]
+async fn nothing_a_provider_sends_after_the_end_of_a_stream_reaches_the_client() {
+    let chunk = upstream::chunk_json("model-a", "hello");
+    let up = MockUpstream::builder()
+        .sse(vec![
+            SseStep::Data(chunk),
+            SseStep::Done,
+            SseStep::Delay(Duration::from_millis(30)),
+            SseStep::Data(r#"{"junk":"after the end"}"#.to_owned()),
+        ])
+        .start()
+        .await;
+    let p = proxy::TestProxy::start(&config(&openai_provider(&up.base_url(), r#"["chat"]"#))).await;
+    let s = client::post_stream(
+        &p.url("/v1/chat/completions"),
+        r#"{"model":"f","stream":true,"messages":[{"role":"user","content":"x"}]}"#,
+        &[],
+    )
+    .await;
+    let body = String::from_utf8_lossy(&s.rest(WAIT).await).into_owned();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(!body.contains("junk"), "{body}");
+}

@@ -448,6 +448,11 @@ impl HttpBody for SseRelay {
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
+                    if this.saw_done {
+                        // The stream is complete: whatever a provider sends after its end is
+                        // not the client's (it still has to end for the relay to finish).
+                        continue;
+                    }
                     let t = Instant::now();
                     this.last_data = t.into();
                     let out = if this.buf.is_empty()
