@@ -228,6 +228,9 @@ pub struct AdminToken {
 pub struct IdentitySettings {
     /// Sources of the bucketing id; the first present wins.
     pub sources: Vec<IdSource>,
+    /// Each source as the `x-switchyard-identity` value (`header:NAME`, `body:user`…), built
+    /// once.
+    pub source_labels: Vec<HeaderValue>,
     /// Headers with this (lower-case) prefix become attributes.
     pub attribute_header_prefix: String,
     /// Whether string/number/bool entries of the body's `metadata` become attributes.

@@ -60,7 +60,7 @@ pub struct Target {
     /// The bucketing id, when it identifies a user (not made up for this request).
     pub user: Option<String>,
     /// Where the bucketing id came from (the `x-switchyard-identity` header).
-    pub identity: Option<String>,
+    pub identity: Option<HeaderValue>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -201,11 +201,12 @@ async fn handle(
     let req = req.as_ref();
     // 2. identify + 3. decide
     let target = decide_target(ctx.app, &live, &parts.headers, req, &bytes)?;
-    ctx.set_target(target.clone());
+    let (route, decision) = (target.route, target.decision);
+    ctx.set_target(target);
     let Route::Variation {
         flag: flag_index,
         variation: decided,
-    } = target.route
+    } = route
     else {
         // A model that is no flag: the passthrough provider, no fallback.
         let Some(provider) = config.passthrough.clone() else {
@@ -225,10 +226,7 @@ async fn handle(
     };
     let flag = &config.flags[flag_index];
     let mut fallback: Option<FallbackReason> = None;
-    if target
-        .decision
-        .is_some_and(|d| d.reason == DecisionReason::FlagDisabled)
-    {
+    if decision.is_some_and(|d| d.reason == DecisionReason::FlagDisabled) {
         fallback = Some(FallbackReason::KillSwitch);
         ctx.app.metrics.fallback(
             &flag.key,

@@ -44,8 +44,16 @@ impl Validator<'_> {
                 OnMissing::Random
             }
         };
+        let source_labels = sources
+            .iter()
+            .map(|s| {
+                HeaderValue::from_str(&s.to_string())
+                    .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+            })
+            .collect();
         IdentitySettings {
             sources,
+            source_labels,
             attribute_header_prefix: raw
                 .identity
                 .attribute_header_prefix

@@ -151,11 +151,7 @@ impl<'a> RequestCtx<'a> {
         };
         let live = &self.live;
         crate::proxy::set_decision_headers(resp.headers_mut(), live, target.route, target.decision);
-        if let Some(v) = target
-            .identity
-            .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok())
-        {
+        if let Some(v) = target.identity.clone() {
             resp.headers_mut()
                 .insert(crate::proxy::identify::IDENTITY_HEADER, v);
         }

@@ -22,7 +22,7 @@ pub struct Identity<'a> {
     pub random: bool,
     /// Where the id came from (`header:NAME`, `body:user`, `metadata:KEY`, `random`): the
     /// `x-switchyard-identity` response header.
-    pub source: String,
+    pub source: http::HeaderValue,
 }
 
 /// Response header saying where the bucketing id came from.
@@ -94,8 +94,8 @@ pub fn identify<'a>(
     req: &'a dyn Inbound,
 ) -> Result<Identity<'a>, ApiError> {
     let mut bucketing_id: Option<Cow<'a, str>> = None;
-    let mut source_label = String::from("random");
-    for source in &settings.sources {
+    let mut source_label = http::HeaderValue::from_static("random");
+    for (i, source) in settings.sources.iter().enumerate() {
         let found: Option<Cow<'a, str>> = match source {
             IdSource::Header(name) => header_str(headers, name).map(Cow::Borrowed),
             IdSource::Body(field) => req.body_string(field),
@@ -110,8 +110,14 @@ pub fn identify<'a>(
                 .map(Cow::Owned),
         };
         if let Some(id) = found.filter(|s| !s.is_empty()) {
-            source_label = source.to_string();
-            check_id(settings, &id, &source_label)?;
+            if let Some(label) = settings.source_labels.get(i) {
+                source_label = label.clone();
+            }
+            check_id(
+                settings,
+                &id,
+                source_label.to_str().unwrap_or("the bucketing id"),
+            )?;
             bucketing_id = Some(id);
             break;
         }
