@@ -10,6 +10,7 @@ mod experiments;
 mod flags;
 mod fleet;
 mod identity;
+pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
 mod providers;
 mod raw;
@@ -221,60 +222,6 @@ pub struct AdminToken {
     pub token: Option<Secret>,
     /// Where it was to come from, for messages.
     pub source: String,
-}
-
-/// `[identity]`: where the bucketing id and attributes come from.
-#[derive(Debug, Clone)]
-pub struct IdentitySettings {
-    /// Sources of the bucketing id; the first present wins.
-    pub sources: Vec<IdSource>,
-    /// Each source as the `x-switchyard-identity` value (`header:NAME`, `body:user`…), built
-    /// once.
-    pub source_labels: Vec<HeaderValue>,
-    /// Headers with this (lower-case) prefix become attributes.
-    pub attribute_header_prefix: String,
-    /// Whether string/number/bool entries of the body's `metadata` become attributes.
-    pub attributes_from_metadata: bool,
-    /// What happens when no source gives an id.
-    pub on_missing: OnMissing,
-    /// Longest bucketing id accepted (400 `id_too_long` beyond).
-    pub max_id_bytes: usize,
-    /// Most attributes on one request (headers and `metadata` together).
-    pub max_attributes: usize,
-    /// Longest attribute name.
-    pub max_attribute_name_bytes: usize,
-    /// Longest attribute value (strings; numbers and booleans are short by nature).
-    pub max_attribute_value_bytes: usize,
-}
-
-/// One source of the bucketing id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdSource {
-    /// `header:NAME`.
-    Header(HeaderName),
-    /// `body:FIELD`: a top-level string field such as `user` or `safety_identifier`.
-    Body(String),
-    /// `metadata:KEY`: a key of the body's `metadata` object.
-    Metadata(String),
-}
-
-impl fmt::Display for IdSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IdSource::Header(h) => write!(f, "header:{h}"),
-            IdSource::Body(b) => write!(f, "body:{b}"),
-            IdSource::Metadata(m) => write!(f, "metadata:{m}"),
-        }
-    }
-}
-
-/// What happens to a request without a bucketing id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnMissing {
-    /// A random id for this request only (no stickiness).
-    Random,
-    /// 400 `missing_user`.
-    Reject,
 }
 
 /// One validation error.
