@@ -327,6 +327,31 @@ pub fn to_json(v: &Value) -> String {
     v.to_string()
 }
 
+/// A 400 naming `field`: `what` cannot be sent to a chat-only provider; `instead` says where
+/// the variation should go.
+pub fn untranslatable(
+    field: &'static str,
+    what: impl std::fmt::Display,
+    instead: &str,
+) -> ApiError {
+    ApiError::field(
+        field,
+        format!("{what} cannot be expressed for a provider that speaks only chat completions; route this variation to {instead}"),
+    )
+}
+
+/// `stream` on a translated chat request: usage asked for too, so the answer's can be counted
+/// and reported in the client's shape.
+pub fn chat_stream(chat: &mut Map<String, Value>, stream: &Value) {
+    chat.insert("stream".into(), stream.clone());
+    if stream == &Value::Bool(true) {
+        chat.insert(
+            "stream_options".into(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
+}
+
 /// A new unique id with a prefix (`resp_`, `msg_`, `fc_`…).
 pub fn new_id(prefix: &str) -> String {
     format!(

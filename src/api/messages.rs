@@ -218,10 +218,7 @@ impl Inbound for MessagesRequest<'_> {
 }
 
 fn untranslatable(field: &'static str, what: impl std::fmt::Display) -> ApiError {
-    ApiError::field(
-        field,
-        format!("{what} cannot be expressed for a provider that speaks only chat completions; route this variation to an Anthropic provider"),
-    )
+    super::untranslatable(field, what, "an Anthropic provider")
 }
 
 /// A Messages request as a chat completion request.
@@ -239,12 +236,7 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Value, ApiError> {
             "max_tokens" => {
                 chat.insert("max_tokens".into(), value.clone());
             }
-            "stream" => {
-                chat.insert("stream".into(), value.clone());
-                if value == &Value::Bool(true) {
-                    chat.insert("stream_options".into(), json!({"include_usage": true}));
-                }
-            }
+            "stream" => super::chat_stream(&mut chat, value),
             "stop_sequences" => {
                 chat.insert("stop".into(), value.clone());
             }

@@ -216,10 +216,7 @@ const IGNORED: &[&str] = &[
 ];
 
 fn untranslatable(field: &'static str, what: impl std::fmt::Display) -> ApiError {
-    ApiError::field(
-        field,
-        format!("{what} cannot be expressed for a provider that speaks only chat completions; route this variation to a provider with apis = [\"responses\"]"),
-    )
+    super::untranslatable(field, what, "a provider with apis = [\"responses\"]")
 }
 
 /// A Responses request as a chat completion request.
@@ -239,12 +236,7 @@ pub fn to_chat(req: &Map<String, Value>) -> Result<Value, ApiError> {
             | "parallel_tool_calls" => {
                 chat.insert(key.clone(), value.clone());
             }
-            "stream" => {
-                chat.insert("stream".into(), value.clone());
-                if value == &Value::Bool(true) {
-                    chat.insert("stream_options".into(), json!({"include_usage": true}));
-                }
-            }
+            "stream" => super::chat_stream(&mut chat, value),
             "max_output_tokens" => {
                 chat.insert("max_tokens".into(), value.clone());
             }
