@@ -53,7 +53,6 @@ async fn fill(store: &Store) {
             variation: format!("v{}", i % VARIATIONS),
             rule: Some("ab".into()),
             user: format!("u-{i}"),
-            request_id: format!("req-{i}"),
             at_ms: 1,
             repeat: false,
         });

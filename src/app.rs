@@ -168,6 +168,7 @@ impl App {
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
+        let experiments = crate::experiments::runtime::Experiments::new(&store);
         Ok(Arc::new(App {
             live: ArcSwap::from_pointee(live),
             store,
@@ -176,7 +177,7 @@ impl App {
             alerts,
             responses: Arc::default(),
             resilience: Resilience::default(),
-            experiments: Default::default(),
+            experiments,
             config_path,
             last_reload_error: Mutex::new(None),
             history: Default::default(),

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod feedback;
+pub mod request_id;
 pub mod results;
 pub mod runtime;
 pub mod stats;

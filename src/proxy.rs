@@ -168,7 +168,7 @@ async fn count(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiE
 
 /// One request of any client API, start to end.
 async fn serve(app: Arc<App>, req: Request<Incoming>, api: ClientApi) -> Response<Body> {
-    let mut ctx = RequestCtx::new(&app, api, request_id(req.headers()), Instant::now());
+    let mut ctx = RequestCtx::new(&app, api, client_request_id(req.headers()), Instant::now());
     let mut resp = match handle(&mut ctx, req).await {
         Ok(resp) => resp,
         Err(e) => ctx.fail(e),
@@ -540,19 +540,20 @@ pub fn set_decision_headers(
 
 /// The client's `x-request-id` when it is a sane token, else a new one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(REQUEST_ID_HEADER) {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
-        }
-    }
-    new_request_id()
+    client_request_id(headers).unwrap_or_else(new_request_id)
 }
 
-/// A new request id: `req_`, the time in milliseconds (12 hex digits) and 48 random bits (12
-/// hex digits). Ids that grow with time are appended at the end of the state store's index of
-/// request ids rather than scattered through it.
-fn new_request_id() -> HeaderValue {
+/// The client's `x-request-id` when it is a sane token.
+pub fn client_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    let v = headers.get(REQUEST_ID_HEADER)?;
+    let b = v.as_bytes();
+    (!b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())).then(|| v.clone())
+}
+
+/// A new plain request id: `req_`, the time in milliseconds (12 hex digits) and 48 random bits
+/// (12 hex digits). A request routed to a flag's variation gets a signed one instead
+/// ([`crate::experiments::request_id`]).
+pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let ms = crate::clock::now_ms() & 0xffff_ffff_ffff;
     let random = fastrand::u64(..) & 0xffff_ffff_ffff;

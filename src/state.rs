@@ -18,10 +18,12 @@
 //! database up to date under a lock, so replicas starting together do not race. To add tables,
 //! append a migration to both lists.
 //!
-//! Experiment data lives in the same database (migration 2): first exposures per (flag, user)
-//! ([`Store::record_exposures`]), the decision each request id was answered with
-//! ([`Store::lookup_request`]), and idempotent feedback events ([`Store::insert_feedback`]),
-//! aggregated per user and then per variation in SQL ([`Store::feedback_aggs`]).
+//! Experiment data lives in the same database (migrations 2 and 3): first exposures per
+//! (flag, user) ([`Store::record_exposures`]) and idempotent feedback events
+//! ([`Store::insert_feedback`]), with running aggregates maintained as they are ingested
+//! ([`aggregates`]), so results ([`Store::feedback_aggs`], [`Store::exposure_counts`]) read a
+//! handful of rows whatever the number of users. No table of request ids: request ids carry
+//! their own attribution, sealed with the key [`Store::request_id_key`] keeps for the fleet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub(crate) mod aggregates;
 mod postgres;
 mod sqlite;
 
@@ -312,12 +315,10 @@ pub struct Exposure {
     pub rule: Option<String>,
     /// The bucketing id.
     pub user: String,
-    /// The request's id (`x-request-id`), remembered for feedback attribution.
-    pub request_id: String,
     /// Unix milliseconds of the decision.
     pub at_ms: u64,
-    /// This proxy recorded the same (flag, user, variation) lately: only the request id is
-    /// written (a returning user's exposure carries nothing new).
+    /// This proxy recorded the same (flag, user, variation) lately: nothing is written (a
+    /// returning user's exposure carries nothing new).
     pub repeat: bool,
 }
 
@@ -385,6 +386,8 @@ pub enum StateError {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// The key request ids are sealed with (see [`Store::request_id_key`]).
+    id_key: std::sync::Arc<[u8; 32]>,
 }
 
 #[derive(Clone)]
@@ -423,7 +426,22 @@ impl Store {
                 redact(url)
             )));
         };
-        Ok(Store { backend })
+        // Created once (the first replica to open the store wins), read by every other.
+        let fresh = new_key()?;
+        let id_key = match &backend {
+            Backend::Sqlite(s) => s.secret("request_ids", &fresh).await?,
+            Backend::Postgres(s) => s.secret("request_ids", &fresh).await?,
+        };
+        Ok(Store {
+            backend,
+            id_key: std::sync::Arc::new(id_key),
+        })
+    }
+
+    /// The key request ids are sealed with: 32 random bytes created with the store and kept
+    /// in it, so every replica sharing the store reads the ids any of them minted.
+    pub fn request_id_key(&self) -> &[u8; 32] {
+        &self.id_key
     }
 
     /// Every flag's overrides and the version they belong to, read in one snapshot.
@@ -501,29 +519,40 @@ impl Store {
     /// time is inserted with the variation, rule and time of this exposure; a user already
     /// exposed with a *different* variation is marked `switched` (and their feedback is left
     /// out of [`Store::feedback_aggs`] from then on). Within a batch, earlier entries come
-    /// first. Also remembers `request_id` → (flag, variation, user) for
-    /// [`Store::lookup_request`] (the first exposure recorded under a request id is kept).
+    /// first; entries marked `repeat` are skipped. The running aggregates move with the
+    /// users (a user's earlier feedback joins their variation's figures on first exposure,
+    /// and leaves them on a switch). A known user with nothing new writes nothing.
     ///
     /// One transaction per batch (batches of up to a few thousand); durable before it
     /// returns.
     pub async fn record_exposures(&self, batch: &[Exposure]) -> Result<(), StateError> {
+        let batch: Vec<Exposure> = batch.iter().filter(|e| !e.repeat).cloned().collect();
         if batch.is_empty() {
             return Ok(());
         }
         match &self.backend {
-            Backend::Sqlite(s) => s.record_exposures(batch).await,
-            Backend::Postgres(s) => s.record_exposures(batch).await,
+            Backend::Sqlite(s) => s.record_exposures(&batch).await,
+            Backend::Postgres(s) => s.record_exposures(&batch).await,
         }
     }
 
-    /// The decision a request id was answered with: (flag, variation, user).
-    pub async fn lookup_request(
-        &self,
-        request_id: &str,
-    ) -> Result<Option<(String, String, String)>, StateError> {
+    /// Adds exposures that were lost before reaching the store (a full queue, a store that
+    /// stayed unavailable) to each flag's count, which results show as `dropped_exposures`.
+    pub async fn record_exposure_losses(&self, lost: &[(String, u64)]) -> Result<(), StateError> {
+        if lost.iter().all(|(_, n)| *n == 0) {
+            return Ok(());
+        }
         match &self.backend {
-            Backend::Sqlite(s) => s.lookup_request(request_id).await,
-            Backend::Postgres(s) => s.lookup_request(request_id).await,
+            Backend::Sqlite(s) => s.record_exposure_losses(lost).await,
+            Backend::Postgres(s) => s.record_exposure_losses(lost).await,
+        }
+    }
+
+    /// Exposures of `flag` lost before reaching the store, over the fleet's life.
+    pub async fn exposure_losses(&self, flag: &str) -> Result<u64, StateError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.exposure_losses(flag).await,
+            Backend::Postgres(s) => s.exposure_losses(flag).await,
         }
     }
 
@@ -557,8 +586,24 @@ impl Store {
         rule: Option<&str>,
     ) -> Result<(Vec<(String, u64)>, u64), StateError> {
         let (mut counts, switched) = match &self.backend {
-            Backend::Sqlite(s) => s.exposure_counts(flag, rule).await,
-            Backend::Postgres(s) => s.exposure_counts(flag, rule).await,
+            Backend::Sqlite(s) => s.exposure_counts(flag, rule, false).await,
+            Backend::Postgres(s) => s.exposure_counts(flag, rule, false).await,
+        }?;
+        counts.retain(|(_, n)| *n > 0);
+        counts.sort();
+        Ok((counts, switched))
+    }
+
+    /// [`Store::exposure_counts`] computed from every exposure row (the reference the running
+    /// counts are checked against; it reads every user of the flag).
+    pub async fn exposure_counts_scan(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+    ) -> Result<(Vec<(String, u64)>, u64), StateError> {
+        let (mut counts, switched) = match &self.backend {
+            Backend::Sqlite(s) => s.exposure_counts(flag, rule, true).await,
+            Backend::Postgres(s) => s.exposure_counts(flag, rule, true).await,
         }?;
         counts.sort();
         Ok((counts, switched))
@@ -570,7 +615,29 @@ impl Store {
     /// events at or after it. Users without an exposure row (e.g. re-decided users this proxy
     /// never served) count under the event's variation, unless `rule` is given (their rule is
     /// unknown, so they are left out).
+    ///
+    /// Without `since_ms` this reads the running aggregates (a handful of rows); with it, the
+    /// events since then are aggregated (an index on the events' time bounds the scan).
     pub async fn feedback_aggs(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<FeedbackAgg>, StateError> {
+        if since_ms.is_some() {
+            return self.feedback_aggs_scan(flag, rule, since_ms).await;
+        }
+        let mut aggs = match &self.backend {
+            Backend::Sqlite(s) => s.running_aggs(flag, rule).await,
+            Backend::Postgres(s) => s.running_aggs(flag, rule).await,
+        }?;
+        aggs.sort_by(|a, b| (&a.variation, &a.metric).cmp(&(&b.variation, &b.metric)));
+        Ok(aggs)
+    }
+
+    /// [`Store::feedback_aggs`] computed from every event (the reference the running
+    /// aggregates are checked against, and the windowed query).
+    pub async fn feedback_aggs_scan(
         &self,
         flag: &str,
         rule: Option<&str>,
@@ -585,12 +652,26 @@ impl Store {
         Ok(aggs)
     }
 
-    /// Deletes remembered request ids recorded before `before_ms` (housekeeping); returns how
-    /// many were deleted.
-    pub async fn prune_requests(&self, before_ms: u64) -> Result<u64, StateError> {
+    /// Recomputes every running aggregate from the stored exposures and events (what the
+    /// migration to them does; also after data were loaded in bulk with SQL).
+    pub async fn rebuild_aggregates(&self) -> Result<(), StateError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.prune_requests(before_ms).await,
-            Backend::Postgres(s) => s.prune_requests(before_ms).await,
+            Backend::Sqlite(s) => s.rebuild_aggregates().await,
+            Backend::Postgres(s) => s.rebuild_aggregates().await,
+        }
+    }
+
+    /// Retention of finished experiments: deletes the exposures, events and aggregates of
+    /// every flag not in `live_flags` whose last exposure or event is older than
+    /// `before_ms`; returns the flags deleted.
+    pub async fn prune_finished(
+        &self,
+        live_flags: &[String],
+        before_ms: u64,
+    ) -> Result<Vec<String>, StateError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune_finished(live_flags, before_ms).await,
+            Backend::Postgres(s) => s.prune_finished(live_flags, before_ms).await,
         }
     }
 
@@ -623,6 +704,16 @@ impl fmt::Debug for Store {
             .field("location", &location)
             .finish()
     }
+}
+
+/// 32 bytes from the system's random source.
+fn new_key() -> Result<[u8; 32], StateError> {
+    use ring::rand::SecureRandom as _;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| StateError::Storage("no system randomness for the request-id key".into()))?;
+    Ok(key)
 }
 
 /// Marks the subscription as changed.

@@ -1,5 +1,5 @@
-//! Experiment data in the state store (exposures, request ids, feedback events and their
-//! aggregates) through the public API, on SQLite and on PostgreSQL.
+//! Experiment data in the state store (exposures, feedback events, their running aggregates
+//! checked against the full scan, the request-id key) through the public API, on SQLite and on PostgreSQL.
 //!
 //! PostgreSQL tests connect to `SWITCHYARD_TEST_PG` (default
 //! `postgres://postgres@127.0.0.1:5432/test`), each in a schema of its own; they fail (never
@@ -20,20 +20,12 @@ mod db;
 
 use db::{open, Db};
 
-fn exposure(
-    flag: &str,
-    user: &str,
-    variation: &str,
-    rule: Option<&str>,
-    request_id: &str,
-    at_ms: u64,
-) -> Exposure {
+fn exposure(flag: &str, user: &str, variation: &str, rule: Option<&str>, at_ms: u64) -> Exposure {
     Exposure {
         flag: flag.into(),
         variation: variation.into(),
         rule: rule.map(str::to_owned),
         user: user.into(),
-        request_id: request_id.into(),
         at_ms,
         repeat: false,
     }
@@ -103,9 +95,9 @@ async fn first_exposure_wins(url: &str) {
     let r1 = Some("r1");
     store
         .record_exposures(&[
-            exposure("f", "u1", "control", r1, "q1", 1_000),
-            exposure("f", "u2", "treatment", r1, "q2", 1_001),
-            exposure("f", "u1", "control", r1, "q3", 1_002), // same variation: no switch
+            exposure("f", "u1", "control", r1, 1_000),
+            exposure("f", "u2", "treatment", r1, 1_001),
+            exposure("f", "u1", "control", r1, 1_002), // same variation: no switch
         ])
         .await
         .unwrap();
@@ -116,23 +108,23 @@ async fn first_exposure_wins(url: &str) {
     store
         .record_exposures(&[
             // Switches within one batch.
-            exposure("f", "u3", "control", r1, "q4", 2_000),
-            exposure("f", "u3", "treatment", r1, "q5", 2_001),
-            exposure("f", "u3", "control", r1, "q6", 2_002),
+            exposure("f", "u3", "control", r1, 2_000),
+            exposure("f", "u3", "treatment", r1, 2_001),
+            exposure("f", "u3", "control", r1, 2_002),
             // Switches across batches.
-            exposure("f", "u2", "control", r1, "q7", 2_003),
+            exposure("f", "u2", "control", r1, 2_003),
             // Same variation again, under another rule: the first rule is kept.
-            exposure("f", "u1", "control", Some("r2"), "q8", 2_004),
-            exposure("f", "u4", "treatment", Some("r2"), "q9", 2_005),
-            exposure("f", "u5", "treatment", None, "q10", 2_006),
+            exposure("f", "u1", "control", Some("r2"), 2_004),
+            exposure("f", "u4", "treatment", Some("r2"), 2_005),
+            exposure("f", "u5", "treatment", None, 2_006),
             // Another flag.
-            exposure("g", "u1", "treatment", r1, "q11", 2_007),
+            exposure("g", "u1", "treatment", r1, 2_007),
         ])
         .await
         .unwrap();
     // u2 switching back to its first variation leaves it switched.
     store
-        .record_exposures(&[exposure("f", "u2", "treatment", r1, "q12", 3_000)])
+        .record_exposures(&[exposure("f", "u2", "treatment", r1, 3_000)])
         .await
         .unwrap();
     assert_eq!(
@@ -158,94 +150,70 @@ async fn first_exposure_wins(url: &str) {
     store.record_exposures(&[]).await.unwrap();
 }
 
-/// Request ids resolve to the decision they were answered with; the first one recorded under
-/// an id is kept; pruning removes old ids only (and no exposures).
-async fn request_lookup(url: &str) {
-    let store = open(url).await;
-    assert_eq!(store.lookup_request("nope").await.unwrap(), None);
-    store
-        .record_exposures(&[
-            exposure("f", "alice", "control", Some("r"), "req-1", 1_000),
-            exposure("f", "bob", "treatment", None, "req-2", 2_000),
-            exposure("g", "bob", "blue", None, "req-2", 2_001), // repeated id: first kept
-        ])
-        .await
-        .unwrap();
-    store
-        .record_exposures(&[
-            exposure("f", "alice", "treatment", Some("r"), "req-3", 3_000),
-            exposure("f", "carol", "control", None, "req-1", 3_001), // already known
-        ])
-        .await
-        .unwrap();
-    let decision = |f: &str, v: &str, u: &str| Some((f.to_owned(), v.to_owned(), u.to_owned()));
-    assert_eq!(
-        store.lookup_request("req-1").await.unwrap(),
-        decision("f", "control", "alice")
-    );
-    assert_eq!(
-        store.lookup_request("req-2").await.unwrap(),
-        decision("f", "treatment", "bob")
-    );
-    // The decision as answered, even though alice is now switched.
-    assert_eq!(
-        store.lookup_request("req-3").await.unwrap(),
-        decision("f", "treatment", "alice")
-    );
-
-    assert_eq!(store.prune_requests(1_000).await.unwrap(), 0);
-    assert_eq!(store.prune_requests(2_001).await.unwrap(), 2);
-    assert_eq!(store.lookup_request("req-1").await.unwrap(), None);
-    assert_eq!(store.lookup_request("req-2").await.unwrap(), None);
-    assert!(store.lookup_request("req-3").await.unwrap().is_some());
-    assert_eq!(store.prune_requests(2_001).await.unwrap(), 0);
+/// The key request ids are sealed with is created once per database: every store opened on
+/// it (a replica) reads the same key, another database has another one.
+async fn one_request_id_key_per_database(url: &str) {
+    let a = open(url).await;
+    let b = open(url).await;
+    assert_eq!(a.request_id_key(), b.request_id_key());
+    assert_ne!(a.request_id_key(), &[0u8; 32]);
+    let other = open("sqlite::memory:").await;
+    assert_ne!(a.request_id_key(), other.request_id_key());
+    // No request id is stored any more: exposures alone are written.
+    a.record_exposures(&[
+        exposure("f", "alice", "control", Some("r"), 1_000),
+        exposure("f", "bob", "treatment", None, 2_000),
+        exposure("g", "bob", "blue", None, 2_001),
+    ])
+    .await
+    .unwrap();
+    b.record_exposures(&[
+        exposure("f", "alice", "treatment", Some("r"), 3_000),
+        exposure("f", "carol", "control", None, 3_001),
+    ])
+    .await
+    .unwrap();
     // alice switched; bob and carol remain.
     assert_eq!(
-        store.exposure_counts("f", None).await.unwrap(),
+        a.exposure_counts("f", None).await.unwrap(),
         counts(&[("control", 1), ("treatment", 1)], 1)
+    );
+    assert_eq!(
+        b.exposure_counts("f", None).await.unwrap(),
+        b.exposure_counts_scan("f", None).await.unwrap()
     );
 }
 
-/// A repeat (the proxy recorded the same flag, user and variation lately) writes its request
-/// id only: it resolves like any other, the user is counted once, and a repeat whose exposure
-/// the store never saw adds no user.
-async fn repeats_write_request_ids_only(url: &str) {
+/// A repeat (the proxy recorded the same flag, user and variation lately) writes nothing:
+/// the user is counted once, and a repeat whose exposure the store never saw adds no user.
+async fn repeats_write_nothing(url: &str) {
     let store = open(url).await;
-    let repeat = |user: &str, variation: &str, id: &str, at: u64| Exposure {
+    let repeat = |user: &str, variation: &str, at: u64| Exposure {
         repeat: true,
-        ..exposure("f", user, variation, Some("r"), id, at)
+        ..exposure("f", user, variation, Some("r"), at)
     };
     store
         .record_exposures(&[
-            exposure("f", "alice", "control", Some("r"), "req-a1", 1_000),
-            repeat("alice", "control", "req-a2", 1_001),
+            exposure("f", "alice", "control", Some("r"), 1_000),
+            repeat("alice", "control", 1_001),
         ])
         .await
         .unwrap();
     store
         .record_exposures(&[
-            repeat("alice", "control", "req-a3", 2_000),
-            exposure("f", "bob", "treatment", Some("r"), "req-b1", 2_001),
-            repeat("bob", "treatment", "req-b2", 2_002),
-            repeat("carol", "control", "req-c1", 2_003),
+            repeat("alice", "control", 2_000),
+            exposure("f", "bob", "treatment", Some("r"), 2_001),
+            repeat("bob", "treatment", 2_002),
+            repeat("carol", "control", 2_003),
         ])
         .await
         .unwrap();
-    for (id, variation, user) in [
-        ("req-a1", "control", "alice"),
-        ("req-a2", "control", "alice"),
-        ("req-a3", "control", "alice"),
-        ("req-b2", "treatment", "bob"),
-        ("req-c1", "control", "carol"),
-    ] {
-        assert_eq!(
-            store.lookup_request(id).await.unwrap(),
-            Some(("f".to_owned(), variation.to_owned(), user.to_owned())),
-            "{id}"
-        );
-    }
     assert_eq!(
         store.exposure_counts("f", Some("r")).await.unwrap(),
+        counts(&[("control", 1), ("treatment", 1)], 0)
+    );
+    assert_eq!(
+        store.exposure_counts_scan("f", Some("r")).await.unwrap(),
         counts(&[("control", 1), ("treatment", 1)], 0)
     );
 }
@@ -312,15 +280,16 @@ async fn feedback_duplicates(url: &str) {
     );
 }
 
-/// Exposures, request ids and events survive closing and reopening the store.
+/// Exposures, events, aggregates and the request-id key survive closing and reopening the
+/// store.
 async fn durable(url: &str) {
-    {
+    let key = {
         let store = open(url).await;
         store
             .record_exposures(&[
-                exposure("f", "u1", "control", Some("r"), "q1", 1_000),
-                exposure("f", "u2", "treatment", Some("r"), "q2", 1_001),
-                exposure("f", "u2", "control", Some("r"), "q3", 1_002),
+                exposure("f", "u1", "control", Some("r"), 1_000),
+                exposure("f", "u2", "treatment", Some("r"), 1_001),
+                exposure("f", "u2", "control", Some("r"), 1_002),
             ])
             .await
             .unwrap();
@@ -329,15 +298,13 @@ async fn durable(url: &str) {
             .await
             .unwrap();
         assert_eq!(stored, [true]);
-    }
+        *store.request_id_key()
+    };
     let store = open(url).await;
+    assert_eq!(store.request_id_key(), &key);
     assert_eq!(
         store.exposure_counts("f", Some("r")).await.unwrap(),
         counts(&[("control", 1)], 1)
-    );
-    assert_eq!(
-        store.lookup_request("q2").await.unwrap(),
-        Some(("f".into(), "treatment".into(), "u2".into()))
     );
     assert_eq!(
         store
@@ -368,12 +335,12 @@ async fn aggregates_by_hand(url: &str) {
     let (r1, r2) = (Some("r1"), Some("r2"));
     store
         .record_exposures(&[
-            exposure("f", "alice", "control", r1, "q1", 100),
-            exposure("f", "bob", "control", r1, "q2", 100),
-            exposure("f", "carol", "treatment", r1, "q3", 100),
-            exposure("f", "dave", "treatment", r2, "q4", 100),
-            exposure("f", "erin", "control", r1, "q5", 100),
-            exposure("f", "erin", "treatment", r1, "q6", 200),
+            exposure("f", "alice", "control", r1, 100),
+            exposure("f", "bob", "control", r1, 100),
+            exposure("f", "carol", "treatment", r1, 100),
+            exposure("f", "dave", "treatment", r2, 100),
+            exposure("f", "erin", "control", r1, 100),
+            exposure("f", "erin", "treatment", r1, 200),
         ])
         .await
         .unwrap();
@@ -580,8 +547,7 @@ async fn concurrent_writers(url: &str) {
                     } else {
                         "control"
                     };
-                    let q = format!("q{u}-{reverse}");
-                    exposure("f", &format!("u{u}"), v, None, &q, 1)
+                    exposure("f", &format!("u{u}"), v, None, 1)
                 })
                 .collect();
             store.record_exposures(&batch).await.unwrap();
@@ -653,7 +619,6 @@ fn scale_exposures() -> Vec<Exposure> {
                 &format!("user-{u}"),
                 scale_variation(u),
                 Some(scale_rule(u)),
-                &format!("req-{u}"),
                 1_000 + u as u64,
             )
         })
@@ -665,7 +630,6 @@ fn scale_exposures() -> Vec<Exposure> {
             &format!("user-{u}"),
             scale_variation(u + 1),
             Some(scale_rule(u)),
-            &format!("req-switch-{u}"),
             5_000_000 + u as u64,
         )
     }));
@@ -850,12 +814,19 @@ async fn at_scale(url: &str) {
     );
     assert_aggs_close(&aggs, &scale_expected(Some("holdout"), Some(since)));
 
-    assert_eq!(
-        store.lookup_request("req-77").await.unwrap(),
-        Some(("chat".into(), "variant_b".into(), "user-77".into()))
+    // The running aggregates of the rule against the full scan.
+    let running = store
+        .feedback_aggs("chat", Some("holdout"), None)
+        .await
+        .unwrap();
+    assert_aggs_close(&running, &scale_expected(Some("holdout"), None));
+    assert_aggs_close(
+        &running,
+        &store
+            .feedback_aggs_scan("chat", Some("holdout"), None)
+            .await
+            .unwrap(),
     );
-    let pruned = store.prune_requests(5_000_000).await.unwrap();
-    assert_eq!(pruned, scale() as u64);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -869,16 +840,16 @@ async fn sqlite_first_exposure_wins_and_switches_are_counted() {
 }
 
 #[tokio::test]
-async fn sqlite_request_lookup_and_pruning() {
+async fn sqlite_one_request_id_key_per_database() {
     let db = Db::sqlite("req");
-    request_lookup(&db.url()).await;
+    one_request_id_key_per_database(&db.url()).await;
     db.cleanup().await;
 }
 
 #[tokio::test]
-async fn sqlite_repeats_write_request_ids_only() {
+async fn sqlite_repeats_write_nothing() {
     let db = Db::sqlite("repeat");
-    repeats_write_request_ids_only(&db.url()).await;
+    repeats_write_nothing(&db.url()).await;
     db.cleanup().await;
 }
 
@@ -934,16 +905,16 @@ async fn postgres_first_exposure_wins_and_switches_are_counted() {
 }
 
 #[tokio::test]
-async fn postgres_request_lookup_and_pruning() {
+async fn postgres_one_request_id_key_per_database() {
     let db = Db::postgres("req");
-    request_lookup(&db.url()).await;
+    one_request_id_key_per_database(&db.url()).await;
     db.cleanup().await;
 }
 
 #[tokio::test]
-async fn postgres_repeats_write_request_ids_only() {
+async fn postgres_repeats_write_nothing() {
     let db = Db::postgres("repeat");
-    repeats_write_request_ids_only(&db.url()).await;
+    repeats_write_nothing(&db.url()).await;
     db.cleanup().await;
 }
 

@@ -634,7 +634,6 @@ async fn assert_upgraded(store: &Store) {
             variation: "on".into(),
             rule: None,
             user: "u".into(),
-            request_id: "q".into(),
             at_ms: 1,
             repeat: false,
         }])
@@ -673,7 +672,7 @@ async fn sqlite_upgrades_a_first_release_database() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(schema_version, 2);
+    assert_eq!(schema_version, 3);
     // Opening again changes nothing.
     let store = open(&db.url()).await;
     assert_eq!(store.exposure_counts("f", None).await.unwrap().0.len(), 1);
@@ -816,7 +815,7 @@ async fn postgres_upgrades_a_first_release_database() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(applied, [1, 2]);
+    assert_eq!(applied, [1, 2, 3]);
     drop(client);
     let _ = driver.await;
     let store = open(&db.url()).await;

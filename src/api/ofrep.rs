@@ -358,7 +358,6 @@ fn expose(app: &App, flag: &Flag, d: &Decision, user: &str) {
             .unwrap_or_default(),
         rule: d.rule.and_then(|r| flag.rules.get(r)).map(|r| r.id.clone()),
         user: user.to_owned(),
-        request_id: format!("ofrep-{:016x}", fastrand::u64(..)),
         at_ms: crate::clock::now_ms(),
         repeat: false,
     };

@@ -95,6 +95,13 @@ impl Validator<'_> {
                 None => {}
             }
         }
+        if let Some(text) = e.retain_exposures.as_deref() {
+            match parse_duration(text) {
+                Ok(d) if d >= Duration::from_secs(3600) => p.retain_exposures = Some(d),
+                Ok(_) => self.err(&path.key("retain_exposures"), "must be at least 1h"),
+                Err(msg) => self.err(&path.key("retain_exposures"), msg),
+            }
+        }
         p
     }
 }

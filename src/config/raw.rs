@@ -101,6 +101,7 @@ pub struct RawExperiments {
     pub min_users: Option<i64>,
     pub min_events: Option<i64>,
     pub relative_effect: Option<f64>,
+    pub retain_exposures: Option<String>,
 }
 
 /// The rule-based responder: regex rules on the last user message, and a default reply.

@@ -47,6 +47,9 @@ pub struct Policy {
     pub relative_effect: f64,
     /// SRM p-value below which the split is flagged.
     pub srm_threshold: f64,
+    /// `retain_exposures`: how long the exposures and events of a finished experiment (a
+    /// flag no longer in the config) are kept after its last activity; `None` keeps them.
+    pub retain_exposures: Option<std::time::Duration>,
 }
 
 impl Default for Policy {
@@ -57,6 +60,7 @@ impl Default for Policy {
             min_events: 25,
             relative_effect: 0.1,
             srm_threshold: 0.001,
+            retain_exposures: None,
         }
     }
 }

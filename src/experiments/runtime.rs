@@ -1,8 +1,14 @@
-//! Experiments at runtime: exposures recorded off the request path (a bounded queue drained
-//! in batches into the state store), recent request ids remembered for feedback attribution,
+//! Experiments at runtime: first exposures recorded off the request path (a bounded queue
+//! drained in batches into the state store), signed request ids ([`super::request_id`]),
 //! `POST /v1/feedback`, results, and the business-metric gauges.
+//!
+//! The request path writes nothing durable: a returning user (one this process recorded
+//! lately, for the same flag and variation) is recognised in memory and costs a hash lookup;
+//! a new one is queued for the writer, which appends users in batches. An exposure that
+//! cannot be queued (queue full) or written (store down for good) is counted per flag in the
+//! store, and results show the count as `dropped_exposures`.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::catalog::PerUser;
 use super::feedback::{self, Target};
+use super::request_id::RequestIds;
 use super::results::{self, MetricSums, VariationData};
 use crate::app::App;
 use crate::flags::audience::Attributes;
@@ -21,47 +28,43 @@ use crate::state::{Exposure, FeedbackRow, StateError, Store};
 
 /// Exposures waiting to be written, at most.
 const QUEUE: usize = 65_536;
-/// Request ids remembered in memory, at most (older ones are looked up in the store, where
-/// they land within `GATHER`; the memory only spares a store query for fresh feedback).
-const RECENT: usize = 20_000;
-/// Exposures remembered as already recorded, per generation (two generations are kept).
-const SEEN: usize = 100_000;
+/// Exposures remembered as already recorded, per shard and generation (two generations are
+/// kept): 16 shards × 2 × 8,192 hashes, about 4 MB at most.
+const SEEN: usize = 8_192;
+/// Shards of the memory of recorded exposures (requests on different cores rarely meet).
+const SHARDS: usize = 16;
 /// Exposures written in one transaction, at most.
 const BATCH: usize = 4096;
 /// How long the writer gathers exposures before a transaction.
 const GATHER: Duration = Duration::from_millis(200);
 /// How often the business-metric gauges are refreshed (at least).
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
-/// How long request ids are kept in the store.
-const KEEP_REQUESTS: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// A request id's decision: (flag, variation, user).
-type Decided = (String, String, String);
-
-/// What the request path remembers, under one lock.
+/// Hashes of (flag, user, variation) recorded lately: the current generation and the one
+/// before it.
 #[derive(Default)]
-struct Recent {
-    /// Request id → its decision, for the newest `RECENT` requests.
-    map: HashMap<String, Decided>,
-    order: VecDeque<String>,
-    /// Hashes of (flag, user, variation) recorded lately: the current generation and the one
-    /// before it. A repeat is sent to the store as a request id only.
-    seen: HashSet<u64>,
-    seen_before: HashSet<u64>,
+struct Seen {
+    now: HashSet<u64>,
+    before: HashSet<u64>,
 }
 
-impl Recent {
+impl Seen {
     /// Whether `key` was recorded lately; remembers it either way.
     fn repeat(&mut self, key: u64) -> bool {
-        if self.seen.contains(&key) {
+        if self.now.contains(&key) {
             return true;
         }
-        let before = self.seen_before.contains(&key);
-        if self.seen.len() >= SEEN {
-            self.seen_before = std::mem::take(&mut self.seen);
+        let before = self.before.contains(&key);
+        if self.now.len() >= SEEN {
+            self.before = std::mem::take(&mut self.now);
         }
-        self.seen.insert(key);
+        self.now.insert(key);
         before
+    }
+
+    fn forget(&mut self, key: u64) {
+        self.now.remove(&key);
+        self.before.remove(&key);
     }
 }
 
@@ -69,9 +72,13 @@ impl Recent {
 pub struct Experiments {
     tx: mpsc::Sender<Exposure>,
     rx: Mutex<Option<mpsc::Receiver<Exposure>>>,
-    recent: Mutex<Recent>,
+    seen: [Mutex<Seen>; SHARDS],
     /// Keyed per process, so which exposures collide is not predictable from outside.
     hasher: RandomState,
+    /// Exposures lost per flag since the writer last counted them in the store.
+    lost: Mutex<HashMap<String, u64>>,
+    /// Mints and reads `x-request-id`s.
+    pub ids: RequestIds,
 }
 
 impl std::fmt::Debug for Experiments {
@@ -80,58 +87,94 @@ impl std::fmt::Debug for Experiments {
     }
 }
 
-impl Default for Experiments {
-    fn default() -> Self {
+impl Experiments {
+    /// Request ids sealed with the store's key.
+    pub fn new(store: &Store) -> Experiments {
         let (tx, rx) = mpsc::channel(QUEUE);
         Experiments {
             tx,
             rx: Mutex::new(Some(rx)),
-            recent: Mutex::new(Recent::default()),
+            seen: Default::default(),
             hasher: RandomState::new(),
+            lost: Mutex::default(),
+            ids: RequestIds::new(store.request_id_key()),
         }
     }
-}
 
-impl Experiments {
-    /// Records an answered request (cheap: a map insert and a queue push; never waits).
-    pub fn expose(&self, app: &App, mut exposure: Exposure) {
-        let key = self
-            .hasher
-            .hash_one((&exposure.flag, &exposure.user, &exposure.variation));
-        if let Ok(mut recent) = self.recent.lock() {
-            exposure.repeat = recent.repeat(key);
-            let Recent { map, order, .. } = &mut *recent;
-            if order.len() >= RECENT {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
-                }
-            }
-            order.push_back(exposure.request_id.clone());
-            map.insert(
-                exposure.request_id.clone(),
-                (
-                    exposure.flag.clone(),
-                    exposure.variation.clone(),
-                    exposure.user.clone(),
-                ),
-            );
+    /// Remembers (flag, user, variation); true when it was recorded lately.
+    fn seen(&self, flag: &str, user: &str, variation: &str) -> (bool, u64) {
+        let key = self.hasher.hash_one((flag, user, variation));
+        let shard = &self.seen[(key as usize) % SHARDS];
+        let repeat = shard.lock().map(|mut s| s.repeat(key)).unwrap_or(false);
+        (repeat, key)
+    }
+
+    /// Records an answered request's decision: nothing for a user recorded lately (a hash
+    /// lookup), else the first exposure queued for the writer (never waits).
+    pub fn expose_decision(
+        &self,
+        app: &App,
+        flag: &str,
+        variation: &str,
+        rule: Option<&str>,
+        user: &str,
+    ) {
+        let (repeat, key) = self.seen(flag, user, variation);
+        if repeat {
+            return;
         }
+        let exposure = Exposure {
+            flag: flag.to_owned(),
+            variation: variation.to_owned(),
+            rule: rule.map(str::to_owned),
+            user: user.to_owned(),
+            at_ms: crate::clock::now_ms(),
+            repeat: false,
+        };
+        self.queue(app, exposure, key);
+    }
+
+    /// Records an exposure (see [`Experiments::expose_decision`]).
+    pub fn expose(&self, app: &App, mut exposure: Exposure) {
+        let (repeat, key) = self.seen(&exposure.flag, &exposure.user, &exposure.variation);
+        if repeat {
+            return;
+        }
+        exposure.repeat = false;
+        self.queue(app, exposure, key);
+    }
+
+    fn queue(&self, app: &App, exposure: Exposure, key: u64) {
         crate::sources::expose(app, &exposure);
-        if self.tx.try_send(exposure).is_err() {
+        if let Err(e) = self.tx.try_send(exposure) {
+            // Not recorded: forget it, so the user's next request tries again, and count it.
+            if let Ok(mut s) = self.seen[(key as usize) % SHARDS].lock() {
+                s.forget(key);
+            }
+            let e = match e {
+                mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
+            };
+            self.count_lost(&e.flag, 1);
             app.metrics.exposures.with_label_values(&["dropped"]).inc();
         }
     }
 
-    async fn lookup(&self, store: &Store, request_id: &str) -> Result<Option<Decided>, StateError> {
-        if let Some(found) = self
-            .recent
-            .lock()
-            .ok()
-            .and_then(|r| r.map.get(request_id).cloned())
-        {
-            return Ok(Some(found));
+    fn count_lost(&self, flag: &str, n: u64) {
+        if let Ok(mut lost) = self.lost.lock() {
+            match lost.get_mut(flag) {
+                Some(c) => *c += n,
+                None => {
+                    lost.insert(flag.to_owned(), n);
+                }
+            }
         }
-        store.lookup_request(request_id).await
+    }
+
+    fn take_lost(&self) -> Vec<(String, u64)> {
+        self.lost
+            .lock()
+            .map(|mut l| l.drain().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -167,10 +210,12 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) {
                         batch.push(e);
                     }
                     write(&writer, &mut batch).await;
+                    count_losses(&writer).await;
                     return;
                 }
             }
             write(&writer, &mut batch).await;
+            count_losses(&writer).await;
         }
     });
     let refresher = app.clone();
@@ -186,10 +231,12 @@ pub fn spawn(app: &Arc<App>, mut stop: watch::Receiver<bool>) {
                     let started = std::time::Instant::now();
                     refresh_gauges(&refresher).await;
                     pause = REFRESH_EVERY.max(started.elapsed() * 10);
+                    // A queue that stayed full leaves losses nobody wrote.
+                    count_losses(&refresher).await;
                     let now = crate::clock::now_ms();
                     if now.saturating_sub(pruned_at) > 3_600_000 {
                         pruned_at = now;
-                        let _ = refresher.store.prune_requests(now.saturating_sub(KEEP_REQUESTS.as_millis() as u64)).await;
+                        retention(&refresher, now).await;
                     }
                 }
             }
@@ -219,6 +266,9 @@ async fn write(app: &App, batch: &mut Vec<Exposure>) {
                     .with_label_values(&["failed"])
                     .inc_by(batch.len() as u64);
                 app.metrics.state_error();
+                for lost in batch.iter() {
+                    app.experiments.count_lost(&lost.flag, 1);
+                }
             }
             Err(_) => {
                 tokio::time::sleep(delay).await;
@@ -227,6 +277,41 @@ async fn write(app: &App, batch: &mut Vec<Exposure>) {
         }
     }
     batch.clear();
+}
+
+/// Adds the exposures lost since the last call to the store's per-flag counts (kept for the
+/// next call if the store is unavailable).
+async fn count_losses(app: &App) {
+    let lost = app.experiments.take_lost();
+    if lost.is_empty() {
+        return;
+    }
+    if let Err(e) = app.store.record_exposure_losses(&lost).await {
+        tracing::warn!(error = %e, "lost exposures not counted yet: state store unavailable");
+        for (flag, n) in lost {
+            app.experiments.count_lost(&flag, n);
+        }
+    }
+}
+
+/// `[experiments] retain_exposures`: the data of finished experiments (flags no longer in
+/// the config) older than that is deleted.
+async fn retention(app: &App, now: u64) {
+    let live = app.live.load_full();
+    let Some(keep) = live.config.experiment_policy.retain_exposures else {
+        return;
+    };
+    let flags: Vec<String> = live.config.flags.iter().map(|f| f.key.clone()).collect();
+    let before = now.saturating_sub(keep.as_millis() as u64);
+    match app.store.prune_finished(&flags, before).await {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(flags = ?gone, "finished experiments past retention deleted");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "retention of finished experiments: state store unavailable")
+        }
+    }
 }
 
 /// `POST /v1/feedback`.
@@ -246,12 +331,9 @@ pub async fn post_feedback(app: &App, body: &[u8]) -> Result<(http::StatusCode, 
             }
         };
         let decided = match &e.target {
-            Target::Request(id) => match app.experiments.lookup(&app.store, id).await {
-                Ok(Some(d)) => Ok(d),
-                Ok(None) => Err(format!(
-                    "unknown request id `{id}` (not answered by this proxy, or older than 7 days)"
-                )),
-                Err(err) => return Err(ApiError::StateUnavailable(err.to_string())),
+            Target::Request(id) => match app.experiments.ids.read(id) {
+                Ok(a) => Ok((a.flag, a.variation, a.user)),
+                Err(err) => Err(err.to_string()),
             },
             Target::User { flag, user } => match live.config.flag(flag) {
                 Some((fi, f)) => {
@@ -421,6 +503,11 @@ pub async fn results(app: &App, flag_key: &str, metric: Option<&str>) -> Result<
     let (data, switched, rule) = gather(app, flag, None, false)
         .await
         .map_err(|e| ApiError::StateUnavailable(e.to_string()))?;
+    let dropped = app
+        .store
+        .exposure_losses(&flag.key)
+        .await
+        .map_err(|e| ApiError::StateUnavailable(e.to_string()))?;
     let control = flag.variations[flag.stable_variation].key.clone();
     let mut v = results::compute(
         &flag.key,
@@ -433,6 +520,13 @@ pub async fn results(app: &App, flag_key: &str, metric: Option<&str>) -> Result<
     );
     if let Some(obj) = v.as_object_mut() {
         obj.insert("rule".into(), json!(rule));
+        // Users whose first exposure was lost are missing from `users`.
+        obj.insert("dropped_exposures".into(), json!(dropped));
+        if dropped > 0 {
+            if let Some(Value::Array(w)) = obj.get_mut("warnings") {
+                w.push(json!(format!("{dropped} exposure(s) were lost before reaching the state store (queue full or store unavailable); their users may be missing from the counts")));
+            }
+        }
     }
     Ok(v)
 }
@@ -493,7 +587,7 @@ mod tests {
 
     #[test]
     fn a_recorded_exposure_is_a_repeat_for_two_generations() {
-        let mut r = Recent::default();
+        let mut r = Seen::default();
         assert!(!r.repeat(1));
         assert!(r.repeat(1));
         // Fill the current generation: 1 moves to the previous one and still counts.
@@ -502,11 +596,13 @@ mod tests {
         }
         assert!(!r.repeat(0));
         assert!(r.repeat(1));
-        assert!(r.seen.len() <= SEEN && r.seen_before.len() <= SEEN);
+        assert!(r.now.len() <= SEEN && r.before.len() <= SEEN);
         // After two more generations a key is forgotten (and recorded again).
         for k in 10 * SEEN as u64..12 * SEEN as u64 + 2 {
             r.repeat(k);
         }
+        assert!(!r.repeat(2));
+        r.forget(2);
         assert!(!r.repeat(2));
     }
 }

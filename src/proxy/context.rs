@@ -26,38 +26,72 @@ pub struct RequestCtx<'a> {
     pub live: Arc<Live>,
     /// The client API it came in.
     pub api: ClientApi,
-    /// `x-request-id`.
+    /// `x-request-id`: the client's own, or one minted here (signed with the decision once
+    /// the request is routed to a flag's variation for a known user).
     pub request_id: HeaderValue,
+    /// Whether `request_id` was minted here (a client's own id is kept as it is).
+    minted: bool,
     /// Where it went, once decided.
     pub target: Option<Target>,
     recorder: Option<Recorder>,
 }
 
 impl<'a> RequestCtx<'a> {
-    /// A request that arrived at `started`.
+    /// A request that arrived at `started`, with the client's own `x-request-id` if it sent
+    /// a sane one.
     pub fn new(
         app: &'a Arc<App>,
         api: ClientApi,
-        request_id: HeaderValue,
+        client_request_id: Option<HeaderValue>,
         started: Instant,
     ) -> RequestCtx<'a> {
         let live = app.live.load_full();
+        let minted = client_request_id.is_none();
         RequestCtx {
             app,
             recorder: Some(Recorder::new(live.clone(), api, started)),
             live,
             api,
-            request_id,
+            request_id: client_request_id.unwrap_or_else(crate::proxy::new_request_id),
+            minted,
             target: None,
         }
     }
 
-    /// The decision is made: metrics go to its variation from now on.
+    /// The decision is made: metrics go to its variation from now on, and a request id
+    /// minted here now carries the decision, so feedback by it is attributed without any
+    /// lookup (a client's own id is echoed unchanged and carries nothing).
     pub fn set_target(&mut self, target: Target) {
         if let Some(r) = self.recorder.as_mut() {
             r.route(target.route);
         }
+        if self.minted {
+            if let Some(id) = self.signed_id(&target) {
+                self.request_id = id;
+            }
+        }
         self.target = Some(target);
+    }
+
+    /// A request id carrying `target`'s decision, for a flag's variation and a known user.
+    fn signed_id(&self, target: &Target) -> Option<HeaderValue> {
+        let (Route::Variation { flag, variation }, Some(user)) = (target.route, &target.user)
+        else {
+            return None;
+        };
+        let f = self.live.config.flags.get(flag)?;
+        let rule = target
+            .decision
+            .and_then(|d| d.rule)
+            .and_then(|r| f.rules.get(r))
+            .map(|r| r.id.as_str());
+        self.app.experiments.ids.mint(
+            &f.key,
+            &f.variations.get(variation)?.key,
+            rule,
+            user,
+            crate::clock::now_ms(),
+        )
     }
 
     /// The proxy hands over to the upstream.
@@ -156,26 +190,20 @@ impl<'a> RequestCtx<'a> {
                 .insert(crate::proxy::identify::IDENTITY_HEADER, v);
         }
         if let (Route::Variation { flag, variation }, Some(user)) = (target.route, &target.user) {
-            if let Some(f) = live.config.flags.get(flag) {
+            if let Some((f, v)) = live
+                .config
+                .flags
+                .get(flag)
+                .and_then(|f| Some((f, f.variations.get(variation)?)))
+            {
                 let rule = target
                     .decision
                     .and_then(|d| d.rule)
                     .and_then(|r| f.rules.get(r))
-                    .map(|r| r.id.clone());
-                let exposure = crate::state::Exposure {
-                    flag: f.key.clone(),
-                    variation: f
-                        .variations
-                        .get(variation)
-                        .map(|v| v.key.clone())
-                        .unwrap_or_default(),
-                    rule,
-                    user: user.clone(),
-                    request_id: String::from_utf8_lossy(self.request_id.as_bytes()).into_owned(),
-                    at_ms: crate::clock::now_ms(),
-                    repeat: false,
-                };
-                self.app.experiments.expose(self.app, exposure);
+                    .map(|r| r.id.as_str());
+                self.app
+                    .experiments
+                    .expose_decision(self.app, &f.key, &v.key, rule, user);
             }
         }
         if let (Some(i), Route::Variation { flag, .. }) = (served_by, target.route) {

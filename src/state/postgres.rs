@@ -30,6 +30,8 @@ use super::{
 };
 use crate::clock::system_time_ms;
 
+mod experiments;
+
 /// The NOTIFY channel replicas listen on.
 const CHANNEL: &str = "switchyard_state";
 
@@ -95,7 +97,90 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS switchyard_feedback_metric
         ON {s}.switchyard_feedback (flag, metric);
     "#,
+    // 3: running experiment aggregates (filled from the rows above by `BACKFILL`), the
+    // request-id key; request ids are no longer stored, and counting exposures no longer
+    // needs their (flag, rule, variation) index.
+    r#"
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_secrets (
+        name TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_feedback_users (
+        flag TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        s DOUBLE PRECISION NOT NULL,
+        m DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (flag, user_id, variation, metric)
+    );
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_aggregates (
+        flag TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        reporters BIGINT NOT NULL,
+        events BIGINT NOT NULL,
+        s DOUBLE PRECISION NOT NULL, s2 DOUBLE PRECISION NOT NULL,
+        m DOUBLE PRECISION NOT NULL, m2 DOUBLE PRECISION NOT NULL,
+        a DOUBLE PRECISION NOT NULL, a2 DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (flag, bucket, variation, metric)
+    );
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_exposure_counts (
+        flag TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        users BIGINT NOT NULL,
+        switched BIGINT NOT NULL,
+        PRIMARY KEY (flag, bucket, variation)
+    );
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_experiment_flags (
+        flag TEXT PRIMARY KEY,
+        dropped BIGINT NOT NULL DEFAULT 0,
+        last_at_ms BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS switchyard_feedback_at ON {s}.switchyard_feedback (flag, at_ms);
+    DROP INDEX IF EXISTS {s}.switchyard_exposures_rule;
+    DROP TABLE IF EXISTS {s}.switchyard_requests;
+    "#,
 ];
+
+/// The migration that introduced the running aggregates (they are built from the rows
+/// already stored when a database reaches it).
+const AGGREGATES_STEP: usize = 3;
+
+/// Recomputes the running aggregates from the stored exposures and events; `{s}` is the
+/// schema.
+const BACKFILL: &str = r#"
+    DELETE FROM {s}.switchyard_exposure_counts;
+    DELETE FROM {s}.switchyard_feedback_users;
+    DELETE FROM {s}.switchyard_aggregates;
+    INSERT INTO {s}.switchyard_exposure_counts (flag, bucket, variation, users, switched)
+        SELECT flag, CASE WHEN rule IS NULL THEN 'n' ELSE 'r' || rule END, variation,
+               count(*) FILTER (WHERE NOT switched), count(*) FILTER (WHERE switched)
+        FROM {s}.switchyard_exposures GROUP BY 1, 2, 3;
+    INSERT INTO {s}.switchyard_feedback_users (flag, user_id, variation, metric, n, s, m)
+        SELECT flag, user_id, variation, metric, count(*), sum(value), max(value)
+        FROM {s}.switchyard_feedback GROUP BY flag, user_id, variation, metric;
+    INSERT INTO {s}.switchyard_aggregates
+        (flag, bucket, variation, metric, reporters, events, s, s2, m, m2, a, a2)
+        SELECT g.flag,
+               CASE WHEN e.user_id IS NULL THEN 'u' WHEN e.rule IS NULL THEN 'n'
+                    ELSE 'r' || e.rule END,
+               g.variation, g.metric, count(*), sum(g.n), sum(g.s), sum(g.s * g.s),
+               sum(g.m), sum(g.m * g.m), sum(g.s / g.n), sum((g.s / g.n) * (g.s / g.n))
+        FROM {s}.switchyard_feedback_users g
+        LEFT JOIN {s}.switchyard_exposures e ON e.flag = g.flag AND e.user_id = g.user_id
+        WHERE e.user_id IS NULL OR (NOT e.switched AND e.variation = g.variation)
+        GROUP BY 1, 2, 3, 4;
+    INSERT INTO {s}.switchyard_experiment_flags AS x (flag, dropped, last_at_ms)
+        SELECT flag, 0, max(at) FROM (
+            SELECT flag, max(first_at_ms) AS at FROM {s}.switchyard_exposures GROUP BY flag
+            UNION ALL SELECT flag, max(at_ms) FROM {s}.switchyard_feedback GROUP BY flag
+        ) t GROUP BY flag
+        ON CONFLICT (flag) DO UPDATE SET last_at_ms = greatest(x.last_at_ms, excluded.last_at_ms);
+"#;
 
 /// Budget for establishing a connection (TCP connect, startup, authentication).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -292,29 +377,7 @@ impl PgStore {
     pub(super) async fn record_exposures(&self, batch: &[Exposure]) -> Result<(), StateError> {
         let shared = &*self.shared;
         self.with_conn("recording exposures", |mut conn| async move {
-            let result = record_exposures_txn(&mut conn.client, shared, batch).await;
-            (conn, result)
-        })
-        .await
-    }
-
-    pub(super) async fn lookup_request(
-        &self,
-        request_id: &str,
-    ) -> Result<Option<(String, String, String)>, StateError> {
-        let s = &self.shared.quoted_schema;
-        let sql = format!(
-            "SELECT flag, variation, user_id FROM {s}.switchyard_requests WHERE request_id = $1"
-        );
-        let sql = &sql;
-        self.with_conn("looking up a request id", |conn| async move {
-            let result = async {
-                match conn.client.query_opt(sql, &[&request_id]).await? {
-                    Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))),
-                    None => Ok(None),
-                }
-            }
-            .await;
+            let result = experiments::record_exposures(&mut conn.client, shared, batch).await;
             (conn, result)
         })
         .await
@@ -326,7 +389,7 @@ impl PgStore {
     ) -> Result<Vec<bool>, StateError> {
         let shared = &*self.shared;
         self.with_conn("storing feedback", |mut conn| async move {
-            let result = insert_feedback_txn(&mut conn.client, shared, rows).await;
+            let result = experiments::insert_feedback(&mut conn.client, shared, rows).await;
             (conn, result)
         })
         .await
@@ -336,35 +399,79 @@ impl PgStore {
         &self,
         flag: &str,
         rule: Option<&str>,
+        scan: bool,
     ) -> Result<(Vec<(String, u64)>, u64), StateError> {
         let s = &self.shared.quoted_schema;
-        let sql = match rule {
-            Some(_) => format!(
-                "SELECT variation, switched, count(*) FROM {s}.switchyard_exposures \
-                 WHERE flag = $1 AND rule = $2 GROUP BY variation, switched"
+        let bucket = crate::state::aggregates::query_bucket(rule);
+        let (sql, param) = match (scan, rule) {
+            (false, _) => (
+                format!(
+                    "SELECT variation, sum(users)::int8, sum(switched)::int8 \
+                     FROM {s}.switchyard_exposure_counts \
+                     WHERE flag = $1 AND ($2::text IS NULL OR bucket = $2) GROUP BY variation"
+                ),
+                bucket.as_deref(),
             ),
-            None => format!(
-                "SELECT variation, switched, count(*) FROM {s}.switchyard_exposures \
-                 WHERE flag = $1 AND $2::text IS NULL GROUP BY variation, switched"
+            (true, Some(_)) => (
+                format!(
+                    "SELECT variation, count(*) FILTER (WHERE NOT switched), \
+                            count(*) FILTER (WHERE switched) FROM {s}.switchyard_exposures \
+                     WHERE flag = $1 AND rule = $2 GROUP BY variation"
+                ),
+                rule,
+            ),
+            (true, None) => (
+                format!(
+                    "SELECT variation, count(*) FILTER (WHERE NOT switched), \
+                            count(*) FILTER (WHERE switched) FROM {s}.switchyard_exposures \
+                     WHERE flag = $1 AND $2::text IS NULL GROUP BY variation"
+                ),
+                rule,
             ),
         };
         let sql = &sql;
         self.with_report_conn("counting exposures", |conn| async move {
             let result = async {
-                let rows = conn.client.query(sql, &[&flag, &rule]).await?;
+                let rows = conn.client.query(sql, &[&flag, &param]).await?;
                 let mut counts = Vec::with_capacity(rows.len());
                 let mut switched = 0u64;
                 for row in rows {
-                    let n = db_to_u64(row.try_get(2)?);
-                    if row.try_get::<_, bool>(1)? {
-                        switched += n;
-                    } else {
-                        counts.push((row.try_get(0)?, n));
+                    let users = db_to_u64(row.try_get(1)?);
+                    switched += db_to_u64(row.try_get(2)?);
+                    if users > 0 {
+                        counts.push((row.try_get(0)?, users));
                     }
                 }
                 Ok((counts, switched))
             }
             .await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn running_aggs(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+    ) -> Result<Vec<FeedbackAgg>, StateError> {
+        let s = &self.shared.quoted_schema;
+        let sql = format!(
+            "SELECT variation, metric, sum(reporters)::int8, sum(events)::int8, sum(s), sum(s2), \
+                    sum(m), sum(m2), sum(a), sum(a2) \
+             FROM {s}.switchyard_aggregates WHERE flag = $1 AND ($2::text IS NULL OR bucket = $2) \
+             GROUP BY variation, metric HAVING sum(reporters) > 0"
+        );
+        let sql = &sql;
+        let bucket = crate::state::aggregates::query_bucket(rule);
+        let bucket = &bucket;
+        self.with_report_conn("reading the aggregates", |conn| async move {
+            let result = async {
+                let rows = conn.client.query(sql, &[&flag, bucket]).await?;
+                rows.iter().map(agg_row).collect::<Result<Vec<_>, _>>()
+            }
+            .await
+            .map_err(Fail::from);
             (conn, result)
         })
         .await
@@ -411,22 +518,7 @@ impl PgStore {
                     .await?;
                 let rows = tx.query(sql, &[&flag, &since, &rule]).await?;
                 tx.commit().await?;
-                let mut aggs = Vec::with_capacity(rows.len());
-                for row in rows {
-                    aggs.push(FeedbackAgg {
-                        variation: row.try_get(0)?,
-                        metric: row.try_get(1)?,
-                        reporters: db_to_u64(row.try_get(2)?),
-                        events: db_to_u64(row.try_get(3)?),
-                        sum_of_sums: row.try_get(4)?,
-                        sum_sq_of_sums: row.try_get(5)?,
-                        sum_of_max: row.try_get(6)?,
-                        sum_sq_of_max: row.try_get(7)?,
-                        sum_of_means: row.try_get(8)?,
-                        sum_sq_of_means: row.try_get(9)?,
-                    });
-                }
-                Ok(aggs)
+                Ok(rows.iter().map(agg_row).collect::<Result<Vec<_>, _>>()?)
             }
             .await;
             (conn, result)
@@ -434,17 +526,72 @@ impl PgStore {
         .await
     }
 
-    pub(super) async fn prune_requests(&self, before_ms: u64) -> Result<u64, StateError> {
-        let s = &self.shared.quoted_schema;
-        let sql = format!("DELETE FROM {s}.switchyard_requests WHERE at_ms < $1");
+    pub(super) async fn rebuild_aggregates(&self) -> Result<(), StateError> {
+        let sql = BACKFILL.replace("{s}", &self.shared.quoted_schema);
         let sql = &sql;
-        let before = ms_to_db(before_ms);
-        self.with_conn("pruning request ids", |conn| async move {
-            let result = conn
-                .client
-                .execute(sql, &[&before])
-                .await
-                .map_err(Fail::from);
+        self.with_report_conn("rebuilding the aggregates", |mut conn| async move {
+            let result = async {
+                let tx = conn.client.transaction().await?;
+                tx.batch_execute(&format!("SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+                    .await?;
+                tx.batch_execute(sql).await?;
+                tx.commit().await.map_err(committing)
+            }
+            .await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn record_exposure_losses(
+        &self,
+        lost: &[(String, u64)],
+    ) -> Result<(), StateError> {
+        let shared = &*self.shared;
+        self.with_conn("counting lost exposures", |conn| async move {
+            let result = experiments::record_losses(&conn.client, shared, lost).await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn exposure_losses(&self, flag: &str) -> Result<u64, StateError> {
+        let shared = &*self.shared;
+        self.with_report_conn("reading lost exposures", |conn| async move {
+            let result = experiments::losses(&conn.client, shared, flag).await;
+            (conn, result)
+        })
+        .await
+    }
+
+    pub(super) async fn prune_finished(
+        &self,
+        live_flags: &[String],
+        before_ms: u64,
+    ) -> Result<Vec<String>, StateError> {
+        let shared = &*self.shared;
+        self.with_conn("deleting finished experiments", |mut conn| async move {
+            let result = experiments::prune_finished(
+                &mut conn.client,
+                shared,
+                live_flags,
+                ms_to_db(before_ms),
+            )
+            .await;
+            (conn, result)
+        })
+        .await
+    }
+
+    /// The secret `name`, created as `fresh` if the store has none yet.
+    pub(super) async fn secret(
+        &self,
+        name: &str,
+        fresh: &[u8; 32],
+    ) -> Result<[u8; 32], StateError> {
+        let shared = &*self.shared;
+        self.with_conn("reading the request-id key", |conn| async move {
+            let result = experiments::secret(&conn.client, shared, name, fresh).await;
             (conn, result)
         })
         .await
@@ -653,6 +800,9 @@ async fn migrate(client: &mut Client, shared: &Shared) -> Result<i64, Fail> {
         )
         .await?;
     }
+    if applied < AGGREGATES_STEP {
+        tx.batch_execute(&BACKFILL.replace("{s}", s)).await?;
+    }
     let version: i64 = tx
         .query_one(
             &format!("SELECT version FROM {s}.switchyard_meta WHERE id = 1"),
@@ -847,140 +997,20 @@ fn is_conflict(fail: &Fail) -> bool {
             || error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE))
 }
 
-/// Records a batch with two array statements: the batch is first reduced to one row per
-/// (flag, user) — its first exposure, and whether a later one in the batch had another
-/// variation — and one per request id, sorted, so concurrent batches lock rows in the same
-/// order.
-async fn record_exposures_txn(
-    client: &mut Client,
-    shared: &Shared,
-    batch: &[Exposure],
-) -> Result<(), Fail> {
-    use std::collections::btree_map::Entry;
-    use std::collections::BTreeMap;
-
-    let mut users: BTreeMap<(&str, &str), (&Exposure, bool)> = BTreeMap::new();
-    let mut requests: BTreeMap<&str, &Exposure> = BTreeMap::new();
-    for e in batch {
-        requests.entry(&e.request_id).or_insert(e);
-        if e.repeat {
-            continue;
-        }
-        match users.entry((&e.flag, &e.user)) {
-            Entry::Vacant(slot) => {
-                slot.insert((e, false));
-            }
-            Entry::Occupied(mut slot) => {
-                let (first, switched) = slot.get_mut();
-                if first.variation != e.variation {
-                    *switched = true;
-                }
-            }
-        }
-    }
-    let users: Vec<(&Exposure, bool)> = users.into_values().collect();
-    let column = |f: fn(&Exposure) -> &str| users.iter().map(|(e, _)| f(e)).collect::<Vec<_>>();
-    let flags = column(|e| &e.flag);
-    let user_ids = column(|e| &e.user);
-    let variations = column(|e| &e.variation);
-    let rules: Vec<Option<&str>> = users.iter().map(|(e, _)| e.rule.as_deref()).collect();
-    let ats: Vec<i64> = users.iter().map(|(e, _)| ms_to_db(e.at_ms)).collect();
-    let switches: Vec<bool> = users.iter().map(|(_, switched)| *switched).collect();
-    let requests: Vec<&Exposure> = requests.into_values().collect();
-    let column = |f: fn(&Exposure) -> &str| requests.iter().map(|e| f(e)).collect::<Vec<_>>();
-    let r_ids = column(|e| &e.request_id);
-    let r_flags = column(|e| &e.flag);
-    let r_variations = column(|e| &e.variation);
-    let r_users = column(|e| &e.user);
-    let r_ats: Vec<i64> = requests.iter().map(|e| ms_to_db(e.at_ms)).collect();
-
-    let s = &shared.quoted_schema;
-    // A known user is marked switched if this batch showed them another variation than their
-    // first (either its own first exposure differs, or the batch itself saw two variations).
-    let expose = format!(
-        "INSERT INTO {s}.switchyard_exposures AS e          (flag, user_id, variation, rule, first_at_ms, switched)          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],                               $6::bool[])          ON CONFLICT (flag, user_id) DO UPDATE SET switched = TRUE          WHERE NOT e.switched AND (e.variation <> excluded.variation OR excluded.switched)"
-    );
-    let remember = format!(
-        "INSERT INTO {s}.switchyard_requests (request_id, flag, variation, user_id, at_ms)          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[])          ON CONFLICT (request_id) DO NOTHING"
-    );
-    let mut attempt = 0;
-    loop {
-        let result = async {
-            let tx = client.transaction().await?;
-            tx.execute(
-                &expose,
-                &[&flags, &user_ids, &variations, &rules, &ats, &switches],
-            )
-            .await?;
-            tx.execute(
-                &remember,
-                &[&r_ids, &r_flags, &r_variations, &r_users, &r_ats],
-            )
-            .await?;
-            tx.commit().await.map_err(committing)
-        }
-        .await;
-        match result {
-            Err(fail) if is_conflict(&fail) && attempt < CONFLICT_RETRIES => attempt += 1,
-            other => return other,
-        }
-    }
-}
-
-/// Inserts the batch's distinct event ids (first occurrence kept), sorted so concurrent
-/// batches lock in the same order; `true` for the rows the insert returned.
-async fn insert_feedback_txn(
-    client: &mut Client,
-    shared: &Shared,
-    rows: &[FeedbackRow],
-) -> Result<Vec<bool>, Fail> {
-    use std::collections::{BTreeMap, HashSet};
-
-    let mut firsts: BTreeMap<&str, usize> = BTreeMap::new();
-    for (i, r) in rows.iter().enumerate() {
-        firsts.entry(&r.event_id).or_insert(i);
-    }
-    let unique: Vec<&FeedbackRow> = firsts.values().map(|&i| &rows[i]).collect();
-    let column = |f: fn(&FeedbackRow) -> &str| unique.iter().map(|r| f(r)).collect::<Vec<_>>();
-    let ids = column(|r| &r.event_id);
-    let flags = column(|r| &r.flag);
-    let variations = column(|r| &r.variation);
-    let users = column(|r| &r.user);
-    let metrics = column(|r| &r.metric);
-    let values: Vec<f64> = unique.iter().map(|r| r.value).collect();
-    let ats: Vec<i64> = unique.iter().map(|r| ms_to_db(r.at_ms)).collect();
-    let s = &shared.quoted_schema;
-    let sql = format!(
-        "INSERT INTO {s}.switchyard_feedback          (event_id, flag, variation, user_id, metric, value, at_ms)          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],                               $6::float8[], $7::int8[])          ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-    );
-    let mut attempt = 0;
-    let inserted = loop {
-        let result = async {
-            let tx = client.transaction().await?;
-            let returned = tx
-                .query(
-                    &sql,
-                    &[&ids, &flags, &variations, &users, &metrics, &values, &ats],
-                )
-                .await?;
-            tx.commit().await.map_err(committing)?;
-            returned
-                .iter()
-                .map(|row| row.try_get::<_, String>(0))
-                .collect::<Result<HashSet<String>, _>>()
-                .map_err(Fail::from)
-        }
-        .await;
-        match result {
-            Err(fail) if is_conflict(&fail) && attempt < CONFLICT_RETRIES => attempt += 1,
-            other => break other?,
-        }
-    };
-    Ok(rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| firsts.get(r.event_id.as_str()) == Some(&i) && inserted.contains(&r.event_id))
-        .collect())
+/// One aggregated row: variation, metric, reporters, events, then the six sums.
+fn agg_row(row: &tokio_postgres::Row) -> Result<FeedbackAgg, tokio_postgres::Error> {
+    Ok(FeedbackAgg {
+        variation: row.try_get(0)?,
+        metric: row.try_get(1)?,
+        reporters: db_to_u64(row.try_get(2)?),
+        events: db_to_u64(row.try_get(3)?),
+        sum_of_sums: row.try_get(4)?,
+        sum_sq_of_sums: row.try_get(5)?,
+        sum_of_max: row.try_get(6)?,
+        sum_sq_of_max: row.try_get(7)?,
+        sum_of_means: row.try_get(8)?,
+        sum_sq_of_means: row.try_get(9)?,
+    })
 }
 
 fn parse_overrides(

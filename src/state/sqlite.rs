@@ -23,6 +23,8 @@ use super::{
     RuntimeState, StateError,
 };
 
+mod experiments;
+
 /// The schema, one step per entry; `PRAGMA user_version` counts the steps applied. Append
 /// only: never edit a step that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -83,7 +85,91 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS switchyard_feedback_metric ON switchyard_feedback (flag, metric);
     "#,
+    // 3: running experiment aggregates (filled from the rows above by `BACKFILL`), the
+    // request-id key; request ids are no longer stored, and counting exposures no longer
+    // needs their (flag, rule, variation) index.
+    r#"
+    CREATE TABLE IF NOT EXISTS switchyard_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS switchyard_feedback_users (
+        flag TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        s DOUBLE NOT NULL,
+        m DOUBLE NOT NULL,
+        PRIMARY KEY (flag, user_id, variation, metric)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS switchyard_aggregates (
+        flag TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        reporters INTEGER NOT NULL,
+        events INTEGER NOT NULL,
+        s DOUBLE NOT NULL, s2 DOUBLE NOT NULL,
+        m DOUBLE NOT NULL, m2 DOUBLE NOT NULL,
+        a DOUBLE NOT NULL, a2 DOUBLE NOT NULL,
+        PRIMARY KEY (flag, bucket, variation, metric)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS switchyard_exposure_counts (
+        flag TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        variation TEXT NOT NULL,
+        users INTEGER NOT NULL,
+        switched INTEGER NOT NULL,
+        PRIMARY KEY (flag, bucket, variation)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS switchyard_experiment_flags (
+        flag TEXT PRIMARY KEY,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        last_at_ms INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS switchyard_feedback_at ON switchyard_feedback (flag, at_ms);
+    DROP INDEX IF EXISTS switchyard_exposures_rule;
+    DROP INDEX IF EXISTS switchyard_requests_at;
+    DROP TABLE IF EXISTS switchyard_requests;
+    "#,
 ];
+
+/// The migration that introduced the running aggregates (they are built from the rows
+/// already stored when a database reaches it).
+const AGGREGATES_STEP: usize = 3;
+
+/// Recomputes the running aggregates from the stored exposures and events (the rules of
+/// `FEEDBACK_AGGS_SQL`, grouped once per user).
+const BACKFILL: &str = r#"
+    DELETE FROM switchyard_exposure_counts;
+    DELETE FROM switchyard_feedback_users;
+    DELETE FROM switchyard_aggregates;
+    INSERT INTO switchyard_exposure_counts (flag, bucket, variation, users, switched)
+        SELECT flag, CASE WHEN rule IS NULL THEN 'n' ELSE 'r' || rule END, variation,
+               sum(switched = 0), sum(switched <> 0)
+        FROM switchyard_exposures GROUP BY 1, 2, 3;
+    INSERT INTO switchyard_feedback_users (flag, user_id, variation, metric, n, s, m)
+        SELECT flag, user_id, variation, metric, count(*), sum(value), max(value)
+        FROM switchyard_feedback GROUP BY flag, user_id, variation, metric;
+    INSERT INTO switchyard_aggregates
+        (flag, bucket, variation, metric, reporters, events, s, s2, m, m2, a, a2)
+        SELECT g.flag,
+               CASE WHEN e.user_id IS NULL THEN 'u' WHEN e.rule IS NULL THEN 'n'
+                    ELSE 'r' || e.rule END,
+               g.variation, g.metric, count(*), sum(g.n), sum(g.s), sum(g.s * g.s),
+               sum(g.m), sum(g.m * g.m), sum(g.s / g.n), sum((g.s / g.n) * (g.s / g.n))
+        FROM switchyard_feedback_users g
+        LEFT JOIN switchyard_exposures e ON e.flag = g.flag AND e.user_id = g.user_id
+        WHERE e.user_id IS NULL OR (e.switched = 0 AND e.variation = g.variation)
+        GROUP BY 1, 2, 3, 4;
+    INSERT INTO switchyard_experiment_flags (flag, dropped, last_at_ms)
+        SELECT flag, 0, max(at) FROM (
+            SELECT flag, max(first_at_ms) AS at FROM switchyard_exposures GROUP BY flag
+            UNION ALL SELECT flag, max(at_ms) FROM switchyard_feedback GROUP BY flag
+        ) GROUP BY flag
+        ON CONFLICT (flag) DO UPDATE SET last_at_ms = max(last_at_ms, excluded.last_at_ms);
+"#;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -182,18 +268,6 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn lookup_request(
-        &self,
-        request_id: &str,
-    ) -> Result<Option<(String, String, String)>, StateError> {
-        let request_id = request_id.to_owned();
-        run(self.shared.clone(), move |db, location| {
-            lookup_request_db(&db.conn, &request_id)
-                .map_err(|e| sql_error(location, "looking up a request id", &e))
-        })
-        .await
-    }
-
     pub(super) async fn insert_feedback(
         &self,
         rows: &[FeedbackRow],
@@ -210,12 +284,17 @@ impl SqliteStore {
         &self,
         flag: &str,
         rule: Option<&str>,
+        scan: bool,
     ) -> Result<(Vec<(String, u64)>, u64), StateError> {
         let flag = flag.to_owned();
         let rule = rule.map(str::to_owned);
         run_report(self.shared.clone(), move |conn, location| {
-            exposure_counts_db(conn, &flag, rule.as_deref())
-                .map_err(|e| sql_error(location, "counting exposures", &e))
+            let counted = if scan {
+                exposure_counts_db(conn, &flag, rule.as_deref())
+            } else {
+                experiments::running_counts(conn, &flag, rule.as_deref())
+            };
+            counted.map_err(|e| sql_error(location, "counting exposures", &e))
         })
         .await
     }
@@ -235,15 +314,77 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn prune_requests(&self, before_ms: u64) -> Result<u64, StateError> {
+    pub(super) async fn running_aggs(
+        &self,
+        flag: &str,
+        rule: Option<&str>,
+    ) -> Result<Vec<FeedbackAgg>, StateError> {
+        let flag = flag.to_owned();
+        let rule = rule.map(str::to_owned);
+        run_report(self.shared.clone(), move |conn, location| {
+            experiments::running_aggs(conn, &flag, rule.as_deref())
+                .map_err(|e| sql_error(location, "reading the aggregates", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn rebuild_aggregates(&self) -> Result<(), StateError> {
         run(self.shared.clone(), move |db, location| {
-            db.conn
-                .execute(
-                    "DELETE FROM switchyard_requests WHERE at_ms < ?1",
-                    [ms_to_db(before_ms)],
-                )
-                .map(|n| n as u64)
-                .map_err(|e| sql_error(location, "pruning request ids", &e))
+            let tx = db
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .and_then(|tx| tx.execute_batch(BACKFILL).map(|()| tx))
+                .and_then(|tx| tx.commit());
+            tx.map_err(|e| sql_error(location, "rebuilding the aggregates", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn record_exposure_losses(
+        &self,
+        lost: &[(String, u64)],
+    ) -> Result<(), StateError> {
+        let lost = lost.to_vec();
+        run(self.shared.clone(), move |db, location| {
+            experiments::record_losses(&mut db.conn, &lost)
+                .map_err(|e| sql_error(location, "counting lost exposures", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn exposure_losses(&self, flag: &str) -> Result<u64, StateError> {
+        let flag = flag.to_owned();
+        run_report(self.shared.clone(), move |conn, location| {
+            experiments::losses(conn, &flag)
+                .map_err(|e| sql_error(location, "reading lost exposures", &e))
+        })
+        .await
+    }
+
+    pub(super) async fn prune_finished(
+        &self,
+        live_flags: &[String],
+        before_ms: u64,
+    ) -> Result<Vec<String>, StateError> {
+        let live_flags = live_flags.to_vec();
+        run(self.shared.clone(), move |db, location| {
+            experiments::prune_finished(&mut db.conn, &live_flags, ms_to_db(before_ms))
+                .map_err(|e| sql_error(location, "deleting finished experiments", &e))
+        })
+        .await
+    }
+
+    /// The secret `name`, created as `fresh` if the store has none yet.
+    pub(super) async fn secret(
+        &self,
+        name: &str,
+        fresh: &[u8; 32],
+    ) -> Result<[u8; 32], StateError> {
+        let name = name.to_owned();
+        let fresh = *fresh;
+        run(self.shared.clone(), move |db, location| {
+            experiments::secret(&mut db.conn, &name, &fresh)
+                .map_err(|e| e.into_state(location, "reading the request-id key"))
         })
         .await
     }
@@ -444,6 +585,9 @@ fn migrate(conn: &mut Connection) -> Result<(), DbError> {
     for step in &MIGRATIONS[applied..] {
         tx.execute_batch(step)?;
     }
+    if applied < AGGREGATES_STEP {
+        tx.execute_batch(BACKFILL)?;
+    }
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
     tx.commit()?;
     Ok(())
@@ -623,50 +767,17 @@ fn poll_db(db: &mut Db) -> Result<bool, DbError> {
 // ---------------------------------------------------------------------------------------------
 // Experiments
 
-/// One prepared upsert per exposure and one insert per request id, in one transaction.
+/// Records a batch of exposures and moves the running aggregates with them.
 fn record_exposures_db(conn: &mut Connection, batch: &[Exposure]) -> Result<(), DbError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        // The first exposure is inserted; a later one with another variation marks the user.
-        let mut expose = tx.prepare_cached(
-            "INSERT INTO switchyard_exposures \
-             (flag, user_id, variation, rule, first_at_ms, switched) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 0) \
-             ON CONFLICT (flag, user_id) DO UPDATE SET switched = 1 \
-             WHERE switchyard_exposures.switched = 0 \
-             AND switchyard_exposures.variation <> excluded.variation",
-        )?;
-        let mut remember = tx.prepare_cached(
-            "INSERT INTO switchyard_requests (request_id, flag, variation, user_id, at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (request_id) DO NOTHING",
-        )?;
-        for e in batch {
-            let at = ms_to_db(e.at_ms);
-            if !e.repeat {
-                expose.execute(params![e.flag, e.user, e.variation, e.rule, at])?;
-            }
-            remember.execute(params![e.request_id, e.flag, e.variation, e.user, at])?;
-        }
-    }
+    experiments::record_exposures(&tx, batch)?;
     tx.commit()?;
     Ok(())
 }
 
-fn lookup_request_db(
-    conn: &Connection,
-    request_id: &str,
-) -> Result<Option<(String, String, String)>, rusqlite::Error> {
-    conn.prepare_cached(
-        "SELECT flag, variation, user_id FROM switchyard_requests WHERE request_id = ?1",
-    )?
-    .query_row([request_id], |row| {
-        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-    })
-    .optional()
-}
-
 /// Inserts each row unless its event id is already stored (by an earlier batch or earlier in
-/// this one); `true` for the rows stored.
+/// this one), and folds the stored ones into the running aggregates; `true` for the rows
+/// stored.
 fn insert_feedback_db(
     conn: &mut Connection,
     rows: &[FeedbackRow],
@@ -692,6 +803,13 @@ fn insert_feedback_db(
             stored.push(n == 1);
         }
     }
+    let fresh: Vec<&FeedbackRow> = rows
+        .iter()
+        .zip(&stored)
+        .filter(|(_, s)| **s)
+        .map(|(r, _)| r)
+        .collect();
+    experiments::fold_feedback(&tx, &fresh)?;
     tx.commit()?;
     Ok(stored)
 }
