@@ -13,6 +13,9 @@ use prometheus::{
 
 mod summary;
 
+pub mod cache;
+pub mod export;
+
 use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
@@ -53,15 +56,18 @@ pub enum Outcome {
     UpstreamError,
     /// The client went away first.
     Cancelled,
+    /// Answered from the response cache.
+    Cached,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Fallback,
         Outcome::ClientError,
         Outcome::UpstreamError,
         Outcome::Cancelled,
+        Outcome::Cached,
     ];
 
     /// The label value.
@@ -72,6 +78,7 @@ impl Outcome {
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Cancelled => "client_cancelled",
+            Outcome::Cached => "cached",
         }
     }
 }
@@ -142,6 +149,10 @@ pub struct Metrics {
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
     rolling: summary::Windows,
+    /// The response cache's families.
+    pub cache: cache::CacheMetrics,
+    /// The export sink's family.
+    pub export: export::ExportMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -445,6 +456,8 @@ impl Metrics {
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
+        let cache = cache::CacheMetrics::new(&registry)?;
+        let export = export::ExportMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -486,6 +499,8 @@ impl Metrics {
             connections_closed,
             open_connections,
             rolling,
+            cache,
+            export,
         })
     }
 
@@ -595,6 +610,7 @@ impl Metrics {
                 outcome(Outcome::ALL[2])?,
                 outcome(Outcome::ALL[3])?,
                 outcome(Outcome::ALL[4])?,
+                outcome(Outcome::ALL[5])?,
             ],
             duration: self
                 .duration
