@@ -10,6 +10,7 @@ mod experiments;
 mod flags;
 mod fleet;
 mod identity;
+mod keys;
 pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
 mod providers;
@@ -95,6 +96,8 @@ pub struct Config {
     pub optimizely: Option<crate::sources::OptimizelySettings>,
     /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
     pub sources_revision: Option<String>,
+    /// `[keys]`: client keys; `None` checks none.
+    pub keys: Option<crate::keys::KeysSettings>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -727,6 +730,7 @@ impl Validator<'_> {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
             exposures: raw.ofrep.exposures.unwrap_or(false),
         };
+        let keys = self.keys(&raw);
         let optimizely =
             raw.sources.optimizely.as_ref().and_then(|o| {
                 self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
@@ -756,6 +760,7 @@ impl Validator<'_> {
             ofrep,
             optimizely,
             sources_revision: None,
+            keys,
         }
     }
 }
