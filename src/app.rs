@@ -143,6 +143,8 @@ pub struct App {
     pub sources: crate::sources::Sources,
     /// The response cache (its backend is read from the config at start).
     pub cache: crate::cache::ResponseCache,
+    /// Client keys, their limits and spend.
+    pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -187,6 +189,7 @@ impl App {
             config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             fleet: crate::fleet::Fleet::default(),
             sources,
+            keys: Default::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),

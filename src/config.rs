@@ -11,6 +11,7 @@ mod experiments;
 mod flags;
 mod fleet;
 mod identity;
+mod keys;
 pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
 mod providers;
@@ -100,6 +101,8 @@ pub struct Config {
     pub cache: crate::cache::CacheSettings,
     /// `[export]`: the per-request record sink (read at start).
     pub export: crate::export::ExportSettings,
+    /// `[keys]`: client keys; `None` checks none.
+    pub keys: Option<crate::keys::KeysSettings>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -732,6 +735,7 @@ impl Validator<'_> {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
             exposures: raw.ofrep.exposures.unwrap_or(false),
         };
+        let keys = self.keys(&raw);
         let optimizely =
             raw.sources.optimizely.as_ref().and_then(|o| {
                 self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
@@ -765,6 +769,7 @@ impl Validator<'_> {
             ofrep,
             optimizely,
             sources_revision: None,
+            keys,
         }
     }
 }

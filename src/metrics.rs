@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::openai::ErrorClass;
 
 mod handles;
+pub mod keys;
 mod rolling;
 
 pub use handles::{
@@ -153,6 +154,8 @@ pub struct Metrics {
     pub cache: cache::CacheMetrics,
     /// The export sink's family.
     pub export: export::ExportMetrics,
+    /// `switchyard_key_requests_total`, `switchyard_key_spend_usd_total`.
+    pub keys: keys::KeyMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -453,12 +456,14 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
+        let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
         let cache = cache::CacheMetrics::new(&registry)?;
         let export = export::ExportMetrics::new(&registry)?;
         Ok(Metrics {
+            keys,
             registry,
             requests,
             duration,

@@ -533,14 +533,18 @@ async fn redis_is_shared_by_two_proxies_and_its_outage_is_only_misses() {
         "echo: after the outage"
     );
     // The other replica's old connection died with the server: it reconnects too.
+    // (Concurrent misses may each store an answer: the last one stored wins.)
     let again = until_hit(&p2, &body).await;
-    assert_eq!(again.body, hit.body);
+    assert_eq!(again.json()["choices"], hit.json()["choices"]);
 }
 
 #[test]
 fn bad_cache_settings_are_named_by_key() {
-    let base = config("http://127.0.0.1:1", "url = \"memcached://x\"\nmax_bytes = 10")
-        .replace("cache = { ttl = \"300ms\" }", "cache = { ttl = \"0s\" }");
+    let base = config(
+        "http://127.0.0.1:1",
+        "url = \"memcached://x\"\nmax_bytes = 10",
+    )
+    .replace("cache = { ttl = \"300ms\" }", "cache = { ttl = \"0s\" }");
     let err = switchyard::Config::parse(&base, "test.toml")
         .err()
         .expect("refused")
@@ -548,7 +552,13 @@ fn bad_cache_settings_are_named_by_key() {
     assert!(err.contains("cache.url"), "{err}");
     assert!(err.contains("cache.max_bytes"), "{err}");
     assert!(err.contains("flags.short.variations.s.cache.ttl"), "{err}");
-    let secret = config("http://127.0.0.1:1", "url = \"redis://:hunter2@127.0.0.1:6379\"");
+    let secret = config(
+        "http://127.0.0.1:1",
+        "url = \"redis://:hunter2@127.0.0.1:6379\"",
+    );
     let parsed = switchyard::Config::parse(&secret, "test.toml").unwrap();
-    assert!(!format!("{parsed:?}").contains("hunter2"), "no password in Debug");
+    assert!(
+        !format!("{parsed:?}").contains("hunter2"),
+        "no password in Debug"
+    );
 }

@@ -55,6 +55,15 @@ pub struct RawConfig {
     /// `[export]`: the per-request record sink.
     #[serde(default)]
     pub export: super::cache::RawExport,
+    /// `[keys]`: client keys.
+    pub keys: Option<RawKeys>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    pub required: Option<bool>,
+    pub flush_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
