@@ -546,8 +546,7 @@ fn bad_cache_settings_are_named_by_key() {
     )
     .replace("cache = { ttl = \"300ms\" }", "cache = { ttl = \"0s\" }");
     let err = switchyard::Config::parse(&base, "test.toml")
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(err.contains("cache.url"), "{err}");
     assert!(err.contains("cache.max_bytes"), "{err}");
