@@ -141,6 +141,10 @@ pub struct App {
     pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
+    /// The response cache (its backend is read from the config at start).
+    pub cache: crate::cache::ResponseCache,
+    /// Client keys, their limits and spend.
+    pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -169,7 +173,9 @@ impl App {
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
         let experiments = crate::experiments::runtime::Experiments::new(&store);
+        let cache = crate::cache::ResponseCache::new(&live.config.cache, metrics.clone());
         Ok(Arc::new(App {
+            cache,
             live: ArcSwap::from_pointee(live),
             store,
             metrics,
@@ -184,6 +190,7 @@ impl App {
             config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             fleet: crate::fleet::Fleet::default(),
             sources,
+            keys: Default::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),

@@ -13,11 +13,15 @@ use prometheus::{
 
 mod summary;
 
+pub mod cache;
+pub mod export;
+
 use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
 
 mod handles;
+pub mod keys;
 mod rolling;
 
 pub use handles::{
@@ -53,15 +57,18 @@ pub enum Outcome {
     UpstreamError,
     /// The client went away first.
     Cancelled,
+    /// Answered from the response cache.
+    Cached,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Fallback,
         Outcome::ClientError,
         Outcome::UpstreamError,
         Outcome::Cancelled,
+        Outcome::Cached,
     ];
 
     /// The label value.
@@ -72,6 +79,7 @@ impl Outcome {
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Cancelled => "client_cancelled",
+            Outcome::Cached => "cached",
         }
     }
 }
@@ -142,6 +150,12 @@ pub struct Metrics {
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
     rolling: summary::Windows,
+    /// The response cache's families.
+    pub cache: cache::CacheMetrics,
+    /// The export sink's family.
+    pub export: export::ExportMetrics,
+    /// `switchyard_key_requests_total`, `switchyard_key_spend_usd_total`.
+    pub keys: keys::KeyMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -442,10 +456,14 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
+        let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
+        let cache = cache::CacheMetrics::new(&registry)?;
+        let export = export::ExportMetrics::new(&registry)?;
         Ok(Metrics {
+            keys,
             registry,
             requests,
             duration,
@@ -486,6 +504,8 @@ impl Metrics {
             connections_closed,
             open_connections,
             rolling,
+            cache,
+            export,
         })
     }
 
@@ -595,6 +615,7 @@ impl Metrics {
                 outcome(Outcome::ALL[2])?,
                 outcome(Outcome::ALL[3])?,
                 outcome(Outcome::ALL[4])?,
+                outcome(Outcome::ALL[5])?,
             ],
             duration: self
                 .duration
