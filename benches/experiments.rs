@@ -42,6 +42,7 @@ fn main() {
     if std::env::var("SWITCHYARD_BENCH_10M").is_ok_and(|v| v == "1") {
         scales.push(10_000_000);
     }
+    request_ids();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,6 +72,37 @@ fn main() {
             }
         }
     });
+}
+
+/// The request path's cost of a signed request id (minted once per flagged answer), and of
+/// reading one back (once per feedback event).
+fn request_ids() {
+    use switchyard::experiments::request_id::RequestIds;
+    let ids = RequestIds::new(&[7u8; 32]);
+    let n = 1_000_000u32;
+    let t = Instant::now();
+    let mut last = None;
+    for i in 0..n {
+        last = ids.mint(
+            "support-assistant",
+            "treatment",
+            Some("ab-2026-11"),
+            "user-4242",
+            u64::from(i),
+        );
+    }
+    let mint_ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+    let id = last.unwrap();
+    let id = id.to_str().unwrap();
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(ids.read(std::hint::black_box(id)).unwrap());
+    }
+    let read_ns = t.elapsed().as_nanos() as f64 / f64::from(n);
+    println!(
+        "request ids: mint {mint_ns:.0} ns, read {read_ns:.0} ns ({} characters for a 17-character flag, 9-character variation, 10-character rule, 9-character user)",
+        id.len()
+    );
 }
 
 enum Backend {

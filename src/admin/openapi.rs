@@ -237,6 +237,7 @@ fn core_document(metrics: &[&str]) -> Value {
                     "gate_met": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}}},
                 "Results": {"type": "object", "required": ["flag", "control", "alpha", "srm", "variations"], "properties": {
                     "flag": {"type": "string"}, "control": {"type": "string"}, "alpha": {"type": "number"},
+                    "dropped_exposures": {"type": "integer", "minimum": 0, "description": "exposures lost before reaching the state store (queue full, store unavailable): their users may be missing from the counts"},
                     "srm": {"type": "object", "required": ["p_value", "detected"], "properties": {"p_value": {"type": ["number", "null"]}, "detected": {"type": "boolean"}}},
                     "variations": {"type": "array", "items": {"type": "object", "required": ["variation", "metric", "users", "value", "ci_low", "ci_high", "lift", "p_value", "significant", "verdict"], "properties": {
                         "variation": {"type": "string"}, "metric": {"type": "string"}, "users": {"type": "integer"},
