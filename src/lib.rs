@@ -31,6 +31,8 @@
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`evals`] | online evals: sampled answers scored by a judge model off the request path, stored as feedback |
+//! | [`mcp`] | the agent interface: an MCP server at `/mcp` over the admin operations, agent tokens' policies |
 //! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
 //! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
@@ -48,10 +50,12 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod ctl;
+pub mod evals;
 pub mod experiments;
 pub mod fallback;
 pub mod flags;
 pub mod fleet;
+pub mod mcp;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

@@ -17,9 +17,11 @@ use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
 
+mod evals;
 mod handles;
 mod rolling;
 
+pub use evals::{EvalMetrics, EvalOutcome};
 pub use handles::{
     HandleLabels, RouteMetrics, VariationHandles, VariationMetrics, VariationTotals,
 };
@@ -142,6 +144,8 @@ pub struct Metrics {
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
     rolling: summary::Windows,
+    /// `switchyard_eval_*`: online evals.
+    pub evals: EvalMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -442,6 +446,7 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
+        let evals = EvalMetrics::register(&registry)?;
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
@@ -486,6 +491,7 @@ impl Metrics {
             connections_closed,
             open_connections,
             rolling,
+            evals,
         })
     }
 

@@ -379,6 +379,7 @@ fn respond(
             if let Some(usage) = usage {
                 ctx.usage(usage);
             }
+            crate::evals::offer(ctx, req, &body);
             if client_format == WireFormat::Responses {
                 ctx.remember_response(crate::api::responses::answer_id(&body));
             }
@@ -403,9 +404,11 @@ fn respond(
                 deadline,
                 format: client_format,
             };
+            let tap = crate::evals::tap(ctx, req);
             let Some(relay) = ctx.relay(first, rest, opts) else {
                 return ApiError::Internal("request recorder missing".into()).into_response();
             };
+            let relay = relay.with_tap(tap);
             event_stream(BodyExt::boxed(relay))
         }
     };
