@@ -145,6 +145,8 @@ pub struct App {
     pub evals: crate::evals::Evals,
     /// Open MCP sessions.
     pub mcp: crate::mcp::Sessions,
+    /// Client keys, their limits and spend.
+    pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -189,6 +191,7 @@ impl App {
             sources,
             evals: Default::default(),
             mcp: Default::default(),
+            keys: Default::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),

@@ -14,6 +14,7 @@ mod experiments;
 mod flags;
 mod fleet;
 mod identity;
+mod keys;
 pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
 mod providers;
@@ -101,6 +102,8 @@ pub struct Config {
     pub sources_revision: Option<String>,
     /// `[evals.NAME]`: online evals.
     pub evals: Vec<Arc<EvalSettings>>,
+    /// `[keys]`: client keys; `None` checks none.
+    pub keys: Option<crate::keys::KeysSettings>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -744,6 +747,7 @@ impl Validator<'_> {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
             exposures: raw.ofrep.exposures.unwrap_or(false),
         };
+        let keys = self.keys(&raw);
         let optimizely =
             raw.sources.optimizely.as_ref().and_then(|o| {
                 self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
@@ -774,6 +778,7 @@ impl Validator<'_> {
             optimizely,
             sources_revision: None,
             evals,
+            keys,
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::openai::ErrorClass;
 
 mod evals;
 mod handles;
+pub mod keys;
 mod rolling;
 
 pub use evals::{EvalMetrics, EvalOutcome};
@@ -146,6 +147,8 @@ pub struct Metrics {
     rolling: summary::Windows,
     /// `switchyard_eval_*`: online evals.
     pub evals: EvalMetrics,
+    /// `switchyard_key_requests_total`, `switchyard_key_spend_usd_total`.
+    pub keys: keys::KeyMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -447,10 +450,12 @@ impl Metrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
         let evals = EvalMetrics::register(&registry)?;
+        let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
         Ok(Metrics {
+            keys,
             registry,
             requests,
             duration,

@@ -52,6 +52,15 @@ pub struct RawConfig {
     /// `[evals.NAME]`: online evals.
     #[serde(default)]
     pub evals: BTreeMap<String, super::evals::RawEval>,
+    /// `[keys]`: client keys.
+    pub keys: Option<RawKeys>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    pub required: Option<bool>,
+    pub flush_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
