@@ -145,6 +145,8 @@ pub struct App {
     pub evals: crate::evals::Evals,
     /// Open MCP sessions.
     pub mcp: crate::mcp::Sessions,
+    /// The response cache (its backend is read from the config at start).
+    pub cache: crate::cache::ResponseCache,
     /// Client keys, their limits and spend.
     pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
@@ -174,7 +176,9 @@ impl App {
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
+        let cache = crate::cache::ResponseCache::new(&live.config.cache, metrics.clone());
         Ok(Arc::new(App {
+            cache,
             live: ArcSwap::from_pointee(live),
             store,
             metrics,

@@ -10,6 +10,7 @@ pub use agents::AgentPolicy;
 mod alerts;
 mod evals;
 pub use evals::{EvalSettings, ScoreReader};
+mod cache;
 mod experiments;
 mod flags;
 mod fleet;
@@ -102,6 +103,10 @@ pub struct Config {
     pub sources_revision: Option<String>,
     /// `[evals.NAME]`: online evals.
     pub evals: Vec<Arc<EvalSettings>>,
+    /// `[cache]`: the response cache's backend (read at start).
+    pub cache: crate::cache::CacheSettings,
+    /// `[export]`: the per-request record sink (read at start).
+    pub export: crate::export::ExportSettings,
     /// `[keys]`: client keys; `None` checks none.
     pub keys: Option<crate::keys::KeysSettings>,
     flag_index: HashMap<String, usize>,
@@ -752,7 +757,11 @@ impl Validator<'_> {
             raw.sources.optimizely.as_ref().and_then(|o| {
                 self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
             });
+        let cache = self.cache(&raw.cache);
+        let export = self.export(&raw.export);
         Config {
+            cache,
+            export,
             origin: self.origin.to_owned(),
             hash: short_hash(src),
             section_digests: section_digests(src),

@@ -33,6 +33,8 @@
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
 //! | [`evals`] | online evals: sampled answers scored by a judge model off the request path, stored as feedback |
 //! | [`mcp`] | the agent interface: an MCP server at `/mcp` over the admin operations, agent tokens' policies |
+//! | [`cache`] | the response cache per variation: a phase between rewrite and forward; in-process (moka) or Redis |
+//! | [`export`] | exposures, feedback, evals and per-request records for a warehouse: the record sink (rotating JSON Lines files) and the paged reader behind `GET /admin/export` |
 //! | [`keys`] | client keys: hashing, limits, spend across the fleet, the request-path check |
 //! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
@@ -46,6 +48,7 @@ pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod console;
@@ -53,6 +56,7 @@ pub mod control;
 pub mod ctl;
 pub mod evals;
 pub mod experiments;
+pub mod export;
 pub mod fallback;
 pub mod flags;
 pub mod fleet;

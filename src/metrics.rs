@@ -13,6 +13,9 @@ use prometheus::{
 
 mod summary;
 
+pub mod cache;
+pub mod export;
+
 use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
@@ -56,15 +59,18 @@ pub enum Outcome {
     UpstreamError,
     /// The client went away first.
     Cancelled,
+    /// Answered from the response cache.
+    Cached,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Fallback,
         Outcome::ClientError,
         Outcome::UpstreamError,
         Outcome::Cancelled,
+        Outcome::Cached,
     ];
 
     /// The label value.
@@ -75,6 +81,7 @@ impl Outcome {
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Cancelled => "client_cancelled",
+            Outcome::Cached => "cached",
         }
     }
 }
@@ -147,6 +154,10 @@ pub struct Metrics {
     rolling: summary::Windows,
     /// `switchyard_eval_*`: online evals.
     pub evals: EvalMetrics,
+    /// The response cache's families.
+    pub cache: cache::CacheMetrics,
+    /// The export sink's family.
+    pub export: export::ExportMetrics,
     /// `switchyard_key_requests_total`, `switchyard_key_spend_usd_total`.
     pub keys: keys::KeyMetrics,
 }
@@ -454,6 +465,8 @@ impl Metrics {
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
+        let cache = cache::CacheMetrics::new(&registry)?;
+        let export = export::ExportMetrics::new(&registry)?;
         Ok(Metrics {
             keys,
             registry,
@@ -497,6 +510,8 @@ impl Metrics {
             open_connections,
             rolling,
             evals,
+            cache,
+            export,
         })
     }
 
@@ -606,6 +621,7 @@ impl Metrics {
                 outcome(Outcome::ALL[2])?,
                 outcome(Outcome::ALL[3])?,
                 outcome(Outcome::ALL[4])?,
+                outcome(Outcome::ALL[5])?,
             ],
             duration: self
                 .duration
