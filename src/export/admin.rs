@@ -114,7 +114,7 @@ async fn page(app: &Arc<App>, query: Option<&str>) -> Result<(Bytes, Cursor), Ad
         }
     };
     let flag = param(query, "flag")?.filter(|f| !f.is_empty());
-    let since_ms = match param(query, "since")? {
+    let since_ms = match param(query, "since")?.filter(|s| !s.trim().is_empty()) {
         Some(s) => parse_since(&s, crate::clock::now_ms()).map_err(AdminError::bad)?,
         None => 0,
     };
