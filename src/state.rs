@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub(crate) mod aggregates;
+pub mod export;
 mod postgres;
 mod sqlite;
 
