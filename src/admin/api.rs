@@ -490,6 +490,11 @@ async fn dispatch(
             e.allow = Some(allow);
             Err(e)
         }
+        (&Method::GET | &Method::PUT, ["flags", _, "bandit"])
+        | (&Method::POST, ["flags", _, "bandit", "epoch"])
+        | (&Method::GET, ["flags", _, "bandit", "epochs", _]) => {
+            crate::bandit::admin::handle(app, actor, method, &segs, query, body).await
+        }
         _ => Err(AdminError::not_found(format!(
             "unknown admin path /admin/{}",
             path.trim_matches('/')
@@ -508,7 +513,9 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["status"] => "GET",
         ["flags", _, "overrides"] => "DELETE",
         ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
-        ["flags", _, "rollout"] => "GET, PUT",
+        ["flags", _, "rollout"] | ["flags", _, "bandit"] => "GET, PUT",
+        ["flags", _, "bandit", "epochs", _] => "GET",
+        ["flags", _, "bandit", "epoch"] => "POST",
         ["flags", _, "rollout", "advance" | "rollback"] | ["reload"] => "POST",
         _ => return None,
     })
