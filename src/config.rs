@@ -11,6 +11,7 @@ mod experiments;
 mod flags;
 mod fleet;
 mod identity;
+mod keys;
 pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
 mod providers;
@@ -98,6 +99,8 @@ pub struct Config {
     pub optimizely: Option<crate::sources::OptimizelySettings>,
     /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
     pub sources_revision: Option<String>,
+    /// `[keys]`: client keys; `None` checks none.
+    pub keys: Option<crate::keys::KeysSettings>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -731,6 +734,7 @@ impl Validator<'_> {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
             exposures: raw.ofrep.exposures.unwrap_or(false),
         };
+        let keys = self.keys(&raw);
         let optimizely =
             raw.sources.optimizely.as_ref().and_then(|o| {
                 self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
@@ -761,6 +765,7 @@ impl Validator<'_> {
             ofrep,
             optimizely,
             sources_revision: None,
+            keys,
         }
     }
 }

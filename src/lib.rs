@@ -32,6 +32,7 @@
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`keys`] | client keys: hashing, limits, spend across the fleet, the request-path check |
 //! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
 //! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
@@ -54,6 +55,7 @@ pub mod experiments;
 pub mod fallback;
 pub mod flags;
 pub mod fleet;
+pub mod keys;
 pub mod metrics;
 pub mod openai;
 pub mod providers;
@@ -131,7 +133,17 @@ pub async fn run_with(
         version = state.version,
         "runtime state loaded (start clean with `serve --fresh`)"
     );
+    let (state_url, flush) = (
+        config.state_url.clone(),
+        config
+            .keys
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(1), |k| k.flush_interval),
+    );
     let app = app::App::new(config, store, state, config_path)?;
+    app.keys
+        .start(&state_url, app.metrics.keys.clone(), flush)
+        .await?;
     server::run_app(listeners, app, shutdown).await?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::openai::ErrorClass;
 
 mod handles;
+pub mod keys;
 mod rolling;
 
 pub use handles::{
@@ -144,6 +145,8 @@ pub struct Metrics {
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
     rolling: summary::Windows,
+    /// `switchyard_key_requests_total`, `switchyard_key_spend_usd_total`.
+    pub keys: keys::KeyMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -452,10 +455,12 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
+        let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
         Ok(Metrics {
+            keys,
             registry,
             requests,
             duration,

@@ -98,7 +98,8 @@ async fn count(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, &live.config.server).await?;
     let msg = MessagesRequest::parse_count(&bytes)?;
-    let target = decide_target(app, &live, &parts.headers, &msg, &bytes)?;
+    let key = crate::keys::check_request(app, &live, &parts.headers, msg.model())?;
+    let target = decide_target(app, &live, &parts.headers, &msg, key.as_deref())?;
     let (provider, counted) = match target.route {
         Route::Variation { flag, variation } => {
             let f = &live.config.flags[flag];
@@ -199,8 +200,11 @@ async fn handle(
     let bytes = read_body(body, &parts.headers, &config.server).await?;
     let req = parse(ctx.api, &bytes)?;
     let req = req.as_ref();
+    // The client key, when keys are configured: who may ask for this, within which limits.
+    let key = crate::keys::check_request(ctx.app, &live, &parts.headers, req.model())?;
+    ctx.set_key(key.clone());
     // 2. identify + 3. decide
-    let target = decide_target(ctx.app, &live, &parts.headers, req, &bytes)?;
+    let target = decide_target(ctx.app, &live, &parts.headers, req, key.as_deref())?;
     let (route, decision) = (target.route, target.decision);
     ctx.set_target(target);
     let Route::Variation {
@@ -479,7 +483,7 @@ fn decide_target(
     live: &Live,
     headers: &HeaderMap,
     req: &dyn Inbound,
-    _body: &[u8],
+    key: Option<&crate::keys::Loaded>,
 ) -> Result<Target, ApiError> {
     let config = &live.config;
     let Some((flag_index, flag)) = config.flag(req.model()) else {
@@ -493,7 +497,14 @@ fn decide_target(
             None => Err(ApiError::ModelNotFound(req.model().to_owned())),
         };
     };
-    let identity = identify::identify(&config.identity, headers, req)?;
+    let key_name = key.map(|k| k.record.name.as_str());
+    let mut identity = identify::identify(&config.identity, headers, req, key_name)?;
+    if let Some(k) = key {
+        // The key's attributes are the operator's: they win over what the request says.
+        for (name, value) in k.attributes.iter() {
+            identity.attributes.insert(name, value.clone());
+        }
+    }
     if identity.random {
         if let Some(c) = live.without_id.get(flag_index) {
             c.inc();

@@ -49,6 +49,15 @@ pub struct RawConfig {
     /// `[sources.*]`: flags from other systems.
     #[serde(default)]
     pub sources: RawSources,
+    /// `[keys]`: client keys.
+    pub keys: Option<RawKeys>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    pub required: Option<bool>,
+    pub flush_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
