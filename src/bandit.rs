@@ -13,6 +13,7 @@
 //! | [`live`] | the decision under a bandit: its bucket ranges, and sticky users |
 //! | [`record`] | the immutable epoch record, and replaying it |
 //! | [`run`] | the loop beside the request path (leader only) that gathers, computes, applies |
+//! | [`cli`] | `switchyard ctl bandit`: show, replay (recomputed locally), set, epoch |
 //! | [`admin`] | `GET`/`PUT /admin/flags/{flag}/bandit` and "run an epoch now" |
 //!
 //! What moves users: only the weights of *new* users. A user keeps the variation of their
@@ -22,6 +23,7 @@
 
 pub mod admin;
 pub mod allocate;
+pub mod cli;
 pub mod epoch;
 pub mod live;
 pub mod record;

@@ -64,6 +64,8 @@ pub enum Action {
     },
     /// Client keys.
     Keys(crate::keys::cli::KeysAction),
+    /// The bandit of a flag.
+    Bandit(crate::bandit::cli::BanditAction),
 }
 
 /// Where and as whom to talk to the admin API.
@@ -170,6 +172,7 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         }
         Action::Reload => (Method::POST, "/admin/reload".to_owned(), None),
         Action::Keys(k) => k.request(&reason),
+        Action::Bandit(b) => b.request(&reason),
         Action::Results { flag, metric } => {
             let mut p = format!("/admin/flags/{}/results", enc(flag));
             if let Some(m) = metric {
@@ -236,6 +239,10 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         }
         return 1;
     }
+    let (v, matched) = match action {
+        Action::Bandit(b) => b.finish(v),
+        _ => (v, true),
+    };
     if json_out {
         crate::out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -244,7 +251,11 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
             let _ = write!(std::io::stdout(), "{}", render(action, &v));
         }
     }
-    0
+    if matched {
+        0
+    } else {
+        1
+    }
 }
 
 fn pct(x: &Value) -> String {
@@ -411,6 +422,7 @@ pub fn render(action: &Action, v: &Value) -> String {
         ),
         Action::Results { .. } => results_table(v),
         Action::Keys(k) => k.render(v),
+        Action::Bandit(b) => b.render(v),
     }
 }
 

@@ -482,6 +482,11 @@ async fn dispatch(
                 }
             }
         }
+        (&Method::GET | &Method::PUT, ["flags", _, "bandit"])
+        | (&Method::POST, ["flags", _, "bandit", "epoch"])
+        | (&Method::GET, ["flags", _, "bandit", "epochs", _]) => {
+            crate::bandit::admin::handle(app, actor, method, &segs, query, body).await
+        }
         (_, segs) if allowed_methods(segs).is_some() => {
             let allow = allowed_methods(segs).unwrap_or("GET");
             let mut e = AdminError::new(
@@ -494,11 +499,6 @@ async fn dispatch(
             );
             e.allow = Some(allow);
             Err(e)
-        }
-        (&Method::GET | &Method::PUT, ["flags", _, "bandit"])
-        | (&Method::POST, ["flags", _, "bandit", "epoch"])
-        | (&Method::GET, ["flags", _, "bandit", "epochs", _]) => {
-            crate::bandit::admin::handle(app, actor, method, &segs, query, body).await
         }
         _ => Err(AdminError::not_found(format!(
             "unknown admin path /admin/{}",
