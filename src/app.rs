@@ -146,6 +146,8 @@ pub struct App {
     pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
+    /// The response cache (its backend is read from the config at start).
+    pub cache: crate::cache::ResponseCache,
     /// Client keys, their limits and spend.
     pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
@@ -175,7 +177,9 @@ impl App {
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
+        let cache = crate::cache::ResponseCache::new(&live.config.cache, metrics.clone());
         Ok(Arc::new(App {
+            cache,
             live: ArcSwap::from_pointee(live),
             store,
             metrics,

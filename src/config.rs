@@ -7,6 +7,7 @@
 mod admin;
 mod alerts;
 mod bandit;
+mod cache;
 mod experiments;
 mod flags;
 mod fleet;
@@ -99,6 +100,10 @@ pub struct Config {
     pub optimizely: Option<crate::sources::OptimizelySettings>,
     /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
     pub sources_revision: Option<String>,
+    /// `[cache]`: the response cache's backend (read at start).
+    pub cache: crate::cache::CacheSettings,
+    /// `[export]`: the per-request record sink (read at start).
+    pub export: crate::export::ExportSettings,
     /// `[keys]`: client keys; `None` checks none.
     pub keys: Option<crate::keys::KeysSettings>,
     flag_index: HashMap<String, usize>,
@@ -739,7 +744,11 @@ impl Validator<'_> {
             raw.sources.optimizely.as_ref().and_then(|o| {
                 self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
             });
+        let cache = self.cache(&raw.cache);
+        let export = self.export(&raw.export);
         Config {
+            cache,
+            export,
             origin: self.origin.to_owned(),
             hash: short_hash(src),
             section_digests: section_digests(src),

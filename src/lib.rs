@@ -32,6 +32,8 @@
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`cache`] | the response cache per variation: a phase between rewrite and forward; in-process (moka) or Redis |
+//! | [`export`] | exposures, feedback, evals and per-request records for a warehouse: the record sink (rotating JSON Lines files) and the paged reader behind `GET /admin/export` |
 //! | [`keys`] | client keys: hashing, limits, spend across the fleet, the request-path check |
 //! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
@@ -46,12 +48,14 @@ pub mod api;
 pub mod app;
 pub mod bandit;
 pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
 pub mod ctl;
 pub mod experiments;
+pub mod export;
 pub mod fallback;
 pub mod flags;
 pub mod fleet;

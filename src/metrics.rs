@@ -13,6 +13,9 @@ use prometheus::{
 
 mod summary;
 
+pub mod cache;
+pub mod export;
+
 use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
@@ -54,15 +57,18 @@ pub enum Outcome {
     UpstreamError,
     /// The client went away first.
     Cancelled,
+    /// Answered from the response cache.
+    Cached,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Fallback,
         Outcome::ClientError,
         Outcome::UpstreamError,
         Outcome::Cancelled,
+        Outcome::Cached,
     ];
 
     /// The label value.
@@ -73,6 +79,7 @@ impl Outcome {
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Cancelled => "client_cancelled",
+            Outcome::Cached => "cached",
         }
     }
 }
@@ -145,6 +152,10 @@ pub struct Metrics {
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
     rolling: summary::Windows,
+    /// The response cache's families.
+    pub cache: cache::CacheMetrics,
+    /// The export sink's family.
+    pub export: export::ExportMetrics,
     /// `switchyard_key_requests_total`, `switchyard_key_spend_usd_total`.
     pub keys: keys::KeyMetrics,
 }
@@ -459,6 +470,8 @@ impl Metrics {
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
         registry.register(Box::new(config_info.clone()))?;
+        let cache = cache::CacheMetrics::new(&registry)?;
+        let export = export::ExportMetrics::new(&registry)?;
         Ok(Metrics {
             keys,
             registry,
@@ -502,6 +515,8 @@ impl Metrics {
             connections_closed,
             open_connections,
             rolling,
+            cache,
+            export,
         })
     }
 
@@ -611,6 +626,7 @@ impl Metrics {
                 outcome(Outcome::ALL[2])?,
                 outcome(Outcome::ALL[3])?,
                 outcome(Outcome::ALL[4])?,
+                outcome(Outcome::ALL[5])?,
             ],
             duration: self
                 .duration

@@ -49,6 +49,12 @@ pub struct RawConfig {
     /// `[sources.*]`: flags from other systems.
     #[serde(default)]
     pub sources: RawSources,
+    /// `[cache]`: the response cache's backend.
+    #[serde(default)]
+    pub cache: super::cache::RawCache,
+    /// `[export]`: the per-request record sink.
+    #[serde(default)]
+    pub export: super::cache::RawExport,
     /// `[keys]`: client keys.
     pub keys: Option<RawKeys>,
 }
@@ -294,6 +300,8 @@ pub struct RawVariation {
     pub timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    /// `cache = { ttl = "10m" }`: the response cache for this variation (off when absent).
+    pub cache: Option<super::cache::RawVariationCache>,
     #[serde(default)]
     pub variables: serde_json::Map<String, serde_json::Value>,
 }

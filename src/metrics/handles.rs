@@ -6,7 +6,7 @@ use super::*;
 /// Pre-resolved handles for one (flag, variation): the request path records through these.
 #[derive(Debug, Clone)]
 pub struct VariationMetrics {
-    pub(super) outcomes: [IntCounter; 5],
+    pub(super) outcomes: [IntCounter; 6],
     /// Total request duration.
     pub duration: Histogram,
     /// Time to first token of streams.
@@ -44,7 +44,11 @@ impl VariationMetrics {
         let errors = get(Outcome::UpstreamError);
         let fallbacks = get(Outcome::Fallback);
         VariationTotals {
-            requests: get(Outcome::Success) + fallbacks + errors + get(Outcome::Cancelled),
+            requests: get(Outcome::Success)
+                + fallbacks
+                + errors
+                + get(Outcome::Cancelled)
+                + get(Outcome::Cached),
             errors,
             fallbacks,
             tokens_in: self.tokens_in.get(),
