@@ -14,6 +14,7 @@
 //! | [`record`] | the immutable epoch record, and replaying it |
 //! | [`run`] | the loop beside the request path (leader only) that gathers, computes, applies |
 //! | [`cli`] | `switchyard ctl bandit`: show, replay (recomputed locally), set, epoch |
+//! | [`openapi`] | the bandit's operations in the admin API's OpenAPI document |
 //! | [`admin`] | `GET`/`PUT /admin/flags/{flag}/bandit` and "run an epoch now" |
 //!
 //! What moves users: only the weights of *new* users. A user keeps the variation of their
@@ -26,6 +27,7 @@ pub mod allocate;
 pub mod cli;
 pub mod epoch;
 pub mod live;
+pub mod openapi;
 pub mod record;
 pub mod rng;
 pub mod run;
