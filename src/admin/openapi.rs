@@ -62,6 +62,17 @@ pub fn document(metrics: &[&str]) -> Value {
         if let Value::Object(more) = crate::bandit::openapi::paths() {
             paths.extend(more);
         }
+        if let Value::Object(more) = crate::keys::openapi::paths() {
+            paths.extend(more);
+        }
+    }
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        if let Value::Object(more) = crate::keys::openapi::schemas() {
+            schemas.extend(more);
+        }
     }
     doc
 }
