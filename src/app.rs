@@ -146,8 +146,14 @@ pub struct App {
     pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
+    /// Online evals: each eval's queue and budget.
+    pub evals: crate::evals::Evals,
+    /// Open MCP sessions.
+    pub mcp: crate::mcp::Sessions,
     /// The response cache (its backend is read from the config at start).
     pub cache: crate::cache::ResponseCache,
+    /// Where per-request export records go (`[export]`, read at start).
+    pub export: crate::export::Sink,
     /// Client keys, their limits and spend.
     pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
@@ -178,8 +184,10 @@ impl App {
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
         let cache = crate::cache::ResponseCache::new(&live.config.cache, metrics.clone());
+        let export = crate::export::Sink::new(&live.config.export, metrics.export.clone());
         Ok(Arc::new(App {
             cache,
+            export,
             live: ArcSwap::from_pointee(live),
             store,
             metrics,
@@ -194,6 +202,8 @@ impl App {
             config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             fleet: crate::fleet::Fleet::default(),
             sources,
+            evals: Default::default(),
+            mcp: Default::default(),
             keys: Default::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),

@@ -193,6 +193,9 @@ enum CtlCommand {
         /// The flag (same as `bandit show FLAG`).
         flag: Option<String>,
     },
+    /// Exposures, feedback, eval scores and per-request records as JSON Lines, page after
+    /// page (the cursor to resume from is printed on stderr).
+    Export(switchyard::export::cli::ExportArgs),
 }
 
 fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
@@ -263,6 +266,7 @@ fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
             eprintln!("usage: switchyard ctl bandit FLAG | show FLAG | replay FLAG EPOCH | set FLAG … | epoch FLAG");
             return ExitCode::from(2);
         }
+        CtlCommand::Export(args) => Action::Export(args),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -30,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 mod bandit;
+pub mod export;
 mod postgres;
 mod sqlite;
 
