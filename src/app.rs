@@ -147,6 +147,8 @@ pub struct App {
     pub mcp: crate::mcp::Sessions,
     /// The response cache (its backend is read from the config at start).
     pub cache: crate::cache::ResponseCache,
+    /// Where per-request export records go (`[export]`, read at start).
+    pub export: crate::export::Sink,
     /// Client keys, their limits and spend.
     pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
@@ -177,8 +179,10 @@ impl App {
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
         let cache = crate::cache::ResponseCache::new(&live.config.cache, metrics.clone());
+        let export = crate::export::Sink::new(&live.config.export, metrics.export.clone());
         Ok(Arc::new(App {
             cache,
+            export,
             live: ArcSwap::from_pointee(live),
             store,
             metrics,

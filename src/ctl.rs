@@ -64,6 +64,8 @@ pub enum Action {
     },
     /// Client keys.
     Keys(crate::keys::cli::KeysAction),
+    /// Exposures, feedback, evals and per-request records as JSON Lines.
+    Export(crate::export::cli::ExportArgs),
 }
 
 /// Where and as whom to talk to the admin API.
@@ -109,6 +111,9 @@ fn enc(s: &str) -> String {
 
 /// Runs one action, printing the result; returns the exit code.
 pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_out: bool) -> i32 {
+    if let Action::Export(args) = action {
+        return crate::export::cli::run(target, args).await;
+    }
     let (method, path, body) = match action {
         Action::Flags => (Method::GET, "/admin/flags".to_owned(), None),
         Action::Flag(f) => (Method::GET, format!("/admin/flags/{}", enc(f)), None),
@@ -170,6 +175,7 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         }
         Action::Reload => (Method::POST, "/admin/reload".to_owned(), None),
         Action::Keys(k) => k.request(&reason),
+        Action::Export(_) => return 2,
         Action::Results { flag, metric } => {
             let mut p = format!("/admin/flags/{}/results", enc(flag));
             if let Some(m) = metric {
@@ -410,6 +416,7 @@ pub fn render(action: &Action, v: &Value) -> String {
             v["hash"].as_str().unwrap_or("?")
         ),
         Action::Results { .. } => results_table(v),
+        Action::Export(_) => String::new(),
         Action::Keys(k) => k.render(v),
     }
 }

@@ -185,6 +185,9 @@ enum CtlCommand {
         #[command(subcommand)]
         action: switchyard::keys::cli::KeysAction,
     },
+    /// Exposures, feedback, eval scores and per-request records as JSON Lines, page after
+    /// page (the cursor to resume from is printed on stderr).
+    Export(switchyard::export::cli::ExportArgs),
 }
 
 fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
@@ -240,6 +243,7 @@ fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
         CtlCommand::Reload => Action::Reload,
         CtlCommand::Results { flag, metric } => Action::Results { flag, metric },
         CtlCommand::Keys { action } => Action::Keys(action),
+        CtlCommand::Export(args) => Action::Export(args),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub mod export;
 mod postgres;
 mod sqlite;
 

@@ -186,6 +186,9 @@ pub async fn handle(
     query: Option<&str>,
     body: Bytes,
 ) -> Response<Body> {
+    if method == Method::GET && path.trim_matches('/') == "export" {
+        return crate::export::admin::handle(app, query).await;
+    }
     match dispatch(app, actor, method, path, query, &body).await {
         Ok((status, v)) => json_response(status, &v),
         Err(e) => e.into_response(),
@@ -531,6 +534,7 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["flags", _, "results"]
         | ["audit"]
         | ["alerts"]
+        | ["export"]
         | ["status"] => "GET",
         ["keys", ..] => return crate::keys::admin::allowed_methods(segs),
         ["flags", _, "overrides"] => "DELETE",

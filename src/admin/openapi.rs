@@ -214,6 +214,25 @@ fn core_document(metrics: &[&str]) -> Value {
                     "default": {"$ref": "#/components/responses/Error"}
                 }
             }},
+            "/admin/export": {"get": {
+                "summary": "Exposures, feedback events, eval scores or per-request records as JSON Lines, one page at a time; pass the x-switchyard-next-cursor value back as `cursor` to continue (nothing lost, nothing twice). A page shorter than `limit` is the end for now. Each line's shape is a JSON Schema under docs/schemas/.",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "kind", "in": "query", "required": true, "schema": {"type": "string", "enum": ["exposures", "feedback", "evals", "requests"]}},
+                    {"name": "flag", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "required": false, "description": "RFC 3339, unix milliseconds, or a duration back from now (24h)", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}
+                ],
+                "responses": {
+                    "200": {"description": "One record per line", "headers": {"x-switchyard-next-cursor": {"description": "The cursor of the next page", "schema": {"type": "string"}}}, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                    "400": {"$ref": "#/components/responses/Error"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "409": {"$ref": "#/components/responses/Error"},
+                    "503": {"$ref": "#/components/responses/Error"},
+                    "default": {"$ref": "#/components/responses/Error"}
+                }
+            }},
             "/admin/reload": {"post": op("Reload proxy.toml (422 with the errors if invalid; the old config keeps serving)", json!({"type": "object", "required": ["reloaded", "changed", "hash"], "properties": {"reloaded": {"type": "boolean"}, "changed": {"type": "boolean"}, "hash": {"type": "string"}}}), None, &[("422", invalid_config)])}
         },
         "components": {

@@ -332,6 +332,25 @@ impl PgStore {
         .await
     }
 
+    /// The schema holding the tables, quoted for SQL.
+    pub(super) fn quoted_schema(&self) -> &str {
+        &self.shared.quoted_schema
+    }
+
+    /// Runs read-only `sql` on the results connection (exports, `state/export.rs`).
+    pub(super) async fn read_rows(
+        &self,
+        doing: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StateError> {
+        self.with_report_conn(doing, |conn| async move {
+            let result = conn.client.query(sql, params).await.map_err(Fail::from);
+            (conn, result)
+        })
+        .await
+    }
+
     pub(super) async fn exposure_counts(
         &self,
         flag: &str,

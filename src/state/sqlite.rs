@@ -235,6 +235,18 @@ impl SqliteStore {
         .await
     }
 
+    /// Runs a read-only query `f` on the reports connection (exports, `state/export.rs`).
+    pub(super) async fn read<T, F>(&self, doing: &'static str, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        run_report(self.shared.clone(), move |conn, location| {
+            f(conn).map_err(|e| sql_error(location, doing, &e))
+        })
+        .await
+    }
+
     pub(super) async fn prune_requests(&self, before_ms: u64) -> Result<u64, StateError> {
         run(self.shared.clone(), move |db, location| {
             db.conn
