@@ -27,6 +27,7 @@ PY_REQUIREMENTS=(
   'openfeature-sdk>=0.8,<1'
   'openfeature-provider-ofrep>=0.3,<1'
   'optimizely-sdk>=5.7,<6'
+  'mcp>=2,<3'
 )
 
 # The OpenFeature server SDK for JavaScript and its OFREP provider, installed under target/.
