@@ -324,7 +324,7 @@ async fn dispatch(
                     flag: (*key).to_owned(),
                 },
                 Some(field) => {
-                    let known = matches!(field.as_str(), "enabled" | "force_fallback")
+                    let known = matches!(field.as_str(), "enabled" | "force_fallback" | "bandit")
                         || ["variation:", "stage:", "held:"]
                             .iter()
                             .any(|p| field.strip_prefix(p).is_some_and(|r| !r.is_empty()));
@@ -332,7 +332,7 @@ async fn dispatch(
                         return Err(AdminError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_value",
-                            format!("unknown override field `{field}` (enabled, force_fallback, variation:V, stage:RULE, held:RULE)"),
+                            format!("unknown override field `{field}` (enabled, force_fallback, bandit, variation:V, stage:RULE, held:RULE)"),
                         ));
                     }
                     Change::ClearField {
