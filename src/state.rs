@@ -18,7 +18,7 @@
 //! database up to date under a lock, so replicas starting together do not race. To add tables,
 //! append a migration to both lists.
 //!
-//! Experiment data lives in the same database (migrations 2 and 3): first exposures per
+//! Experiment data lives in the same database (migrations 2 and 4): first exposures per
 //! (flag, user) ([`Store::record_exposures`]) and idempotent feedback events
 //! ([`Store::insert_feedback`]), with running aggregates maintained as they are ingested
 //! ([`aggregates`]), so results ([`Store::feedback_aggs`], [`Store::exposure_counts`]) read a
@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub(crate) mod aggregates;
+mod bandit;
 pub mod export;
 mod postgres;
 mod sqlite;
@@ -73,6 +74,9 @@ pub struct FlagOverrides {
     /// `held:RULE` → actor).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub set_by: BTreeMap<String, String>,
+    /// The flag's bandit: weights in force, status, settings overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<crate::bandit::BanditOverride>,
 }
 
 impl FlagOverrides {
@@ -179,6 +183,31 @@ pub enum Change {
         /// `enabled`, `force_fallback`, `variation:V`, `stage:RULE` or `held:RULE`.
         field: String,
     },
+    /// A bandit epoch's weights and status take effect: action `bandit_epoch`.
+    BanditEpoch {
+        /// The flag.
+        flag: String,
+        /// The epoch number.
+        epoch: u64,
+        /// Buckets per variation from now on.
+        weights: BTreeMap<String, u32>,
+        /// Where the bandit stands after the epoch.
+        status: crate::bandit::Status,
+        /// Unix milliseconds at which the weights take effect.
+        at_ms: u64,
+    },
+    /// Operators change a bandit's settings: action `set_bandit`. `None` fields keep their
+    /// value; `reset` goes back to the rule's configured allocation and a running bandit.
+    SetBandit {
+        /// The flag.
+        flag: String,
+        /// The settings to override.
+        settings: crate::bandit::SettingsOverride,
+        /// Start over: configured weights, status running.
+        reset: bool,
+        /// Unix milliseconds of the change.
+        at_ms: u64,
+    },
     /// An audit-only entry (`reload`, `reload_failed`, alert notifications…); changes no state
     /// and does not bump the version.
     Note {
@@ -199,6 +228,8 @@ impl Change {
             | Change::SetForcedFallback { flag, .. }
             | Change::SetRolloutStage { flag, .. }
             | Change::SetRolloutHeld { flag, .. }
+            | Change::BanditEpoch { flag, .. }
+            | Change::SetBandit { flag, .. }
             | Change::ClearField { flag, .. }
             | Change::ClearFlag { flag } => Some(flag),
             Change::Note { flag, .. } => flag.as_deref(),
@@ -212,6 +243,8 @@ impl Change {
             Change::SetForcedFallback { .. } => "set_forced_fallback",
             Change::SetRolloutStage { .. } => "set_rollout_stage",
             Change::SetRolloutHeld { .. } => "set_rollout_held",
+            Change::BanditEpoch { .. } => "bandit_epoch",
+            Change::SetBandit { .. } => "set_bandit",
             Change::ClearFlag { .. } => "clear_overrides",
             Change::ClearField { .. } => "clear_override",
             Change::Note { action, .. } => action,
@@ -254,10 +287,14 @@ impl Change {
                     o.rollout_held.remove(rule);
                 }
             }
+            Change::BanditEpoch { .. } | Change::SetBandit { .. } => {
+                crate::bandit::apply_change(self, o.bandit.get_or_insert_with(Default::default));
+            }
             Change::ClearFlag { .. } => *o = FlagOverrides::default(),
             Change::ClearField { field, .. } => {
                 match field.split_once(':') {
                     None if field == "enabled" => o.enabled = None,
+                    None if field == "bandit" => o.bandit = None,
                     None if field == "force_fallback" => o.force_fallback = None,
                     Some(("variation", v)) => {
                         o.forced_variations.remove(v);
@@ -291,6 +328,7 @@ impl Change {
             } => format!("variation:{v}"),
             Change::SetRolloutStage { rule, .. } => format!("stage:{rule}"),
             Change::SetRolloutHeld { rule, .. } => format!("held:{rule}"),
+            Change::BanditEpoch { .. } | Change::SetBandit { .. } => "bandit".to_owned(),
             Change::ClearFlag { .. } | Change::ClearField { .. } | Change::Note { .. } => return,
         };
         o.set_by.insert(field, actor.to_owned());

@@ -367,13 +367,13 @@ async fn sqlite_an_older_database_gets_its_aggregates_on_migration() {
     };
     let path = dir.join("state.db");
     rebuilt(&db.url(), async || {
-        // Back to the schema before the aggregates (version 2), rows kept.
+        // Back to the schema before the aggregates (version 3), rows kept.
         rusqlite::Connection::open(&path)
             .unwrap()
             .execute_batch(
                 "DROP TABLE switchyard_aggregates; DROP TABLE switchyard_exposure_counts; \
                  DROP TABLE switchyard_feedback_users; DROP TABLE switchyard_experiment_flags; \
-                 DROP TABLE switchyard_secrets; PRAGMA user_version = 2;",
+                 DROP TABLE switchyard_secrets; PRAGMA user_version = 3;",
             )
             .unwrap();
     })
@@ -416,7 +416,7 @@ async fn postgres_an_older_database_gets_its_aggregates_on_migration() {
                 "DROP TABLE {s}.switchyard_aggregates; DROP TABLE {s}.switchyard_exposure_counts; \
                  DROP TABLE {s}.switchyard_feedback_users; \
                  DROP TABLE {s}.switchyard_experiment_flags; DROP TABLE {s}.switchyard_secrets; \
-                 DELETE FROM {s}.switchyard_migrations WHERE version = 3;"
+                 DELETE FROM {s}.switchyard_migrations WHERE version = 4;"
             ))
             .await
             .unwrap();

@@ -13,6 +13,8 @@
 //!
 //! The tables live in the schema named by the URL's `schema` parameter (default `public`).
 
+mod bandit;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -97,7 +99,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS switchyard_feedback_metric
         ON {s}.switchyard_feedback (flag, metric);
     "#,
-    // 3: running experiment aggregates (filled from the rows above by `BACKFILL`), the
+    // 3: bandit epoch records (immutable; one per flag and epoch).
+    r#"
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_bandit_epochs (
+        flag TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (flag, epoch)
+    );
+    "#,
+    // 4: running experiment aggregates (filled from the rows above by `BACKFILL`), the
     // request-id key; request ids are no longer stored, and counting exposures no longer
     // needs their (flag, rule, variation) index.
     r#"
@@ -148,7 +160,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// The migration that introduced the running aggregates (they are built from the rows
 /// already stored when a database reaches it).
-const AGGREGATES_STEP: usize = 3;
+const AGGREGATES_STEP: usize = 4;
 
 /// Recomputes the running aggregates from the stored exposures and events; `{s}` is the
 /// schema.

@@ -9,6 +9,8 @@
 //! batch. Experiment-results queries run on a second, read-only connection (file databases
 //! only), so a long aggregation never holds up writers.
 
+mod bandit;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -85,7 +87,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS switchyard_feedback_metric ON switchyard_feedback (flag, metric);
     "#,
-    // 3: running experiment aggregates (filled from the rows above by `BACKFILL`), the
+    // 3: bandit epoch records (immutable; one per flag and epoch).
+    r#"
+    CREATE TABLE IF NOT EXISTS switchyard_bandit_epochs (
+        flag TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (flag, epoch)
+    );
+    "#,
+    // 4: running experiment aggregates (filled from the rows above by `BACKFILL`), the
     // request-id key; request ids are no longer stored, and counting exposures no longer
     // needs their (flag, rule, variation) index.
     r#"
@@ -137,7 +149,7 @@ const MIGRATIONS: &[&str] = &[
 
 /// The migration that introduced the running aggregates (they are built from the rows
 /// already stored when a database reaches it).
-const AGGREGATES_STEP: usize = 3;
+const AGGREGATES_STEP: usize = 4;
 
 /// Recomputes the running aggregates from the stored exposures and events (the rules of
 /// `FEEDBACK_AGGS_SQL`, grouped once per user).
