@@ -118,6 +118,25 @@ async fn export_all(
     }
 }
 
+/// [`export_all`] until it gives `n` records (exposures and feedback appear a moment after
+/// their time, once they cannot be overtaken by a batch still being written).
+async fn export_n(p: &proxy::TestProxy, kind: &str, extra: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (all, _) = export_all(p, kind, extra, 1000, None).await;
+        if all.len() == n {
+            return all;
+        }
+        assert!(all.len() < n, "{kind}: {} records, {n} expected", all.len());
+        assert!(
+            Instant::now() < deadline,
+            "{kind}: {} of {n} records",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn chat(p: &proxy::TestProxy, user: &str) -> (String, String) {
     let body = json!({"model": "f", "user": user,
         "messages": [{"role": "user", "content": format!("question of {user}")}]});
@@ -177,8 +196,7 @@ async fn exported_records_equal_what_results_are_computed_from_and_resume_exactl
     };
 
     // Exposures: one per user, its variation the one served; per variation, the results' users.
-    let (exposures, _) = export_all(&p, "exposures", "&flag=f", 1000, None).await;
-    assert_eq!(exposures.len(), 40);
+    let exposures = export_n(&p, "exposures", "&flag=f", 40).await;
     let mut per_variation = BTreeMap::<String, u64>::new();
     for e in &exposures {
         assert_eq!(e["kind"], "exposure");
@@ -217,8 +235,7 @@ async fn exported_records_equal_what_results_are_computed_from_and_resume_exactl
     );
 
     // Feedback: every event, attributed to the variation that served the request.
-    let (feedback, _) = export_all(&p, "feedback", "&flag=f", 1000, None).await;
-    assert_eq!(feedback.len(), events.len());
+    let feedback = export_n(&p, "feedback", "&flag=f", events.len()).await;
     for f in &feedback {
         assert_eq!(f["kind"], "feedback");
         let user = f["user"].as_str().unwrap();
@@ -505,9 +522,8 @@ async fn postgresql_state_exports_the_same_way() {
     };
     let (paged, _) = export_all(&p, "exposures", "&flag=f", 5, None).await;
     assert_eq!(paged, all);
-    let (feedback, _) = export_all(&p, "feedback", "", 1000, None).await;
+    let feedback = export_n(&p, "feedback", "", 12).await;
     let (paged, _) = export_all(&p, "feedback", "", 5, None).await;
-    assert_eq!(feedback.len(), 12);
     assert_eq!(paged, feedback);
     let (evals, _) = export_all(&p, "evals", "", 1000, None).await;
     assert!(evals.is_empty());

@@ -2,6 +2,7 @@
 //! one page of records as JSON Lines (`application/x-ndjson`), the cursor of the next page in
 //! `x-switchyard-next-cursor`. A page shorter than `limit` means the end for now; passing the
 //! cursor back later continues exactly after the last record (nothing lost, nothing twice).
+//! Exposures and feedback appear [`SETTLE`] after their time.
 
 use std::sync::Arc;
 
@@ -21,6 +22,10 @@ pub const NEXT_CURSOR_HEADER: &str = "x-switchyard-next-cursor";
 pub const DEFAULT_LIMIT: usize = 1000;
 /// The largest `limit`.
 pub const MAX_LIMIT: usize = 10_000;
+/// Exposures and feedback become exportable this long after their time: exposures are
+/// written in batches off the request path, so a row may land a moment after rows with later
+/// times; holding the newest back means a cursor never passes a row still being written.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What kind of record a page holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +140,7 @@ async fn page(app: &Arc<App>, query: Option<&str>) -> Result<(Bytes, Cursor), Ad
         .transpose()
         .map_err(AdminError::bad)?;
     let wrong = || AdminError::bad("this cursor belongs to another kind of export");
+    let until_ms = crate::clock::now_ms().saturating_sub(SETTLE.as_millis() as u64);
     let mut out = BytesMut::new();
     let next = match kind {
         Kind::Exposures => {
@@ -146,6 +152,7 @@ async fn page(app: &Arc<App>, query: Option<&str>) -> Result<(Bytes, Cursor), Ad
             let q = PageQuery {
                 flag,
                 since_ms,
+                until_ms,
                 after: after.clone(),
                 limit,
             };
@@ -171,6 +178,7 @@ async fn page(app: &Arc<App>, query: Option<&str>) -> Result<(Bytes, Cursor), Ad
             let q = PageQuery {
                 flag,
                 since_ms,
+                until_ms,
                 after: after.clone(),
                 limit,
             };

@@ -42,6 +42,8 @@ pub struct PageQuery<K> {
     pub flag: Option<String>,
     /// Only rows at or after this (unix ms).
     pub since_ms: u64,
+    /// Only rows before this (unix ms): rows still being written are left for a later page.
+    pub until_ms: u64,
     /// Resume after this row.
     pub after: Option<K>,
     /// At most this many rows.
@@ -59,6 +61,7 @@ impl Store {
             None => (-1, String::new(), String::new()),
         };
         let (flag, since, limit) = (q.flag.clone(), ms_to_db(q.since_ms), limit(q.limit));
+        let until = ms_to_db(q.until_ms);
         match &self.backend {
             Backend::Sqlite(s) => {
                 s.read("exporting exposures", move |conn| {
@@ -66,11 +69,14 @@ impl Store {
                         "SELECT flag, user_id, variation, rule, first_at_ms, switched \
                          FROM switchyard_exposures \
                          WHERE (?1 IS NULL OR flag = ?1) AND first_at_ms >= ?2 \
+                           AND first_at_ms < ?7 \
                            AND (first_at_ms, flag, user_id) > (?3, ?4, ?5) \
                          ORDER BY first_at_ms, flag, user_id LIMIT ?6",
                     )?;
                     let rows = stmt.query_map(
-                        rusqlite::params![flag, since, after_ms, after_flag, after_user, limit],
+                        rusqlite::params![
+                            flag, since, after_ms, after_flag, after_user, limit, until
+                        ],
                         |r| {
                             Ok(StoredExposure {
                                 flag: r.get(0)?,
@@ -91,6 +97,7 @@ impl Store {
                     "SELECT flag, user_id, variation, rule, first_at_ms, switched \
                      FROM {}.switchyard_exposures \
                      WHERE ($1::text IS NULL OR flag = $1) AND first_at_ms >= $2 \
+                       AND first_at_ms < $7 \
                        AND (first_at_ms, flag, user_id) > ($3, $4, $5) \
                      ORDER BY first_at_ms, flag, user_id LIMIT $6",
                     s.quoted_schema()
@@ -99,7 +106,15 @@ impl Store {
                     .read_rows(
                         "exporting exposures",
                         &sql,
-                        &[&flag, &since, &after_ms, &after_flag, &after_user, &limit],
+                        &[
+                            &flag,
+                            &since,
+                            &after_ms,
+                            &after_flag,
+                            &after_user,
+                            &limit,
+                            &until,
+                        ],
                     )
                     .await?;
                 rows.iter()
@@ -130,6 +145,7 @@ impl Store {
             None => (-1, String::new()),
         };
         let (flag, since, limit) = (q.flag.clone(), ms_to_db(q.since_ms), limit(q.limit));
+        let until = ms_to_db(q.until_ms);
         let prefix = match kind {
             FeedbackKind::All => "%",
             FeedbackKind::Evals => "eval:%",
@@ -140,12 +156,12 @@ impl Store {
                     let mut stmt = conn.prepare(
                         "SELECT event_id, flag, variation, user_id, metric, value, at_ms \
                          FROM switchyard_feedback \
-                         WHERE (?1 IS NULL OR flag = ?1) AND at_ms >= ?2 \
+                         WHERE (?1 IS NULL OR flag = ?1) AND at_ms >= ?2 AND at_ms < ?7 \
                            AND (at_ms, event_id) > (?3, ?4) AND event_id LIKE ?5 \
                          ORDER BY at_ms, event_id LIMIT ?6",
                     )?;
                     let rows = stmt.query_map(
-                        rusqlite::params![flag, since, after_ms, after_id, prefix, limit],
+                        rusqlite::params![flag, since, after_ms, after_id, prefix, limit, until],
                         |r| {
                             Ok(FeedbackRow {
                                 event_id: r.get(0)?,
@@ -166,7 +182,7 @@ impl Store {
                 let sql = format!(
                     "SELECT event_id, flag, variation, user_id, metric, value, at_ms \
                      FROM {}.switchyard_feedback \
-                     WHERE ($1::text IS NULL OR flag = $1) AND at_ms >= $2 \
+                     WHERE ($1::text IS NULL OR flag = $1) AND at_ms >= $2 AND at_ms < $7 \
                        AND (at_ms, event_id) > ($3, $4) AND event_id LIKE $5 \
                      ORDER BY at_ms, event_id LIMIT $6",
                     s.quoted_schema()
@@ -175,7 +191,7 @@ impl Store {
                     .read_rows(
                         "exporting feedback",
                         &sql,
-                        &[&flag, &since, &after_ms, &after_id, &prefix, &limit],
+                        &[&flag, &since, &after_ms, &after_id, &prefix, &limit, &until],
                     )
                     .await?;
                 rows.iter()
