@@ -141,6 +141,10 @@ pub struct App {
     pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
+    /// Online evals: each eval's queue and budget.
+    pub evals: crate::evals::Evals,
+    /// Open MCP sessions.
+    pub mcp: crate::mcp::Sessions,
     /// The response cache (its backend is read from the config at start).
     pub cache: crate::cache::ResponseCache,
     /// Client keys, their limits and spend.
@@ -189,6 +193,8 @@ impl App {
             config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             fleet: crate::fleet::Fleet::default(),
             sources,
+            evals: Default::default(),
+            mcp: Default::default(),
             keys: Default::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),

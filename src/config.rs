@@ -5,7 +5,11 @@
 //! validated types and the walk over the whole file.
 
 mod admin;
+mod agents;
+pub use agents::AgentPolicy;
 mod alerts;
+mod evals;
+pub use evals::{EvalSettings, ScoreReader};
 mod cache;
 mod experiments;
 mod flags;
@@ -97,6 +101,8 @@ pub struct Config {
     pub optimizely: Option<crate::sources::OptimizelySettings>,
     /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
     pub sources_revision: Option<String>,
+    /// `[evals.NAME]`: online evals.
+    pub evals: Vec<Arc<EvalSettings>>,
     /// `[cache]`: the response cache's backend (read at start).
     pub cache: crate::cache::CacheSettings,
     /// `[export]`: the per-request record sink (read at start).
@@ -230,6 +236,8 @@ pub struct AdminToken {
     pub token: Option<Secret>,
     /// Where it was to come from, for messages.
     pub source: String,
+    /// An agent token's policy: it then works only on `/mcp`.
+    pub policy: Option<Arc<AgentPolicy>>,
 }
 
 /// One validation error.
@@ -713,6 +721,15 @@ impl Validator<'_> {
         }
         let alerts = self.alerts(&raw, &flag_index);
         let catalog = self.catalog(&raw);
+        let evals = self.evals(
+            &raw.evals,
+            &evals::EvalContext {
+                providers: &providers,
+                prompts: &prompts,
+                flag_index: &flag_index,
+                catalog: &catalog,
+            },
+        );
         let mut prices = BTreeMap::new();
         for (model, p) in &raw.prices {
             if !(p.input_per_million >= 0.0
@@ -769,6 +786,7 @@ impl Validator<'_> {
             ofrep,
             optimizely,
             sources_revision: None,
+            evals,
             keys,
         }
     }

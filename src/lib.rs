@@ -31,6 +31,8 @@
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`evals`] | online evals: sampled answers scored by a judge model off the request path, stored as feedback |
+//! | [`mcp`] | the agent interface: an MCP server at `/mcp` over the admin operations, agent tokens' policies |
 //! | [`cache`] | the response cache per variation: a phase between rewrite and forward; in-process (moka) or Redis |
 //! | [`export`] | exposures, feedback, evals and per-request records for a warehouse: the record sink (rotating JSON Lines files) and the paged reader behind `GET /admin/export` |
 //! | [`keys`] | client keys: hashing, limits, spend across the fleet, the request-path check |
@@ -52,12 +54,14 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod ctl;
+pub mod evals;
 pub mod experiments;
 pub mod export;
 pub mod fallback;
 pub mod flags;
 pub mod fleet;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

@@ -20,10 +20,12 @@ use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
 
+mod evals;
 mod handles;
 pub mod keys;
 mod rolling;
 
+pub use evals::{EvalMetrics, EvalOutcome};
 pub use handles::{
     HandleLabels, RouteMetrics, VariationHandles, VariationMetrics, VariationTotals,
 };
@@ -150,6 +152,8 @@ pub struct Metrics {
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
     rolling: summary::Windows,
+    /// `switchyard_eval_*`: online evals.
+    pub evals: EvalMetrics,
     /// The response cache's families.
     pub cache: cache::CacheMetrics,
     /// The export sink's family.
@@ -456,6 +460,7 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
+        let evals = EvalMetrics::register(&registry)?;
         let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
         registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
@@ -504,6 +509,7 @@ impl Metrics {
             connections_closed,
             open_connections,
             rolling,
+            evals,
             cache,
             export,
         })

@@ -477,6 +477,7 @@ fn respond(
             if let Some(usage) = usage {
                 ctx.usage(usage);
             }
+            crate::evals::offer(ctx, req, &body);
             if client_format == WireFormat::Responses {
                 ctx.remember_response(crate::api::responses::answer_id(&body));
             }
@@ -504,9 +505,11 @@ fn respond(
                 deadline,
                 format: client_format,
             };
+            let tap = crate::evals::tap(ctx, req);
             let Some(relay) = ctx.relay(first, rest, opts) else {
                 return ApiError::Internal("request recorder missing".into()).into_response();
             };
+            let relay = relay.with_tap(tap);
             let body = BodyExt::boxed(relay);
             event_stream(match fill {
                 Some(fill) => fill.stream(body, client_format),

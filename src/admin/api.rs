@@ -51,18 +51,23 @@ impl AdminError {
         AdminError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// The response.
-    pub fn into_response(self) -> Response<Body> {
+    /// The error's JSON body.
+    fn body(&self) -> Value {
         let kind = if self.status.is_server_error() {
             "server_error"
         } else {
             "invalid_request_error"
         };
         let mut v = json!({"error": {"message": self.message, "type": kind, "param": null, "code": self.code}});
-        if let (Some((k, extra)), Some(obj)) = (self.extra, v.as_object_mut()) {
-            obj.insert(k.to_owned(), extra);
+        if let (Some((k, extra)), Some(obj)) = (&self.extra, v.as_object_mut()) {
+            obj.insert((*k).to_owned(), extra.clone());
         }
-        let mut resp = json_response(self.status, &v);
+        v
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = json_response(self.status, &self.body());
         if let Some(allow) = self.allow {
             resp.headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
@@ -185,6 +190,22 @@ pub async fn handle(
         Ok((status, v)) => json_response(status, &v),
         Err(e) => e.into_response(),
     }
+}
+
+/// Runs an admin operation for another interface (the MCP tools): its answer, or its error's
+/// JSON body (`{"error": {…}}`, with `reasons` when a gate is not met).
+pub(crate) async fn run(
+    app: &Arc<App>,
+    actor: &str,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> std::result::Result<Value, Value> {
+    dispatch(app, actor, method, path, query, &body)
+        .await
+        .map(|(_, v)| v)
+        .map_err(|e| e.body())
 }
 
 async fn dispatch(

@@ -49,6 +49,9 @@ pub struct RawConfig {
     /// `[sources.*]`: flags from other systems.
     #[serde(default)]
     pub sources: RawSources,
+    /// `[evals.NAME]`: online evals.
+    #[serde(default)]
+    pub evals: BTreeMap<String, super::evals::RawEval>,
     /// `[cache]`: the response cache's backend.
     #[serde(default)]
     pub cache: super::cache::RawCache,
@@ -203,6 +206,8 @@ pub struct RawAdminToken {
     pub name: String,
     pub token_env: Option<String>,
     pub token_file: Option<String>,
+    /// An agent token's policy (`[admin]` only).
+    pub policy: Option<super::agents::RawAgentPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
