@@ -278,6 +278,7 @@ async fn handle(
                     false => cache::Lookup::default(),
                 };
                 if let Some(entry) = cache.hit.take() {
+                    ctx.export_note(None, || req.last_user_text(), Some(&entry.body));
                     ctx.finish(Outcome::Cached);
                     let mut resp = ctx.answered(cache::replay(entry), None);
                     cache.mark(&mut resp);
@@ -462,6 +463,11 @@ fn respond(
     } else {
         Outcome::Success
     };
+    ctx.export_note(
+        fallback.map(FallbackReason::as_str),
+        || req.last_user_text(),
+        None,
+    );
     let client_format = req.api().format();
     let translated = format != client_format;
     let mut resp = match upstream {
@@ -484,6 +490,7 @@ fn respond(
             if let Some(fill) = fill {
                 fill.complete(&body);
             }
+            ctx.export_note(None, || req.last_user_text(), Some(&body));
             ctx.finish(outcome);
             json_body(body)
         }
@@ -574,6 +581,7 @@ fn rule_based(
             json_body(req.answer_from_chat(&chat)?)
         }
     };
+    ctx.export_note(Some(reason.as_str()), || req.last_user_text(), None);
     ctx.finish(Outcome::Fallback);
     resp.headers_mut()
         .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));

@@ -390,6 +390,15 @@ async fn judged_rates_per_variation_match_the_script() {
         },
     )
     .await;
+    // Read again: the last poll may have summed the feedback before the last exposures landed.
+    let r = client::request(
+        http::Method::GET,
+        &p.admin_url("/admin/flags/f/results?metric=hallucination"),
+        Bytes::new(),
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+    )
+    .await;
+    results = r.json();
     // The control's value is shown beside the treatment's.
     let b = &results["variations"][0];
     assert_eq!(b["variation"], "b", "{results}");
