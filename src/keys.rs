@@ -551,3 +551,34 @@ pub fn check_request(
         .authorize(Some(settings), headers, flag, model)
         .map_err(crate::openai::ApiError::Key)
 }
+
+/// The OFREP check: a presented client key must be valid (401 otherwise); which flags it may
+/// read is the caller's to enforce. Without a key: `Ok(None)`, unless `[keys] required = true`
+/// and OFREP has no tokens of its own (then 401). Evaluations are not counted against the
+/// key's rates or budget (they cost nothing upstream).
+pub fn check_ofrep(
+    app: &crate::app::App,
+    live: &crate::app::Live,
+    headers: &HeaderMap,
+) -> Result<Option<Grant>, Refusal> {
+    let Some(settings) = live.config.keys.as_ref() else {
+        return Ok(None);
+    };
+    match secret::presented(headers) {
+        Presented::Key(k) => app
+            .keys
+            .verify(k, crate::clock::now_ms())
+            .map(Some)
+            .map_err(|r| match r {
+                Refusal::Invalid => app.keys.refused_unknown(r),
+                other => other,
+            }),
+        Presented::Nothing if settings.required && live.config.ofrep.tokens.is_empty() => {
+            Err(app.keys.refused_unknown(Refusal::Missing))
+        }
+        Presented::Other if settings.required && live.config.ofrep.tokens.is_empty() => {
+            Err(app.keys.refused_unknown(Refusal::Invalid))
+        }
+        _ => Ok(None),
+    }
+}

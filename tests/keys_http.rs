@@ -598,3 +598,54 @@ async fn the_plaintext_key_never_leaves_its_answer() {
         }
     }
 }
+
+#[tokio::test]
+async fn ofrep_reads_only_the_flags_a_key_may_use() {
+    let p = start("").await;
+    let key = create(
+        &p,
+        json!({"name": "flags-reader", "flags": ["support-assistant"], "attributes": {"team": "ai"}}),
+    )
+    .await;
+    let auth = format!("Bearer {key}");
+    let eval = |flag: &str, auth: Option<String>| {
+        let url = p.url(&format!("/ofrep/v1/evaluate/flags/{flag}"));
+        async move {
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("authorization", a)])
+                .unwrap_or_default();
+            client::post_json(&url, r#"{"context": {}}"#, &headers).await
+        }
+    };
+    // The key's attributes and name decide: the ai-team rule, bucketed by the key's name.
+    let r = eval("support-assistant", Some(auth.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["variant"], "b", "{}", r.text());
+    let r = eval("summarizer", Some(auth.clone())).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(r.json()["key"], "summarizer");
+    let r = eval("support-assistant", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let r = eval("support-assistant", Some(format!("{auth}0"))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Bulk: only the key's flags.
+    let r = client::post_json(
+        &p.url("/ofrep/v1/evaluate/flags"),
+        r#"{"context": {"targetingKey": "u-1"}}"#,
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let keys: Vec<String> = r.json()["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        keys.iter().all(|k| k.starts_with("support-assistant")),
+        "{keys:?}"
+    );
+    assert!(!keys.is_empty());
+}

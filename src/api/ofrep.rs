@@ -97,8 +97,17 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         return resp;
     }
     let live = app.live.load_full();
-    if let Err(f) = authorize(&live.config.ofrep, req.headers()) {
-        return f.response(key.as_deref());
+    // A client key (with `[keys]`) is checked as on the chat path; else OFREP's own tokens.
+    let grant = match crate::keys::check_ofrep(&app, &live, req.headers()) {
+        Ok(g) => g,
+        Err(r) => {
+            return Failure::new(r.status(), "GENERAL", r.to_string()).response(key.as_deref())
+        }
+    };
+    if grant.is_none() {
+        if let Err(f) = authorize(&live.config.ofrep, req.headers()) {
+            return f.response(key.as_deref());
+        }
     }
     let (parts, body) = req.into_parts();
     let limits = crate::server::linger::BodyLimits::new(
@@ -116,16 +125,43 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             return resp;
         }
     };
-    let context = match parse_context(&bytes) {
+    let mut context = match parse_context(&bytes) {
         Ok(c) => c,
         Err(f) => return f.response(key.as_deref()),
     };
+    if let Some(g) = &grant {
+        // The key's attributes are the operator's; its name buckets a context without one.
+        for (name, value) in g.attributes.iter() {
+            context.attributes.insert(name, value.clone());
+        }
+        context
+            .targeting_key
+            .get_or_insert_with(|| g.record.name.clone());
+        if let Some(k) = &key {
+            let flag = live
+                .config
+                .flag(k)
+                .map(|(_, f)| f.key.as_str())
+                .or_else(|| {
+                    k.rsplit_once('.')
+                        .and_then(|(f, _)| live.config.flag(f))
+                        .map(|(_, f)| f.key.as_str())
+                });
+            if flag.is_some_and(|f| !g.record.allows(f)) {
+                let r = crate::keys::Refusal::Forbidden {
+                    key: g.record.name.clone(),
+                    model: k.clone(),
+                };
+                return Failure::new(r.status(), "GENERAL", r.to_string()).response(Some(k));
+            }
+        }
+    }
     match key {
         Some(key) => match evaluate(&app, &live, &key, &context) {
             Ok(v) => json_response(StatusCode::OK, &v),
             Err(f) => f.response(Some(&key)),
         },
-        None => bulk(&app, &live, &context, &parts.headers),
+        None => bulk(&app, &live, &context, &parts.headers, grant.as_deref()),
     }
 }
 
@@ -366,7 +402,13 @@ fn expose(app: &App, flag: &Flag, d: &Decision, user: &str) {
 
 /// Every flag (and each variable with a value, as `{flag}.{variable}`), with an ETag over the
 /// answer: it changes with the config, the datafile, the runtime state and the context.
-fn bulk(app: &App, live: &Live, ctx: &Context, headers: &HeaderMap) -> Response<Body> {
+fn bulk(
+    app: &App,
+    live: &Live,
+    ctx: &Context,
+    headers: &HeaderMap,
+    key: Option<&crate::keys::Loaded>,
+) -> Response<Body> {
     if ctx.targeting_key.is_none() {
         return Failure::new(
             StatusCode::BAD_REQUEST,
@@ -376,7 +418,13 @@ fn bulk(app: &App, live: &Live, ctx: &Context, headers: &HeaderMap) -> Response<
         .response(None);
     }
     let mut flags = Vec::new();
-    for flag in &live.config.flags {
+    // A client key sees only the flags it may use.
+    for flag in live
+        .config
+        .flags
+        .iter()
+        .filter(|f| key.is_none_or(|k| k.record.allows(&f.key)))
+    {
         match evaluate(app, live, &flag.key, ctx) {
             Ok(v) => {
                 flags.push(v.clone());

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,11 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
     workdir = tmp_path_factory.mktemp("switchyard-keys")
     config = workdir / "proxy.toml"
     shipped = (REPO_ROOT / "proxy.toml").read_text()
-    config.write_text(shipped + "\n[keys]\nrequired = true\n")
+    keyed_config, n = re.subn(
+        r"(?m)(^\[keys\]\n(?:#.*\n)*)required = false$", r"\1required = true", shipped
+    )
+    assert n == 1, "the shipped proxy.toml has no `[keys] required = false`"
+    config.write_text(keyed_config)
     env = dict(os.environ, SWITCHYARD_ADMIN_TOKEN=TOKEN)
     running = launch(config, workdir, env)
     yield running
