@@ -14,12 +14,14 @@ use serde_json::{json, Value};
 
 const ADMIN: &str = "mcp-http-test-admin";
 const AGENT: &str = "mcp-http-test-agent";
+const TUNER: &str = "mcp-http-test-tuner";
 
 fn config() -> String {
     r#"
 [admin]
 tokens = [{ name = "ops", token_env = "MCP_HTTP_ADMIN" },
-          { name = "loop-agent", token_env = "MCP_HTTP_AGENT", policy = { allow = ["read", "rollout"], max_stage_changes_per_hour = 1, kill_switch = false } }]
+          { name = "loop-agent", token_env = "MCP_HTTP_AGENT", policy = { allow = ["read", "rollout"], max_stage_changes_per_hour = 1, kill_switch = false } },
+          { name = "tuner", token_env = "MCP_HTTP_TUNER", policy = { allow = ["bandit"], bandit_floor_min = 0.05 } }]
 
 [providers.mock]
 kind = "mock"
@@ -47,6 +49,7 @@ allocation = [{ variation = "a", end = 10000 }]
 async fn start() -> proxy::TestProxy {
     std::env::set_var("MCP_HTTP_ADMIN", ADMIN);
     std::env::set_var("MCP_HTTP_AGENT", AGENT);
+    std::env::set_var("MCP_HTTP_TUNER", TUNER);
     proxy::TestProxy::start(&config()).await
 }
 
@@ -361,4 +364,45 @@ fn policies_are_validated() {
     assert!(policy.allows("rollout.advance") && policy.allows("flag.results"));
     assert!(!policy.allows("kill_switch") && !policy.allows("fallback.force"));
     assert!(c.admin_tokens[0].policy.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandit_floor_never_goes_below_the_policy() {
+    let p = start().await;
+    let (session, _) = initialize(&p, TUNER, "2025-06-18").await;
+    let v = call(
+        &p,
+        TUNER,
+        &session,
+        "bandit.set",
+        json!({"flag": "f", "floor": 0.01, "reason": "explore less"}),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("floor at 0.05 or above"),
+        "{v}"
+    );
+    // Reads are not in this token's policy.
+    let v = call(&p, TUNER, &session, "flags.list", json!({"reason": "look"})).await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let auth = format!("Bearer {ADMIN}");
+    let audit = client::request(
+        Method::GET,
+        &p.admin_url("/admin/audit?actor=agent%3Atuner"),
+        Bytes::new(),
+        &[("authorization", &auth)],
+    )
+    .await
+    .json();
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["agent_refused", "agent_refused"], "{audit}");
 }
