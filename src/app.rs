@@ -34,6 +34,8 @@ pub struct Live {
     pub headers: Vec<FlagHeaders>,
     /// `switchyard_requests_without_id_total{flag}`, by flag index.
     pub without_id: Vec<prometheus::IntCounter>,
+    /// Each bandit flag's ranges in force, and the sticky users.
+    pub bandits: crate::bandit::LiveBandits,
 }
 
 /// Pre-built `x-switchyard-*` header values of one flag.
@@ -75,7 +77,9 @@ impl Live {
             .iter()
             .map(|f| metrics.without_id(&f.key))
             .collect::<Result<Vec<_>, _>>()?;
+        let bandits = crate::bandit::LiveBandits::new(&config, &state, Default::default());
         Ok(Live {
+            bandits,
             config,
             state,
             runtime,
@@ -98,7 +102,8 @@ impl Live {
     ) -> Option<crate::flags::Decision> {
         let flag = self.config.flags.get(index)?;
         let rt = self.runtime.get(index)?;
-        Some(flag.decide_at(rt.enabled, Some(&rt.stages), user, attributes))
+        let d = flag.decide_at(rt.enabled, Some(&rt.stages), user, attributes);
+        Some(self.bandits.decide(index, flag, user, d))
     }
 }
 
@@ -225,7 +230,8 @@ impl App {
             Some(_) => current.state.clone(),
             None => current.state.clone(),
         };
-        let live = Live::new(config, state, &self.metrics)?;
+        let mut live = Live::new(config, state, &self.metrics)?;
+        live.bandits.sticky = current.bandits.sticky.clone();
         self.live.store(Arc::new(live));
         Ok(())
     }

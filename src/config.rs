@@ -8,6 +8,7 @@ mod admin;
 mod agents;
 pub use agents::AgentPolicy;
 mod alerts;
+mod bandit;
 mod evals;
 pub use evals::{EvalSettings, ScoreReader};
 mod cache;
@@ -87,6 +88,8 @@ pub struct Config {
     pub prices: BTreeMap<String, (f64, f64)>,
     /// `[experiments]`: the verdict policy.
     pub experiment_policy: crate::experiments::results::Policy,
+    /// `[flags.F.bandit]`: each bandit by flag key.
+    pub bandits: BTreeMap<String, Arc<crate::bandit::BanditConfig>>,
     /// `[fleet]`: where fleet-wide figures come from.
     pub fleet: FleetSettings,
     /// `[prompts]`, by name (flags from other sources resolve their prompts here).
@@ -745,6 +748,7 @@ impl Validator<'_> {
             prices.insert(model.clone(), (p.input_per_million, p.output_per_million));
         }
         let experiment_policy = self.experiment_policy(&raw);
+        let bandits = self.bandits(&raw, &flags, &catalog);
         let admin_tokens = self.admin(&raw);
         let fleet = self.fleet(&raw, &flags, &alerts);
         let state_url = self.state_url(&raw);
@@ -779,6 +783,7 @@ impl Validator<'_> {
             catalog,
             prices,
             experiment_policy,
+            bandits,
             fleet,
             prompts,
             tool_policies: raw.tool_policies.clone(),

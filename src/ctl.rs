@@ -64,6 +64,8 @@ pub enum Action {
     },
     /// Client keys.
     Keys(crate::keys::cli::KeysAction),
+    /// The bandit of a flag.
+    Bandit(crate::bandit::cli::BanditAction),
     /// Exposures, feedback, evals and per-request records as JSON Lines.
     Export(crate::export::cli::ExportArgs),
 }
@@ -175,6 +177,7 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         }
         Action::Reload => (Method::POST, "/admin/reload".to_owned(), None),
         Action::Keys(k) => k.request(&reason),
+        Action::Bandit(b) => b.request(&reason),
         Action::Export(_) => return 2,
         Action::Results { flag, metric } => {
             let mut p = format!("/admin/flags/{}/results", enc(flag));
@@ -242,6 +245,10 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         }
         return 1;
     }
+    let (v, matched) = match action {
+        Action::Bandit(b) => b.finish(v),
+        _ => (v, true),
+    };
     if json_out {
         crate::out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -250,7 +257,11 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
             let _ = write!(std::io::stdout(), "{}", render(action, &v));
         }
     }
-    0
+    if matched {
+        0
+    } else {
+        1
+    }
 }
 
 fn pct(x: &Value) -> String {
@@ -418,6 +429,7 @@ pub fn render(action: &Action, v: &Value) -> String {
         Action::Results { .. } => results_table(v),
         Action::Export(_) => String::new(),
         Action::Keys(k) => k.render(v),
+        Action::Bandit(b) => b.render(v),
     }
 }
 

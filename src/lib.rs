@@ -26,6 +26,7 @@
 //! | [`resilience`] | circuit breakers, retry budgets, backoff |
 //! | [`experiments`] | exposures, feedback, results; [`experiments::stats`] (mSPRT, Benjamini–Hochberg, SRM) |
 //! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
+//! | [`bandit`] | the guarded bandit: Thompson sampling per epoch, guardrails, SRM, stop rule, sticky users, replayable epoch records |
 //! | [`fleet`] | a fleet of replicas: leader election over the state store (only the leader acts), fleet-wide gate and alert figures from Prometheus |
 //! | [`console`] | the operators' console: embedded web page and assets, its JSON views, a one-hour history of each variation |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
@@ -47,6 +48,7 @@ pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod bandit;
 pub mod body;
 pub mod cache;
 pub mod clock;

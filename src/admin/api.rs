@@ -324,7 +324,7 @@ async fn dispatch(
                     flag: (*key).to_owned(),
                 },
                 Some(field) => {
-                    let known = matches!(field.as_str(), "enabled" | "force_fallback")
+                    let known = matches!(field.as_str(), "enabled" | "force_fallback" | "bandit")
                         || ["variation:", "stage:", "held:"]
                             .iter()
                             .any(|p| field.strip_prefix(p).is_some_and(|r| !r.is_empty()));
@@ -332,7 +332,7 @@ async fn dispatch(
                         return Err(AdminError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_value",
-                            format!("unknown override field `{field}` (enabled, force_fallback, variation:V, stage:RULE, held:RULE)"),
+                            format!("unknown override field `{field}` (enabled, force_fallback, bandit, variation:V, stage:RULE, held:RULE)"),
                         ));
                     }
                     Change::ClearField {
@@ -506,6 +506,11 @@ async fn dispatch(
                 }
             }
         }
+        (&Method::GET | &Method::PUT, ["flags", _, "bandit"])
+        | (&Method::POST, ["flags", _, "bandit", "epoch"])
+        | (&Method::GET, ["flags", _, "bandit", "epochs", _]) => {
+            crate::bandit::admin::handle(app, actor, method, &segs, query, body).await
+        }
         (_, segs) if allowed_methods(segs).is_some() => {
             let allow = allowed_methods(segs).unwrap_or("GET");
             let mut e = AdminError::new(
@@ -539,7 +544,9 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         ["keys", ..] => return crate::keys::admin::allowed_methods(segs),
         ["flags", _, "overrides"] => "DELETE",
         ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
-        ["flags", _, "rollout"] => "GET, PUT",
+        ["flags", _, "rollout"] | ["flags", _, "bandit"] => "GET, PUT",
+        ["flags", _, "bandit", "epochs", _] => "GET",
+        ["flags", _, "bandit", "epoch"] => "POST",
         ["flags", _, "rollout", "advance" | "rollback"] | ["reload"] => "POST",
         _ => return None,
     })

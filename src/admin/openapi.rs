@@ -59,6 +59,9 @@ pub fn document(metrics: &[&str]) -> Value {
         if let Value::Object(more) = console_paths() {
             paths.extend(more);
         }
+        if let Value::Object(more) = crate::bandit::openapi::paths() {
+            paths.extend(more);
+        }
         if let Value::Object(more) = crate::keys::openapi::paths() {
             paths.extend(more);
         }

@@ -282,6 +282,8 @@ pub struct RawFlag {
     /// The rule whose users experiment results compare (default: the first rule without an
     /// audience that splits traffic between several variations).
     pub experiment_rule: Option<String>,
+    /// `[flags.F.bandit]`: a guarded bandit on the experiment rule.
+    pub bandit: Option<super::bandit::RawBandit>,
     #[serde(default)]
     pub variations: BTreeMap<String, RawVariation>,
     #[serde(default)]

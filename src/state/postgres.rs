@@ -13,6 +13,8 @@
 //!
 //! The tables live in the schema named by the URL's `schema` parameter (default `public`).
 
+mod bandit;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -94,6 +96,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS switchyard_feedback_metric
         ON {s}.switchyard_feedback (flag, metric);
+    "#,
+    // 3: bandit epoch records (immutable; one per flag and epoch).
+    r#"
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_bandit_epochs (
+        flag TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (flag, epoch)
+    );
     "#,
 ];
 
