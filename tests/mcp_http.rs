@@ -14,12 +14,14 @@ use serde_json::{json, Value};
 
 const ADMIN: &str = "mcp-http-test-admin";
 const AGENT: &str = "mcp-http-test-agent";
+const TUNER: &str = "mcp-http-test-tuner";
 
 fn config() -> String {
     r#"
 [admin]
 tokens = [{ name = "ops", token_env = "MCP_HTTP_ADMIN" },
-          { name = "loop-agent", token_env = "MCP_HTTP_AGENT", policy = { allow = ["read", "rollout"], max_stage_changes_per_hour = 1, kill_switch = false } }]
+          { name = "loop-agent", token_env = "MCP_HTTP_AGENT", policy = { allow = ["read", "rollout"], max_stage_changes_per_hour = 1, kill_switch = false } },
+          { name = "tuner", token_env = "MCP_HTTP_TUNER", policy = { allow = ["bandit", "bandit.get"], bandit_floor_min = 0.05 } }]
 
 [providers.mock]
 kind = "mock"
@@ -40,6 +42,24 @@ rollout = { variation = "b", stages = [10, 50, 100], initial_stage = 0, auto_adv
 [[flags.f.rules]]
 id = "everyone-else"
 allocation = [{ variation = "a", end = 10000 }]
+
+[flags.assist]
+off_variation = "control"
+stable_variation = "control"
+[flags.assist.variations.control]
+provider = "mock"
+model_id = "model-control"
+[flags.assist.variations.treatment]
+provider = "mock"
+model_id = "model-treatment"
+[[flags.assist.rules]]
+id = "exp"
+allocation = [{ variation = "control", end = 5000 }, { variation = "treatment", end = 10000 }]
+[flags.assist.bandit]
+metric = "conversion"
+cadence = "1h"
+min_users_per_arm = 50
+floor = 0.05
 "#
     .into()
 }
@@ -47,6 +67,7 @@ allocation = [{ variation = "a", end = 10000 }]
 async fn start() -> proxy::TestProxy {
     std::env::set_var("MCP_HTTP_ADMIN", ADMIN);
     std::env::set_var("MCP_HTTP_AGENT", AGENT);
+    std::env::set_var("MCP_HTTP_TUNER", TUNER);
     proxy::TestProxy::start(&config()).await
 }
 
@@ -361,4 +382,81 @@ fn policies_are_validated() {
     assert!(policy.allows("rollout.advance") && policy.allows("flag.results"));
     assert!(!policy.allows("kill_switch") && !policy.allows("fallback.force"));
     assert!(c.admin_tokens[0].policy.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bandit_floor_never_goes_below_the_policy() {
+    let p = start().await;
+    let (session, _) = initialize(&p, TUNER, "2025-06-18").await;
+    let v = call(
+        &p,
+        TUNER,
+        &session,
+        "bandit.set",
+        json!({"flag": "assist", "floor": 0.01, "reason": "explore less"}),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("floor at 0.05 or above"),
+        "{v}"
+    );
+    // Within the policy: the bandit's own admin operation, audited as the agent.
+    let v = call(
+        &p,
+        TUNER,
+        &session,
+        "bandit.set",
+        json!({"flag": "assist", "floor": 0.1, "reason": "explore more"}),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    let v = call(
+        &p,
+        TUNER,
+        &session,
+        "bandit.get",
+        json!({"flag": "assist", "reason": "look"}),
+    )
+    .await;
+    assert_eq!(v["result"]["isError"], false, "{v}");
+    assert!(v["result"]["structuredContent"].is_object(), "{v}");
+    // Other reads are not in this token's policy.
+    let v = call(&p, TUNER, &session, "flags.list", json!({"reason": "look"})).await;
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let auth = format!("Bearer {ADMIN}");
+    let audit = client::request(
+        Method::GET,
+        &p.admin_url("/admin/audit?actor=agent%3Atuner"),
+        Bytes::new(),
+        &[("authorization", &auth)],
+    )
+    .await
+    .json();
+    let entries: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(entries.len(), 4, "{audit}");
+    assert_eq!(
+        entries[0],
+        ("agent_refused".to_owned(), "explore less".to_owned())
+    );
+    assert!(
+        entries[1].0.contains("bandit") && entries[1].1 == "explore more",
+        "{audit}"
+    );
+    assert_eq!(entries[2], ("agent_read".to_owned(), "look".to_owned()));
+    assert_eq!(entries[3].0, "agent_refused");
 }

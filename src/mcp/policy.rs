@@ -122,6 +122,20 @@ pub async fn call(app: &Arc<App>, caller: &Caller, params: &Value) -> Result<Val
             return refuse(why).await;
         }
     }
+    if let (Some(min), Some(floor)) = (
+        caller.policy.as_ref().and_then(|p| p.bandit_floor_min),
+        args.get("floor")
+            .and_then(Value::as_f64)
+            .filter(|_| tool.name == "bandit.set"),
+    ) {
+        if floor < min {
+            return refuse(format!(
+                "the policy of agent `{}` keeps the bandit floor at {min} or above; {floor} asked",
+                caller.name
+            ))
+            .await;
+        }
+    }
     let limit = caller
         .policy
         .as_ref()

@@ -77,6 +77,13 @@ pub const TOOLS: &[Tool] = &[
         ],
     },
     Tool {
+        name: "bandit.get",
+        group: "read",
+        description: "A flag's bandit: settings, current weights per arm, state (running, held, stopped) and its recent epochs.",
+        read_only: true,
+        args: &[FLAG, ("limit", "integer", false, "at most this many epochs (newest first)")],
+    },
+    Tool {
         name: "rollout.advance",
         group: "rollout",
         description: "Advance a rollout one stage; refused when its gate is not met (the reasons are returned). Counts as a stage change.",
@@ -96,6 +103,19 @@ pub const TOOLS: &[Tool] = &[
         description: "Hold a rollout where it is (held = true: no automatic advance) or release it (held = false).",
         read_only: false,
         args: &[FLAG, RULE, ("held", "boolean", true, "true holds, false releases")],
+    },
+    Tool {
+        name: "bandit.set",
+        group: "bandit",
+        description: "Change a flag's bandit settings: floor (the least share each live arm keeps; never below this token's bandit_floor_min), cadence, min_users_per_arm, paused.",
+        read_only: false,
+        args: &[
+            FLAG,
+            ("floor", "number", false, "the least share of traffic each live arm keeps"),
+            ("cadence", "string", false, "time between epochs, e.g. \"15m\""),
+            ("min_users_per_arm", "integer", false, "users each arm needs before anything moves"),
+            ("paused", "boolean", false, "no epochs while true"),
+        ],
     },
     Tool {
         name: "fallback.force",
@@ -118,7 +138,7 @@ pub const TOOLS: &[Tool] = &[
 ];
 
 /// The policy groups (`allow = [...]` takes these or tool names).
-pub const GROUPS: &[&str] = &["read", "rollout", "fallback", "kill_switch"];
+pub const GROUPS: &[&str] = &["read", "rollout", "bandit", "fallback", "kill_switch"];
 
 /// Every tool's name.
 pub fn names() -> Vec<&'static str> {
@@ -194,6 +214,7 @@ pub fn check_args(tool: &Tool, args: &Map<String, Value>) -> Result<(), String> 
             "string" => v.as_str().is_some_and(|s| !s.is_empty()),
             "boolean" => v.is_boolean(),
             "integer" => v.as_u64().is_some(),
+            "number" => v.as_f64().is_some_and(f64::is_finite),
             _ => true,
         };
         if !ok {
@@ -236,6 +257,26 @@ pub fn operation(tool: &Tool, args: &Map<String, Value>, reason: &str) -> Operat
         ),
         "alerts.list" => get("/alerts".into(), None),
         "rollout.get" => get(format!("/flags/{flag}/rollout"), None),
+        "bandit.get" => get(
+            format!("/flags/{flag}/bandit"),
+            args.get("limit")
+                .and_then(Value::as_u64)
+                .map(|n| format!("limit={n}")),
+        ),
+        "bandit.set" => {
+            let mut body = serde_json::Map::new();
+            for k in ["floor", "cadence", "min_users_per_arm", "paused"] {
+                if let Some(v) = args.get(k) {
+                    body.insert(k.into(), v.clone());
+                }
+            }
+            body.insert("reason".into(), json!(reason));
+            change(
+                Method::PUT,
+                format!("/flags/{flag}/bandit"),
+                Value::Object(body),
+            )
+        }
         "audit.list" => {
             let mut q = Vec::new();
             for k in ["flag", "actor"] {
