@@ -9,6 +9,7 @@ mod alerts;
 mod experiments;
 mod flags;
 mod fleet;
+mod telemetry;
 mod identity;
 pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
@@ -95,6 +96,8 @@ pub struct Config {
     pub optimizely: Option<crate::sources::OptimizelySettings>,
     /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
     pub sources_revision: Option<String>,
+    /// `[telemetry]`: what is exposed per variation.
+    pub telemetry: crate::metrics::Telemetry,
     flag_index: HashMap<String, usize>,
 }
 
@@ -722,6 +725,7 @@ impl Validator<'_> {
         let experiment_policy = self.experiment_policy(&raw);
         let admin_tokens = self.admin(&raw);
         let fleet = self.fleet(&raw, &flags, &alerts);
+        let telemetry = self.telemetry(&raw, &flags, &alerts);
         let state_url = self.state_url(&raw);
         let ofrep = crate::api::ofrep::OfrepSettings {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
@@ -756,6 +760,7 @@ impl Validator<'_> {
             ofrep,
             optimizely,
             sources_revision: None,
+            telemetry,
         }
     }
 }

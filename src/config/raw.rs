@@ -49,6 +49,16 @@ pub struct RawConfig {
     /// `[sources.*]`: flags from other systems.
     #[serde(default)]
     pub sources: RawSources,
+    /// `[telemetry]`: what is exposed per variation.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub latency_quantiles: Option<bool>,
+    pub model_label: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
