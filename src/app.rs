@@ -141,6 +141,10 @@ pub struct App {
     pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
+    /// The response cache (its backend is read from the config at start).
+    pub cache: crate::cache::ResponseCache,
+    /// Client keys, their limits and spend.
+    pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
     swap: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -168,7 +172,9 @@ impl App {
         let live = Live::new(Arc::new(config), Arc::new(state), &metrics)?;
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
+        let cache = crate::cache::ResponseCache::new(&live.config.cache, metrics.clone());
         Ok(Arc::new(App {
+            cache,
             live: ArcSwap::from_pointee(live),
             store,
             metrics,
@@ -183,6 +189,7 @@ impl App {
             config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             fleet: crate::fleet::Fleet::default(),
             sources,
+            keys: Default::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),

@@ -6,11 +6,13 @@
 
 mod admin;
 mod alerts;
+mod cache;
 mod experiments;
 mod flags;
 mod fleet;
-mod telemetry;
 mod identity;
+mod keys;
+mod telemetry;
 pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
 mod providers;
@@ -98,6 +100,12 @@ pub struct Config {
     pub sources_revision: Option<String>,
     /// `[telemetry]`: what is exposed per variation.
     pub telemetry: crate::metrics::Telemetry,
+    /// `[cache]`: the response cache's backend (read at start).
+    pub cache: crate::cache::CacheSettings,
+    /// `[export]`: the per-request record sink (read at start).
+    pub export: crate::export::ExportSettings,
+    /// `[keys]`: client keys; `None` checks none.
+    pub keys: Option<crate::keys::KeysSettings>,
     flag_index: HashMap<String, usize>,
 }
 
@@ -731,11 +739,16 @@ impl Validator<'_> {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
             exposures: raw.ofrep.exposures.unwrap_or(false),
         };
+        let keys = self.keys(&raw);
         let optimizely =
             raw.sources.optimizely.as_ref().and_then(|o| {
                 self.optimizely(&root.key("sources").key("optimizely"), o, &providers)
             });
+        let cache = self.cache(&raw.cache);
+        let export = self.export(&raw.export);
         Config {
+            cache,
+            export,
             origin: self.origin.to_owned(),
             hash: short_hash(src),
             section_digests: section_digests(src),
@@ -761,6 +774,7 @@ impl Validator<'_> {
             optimizely,
             sources_revision: None,
             telemetry,
+            keys,
         }
     }
 }

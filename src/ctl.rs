@@ -62,6 +62,8 @@ pub enum Action {
         flag: String,
         metric: Option<String>,
     },
+    /// Client keys.
+    Keys(crate::keys::cli::KeysAction),
 }
 
 /// Where and as whom to talk to the admin API.
@@ -167,6 +169,7 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
             (Method::GET, p, None)
         }
         Action::Reload => (Method::POST, "/admin/reload".to_owned(), None),
+        Action::Keys(k) => k.request(&reason),
         Action::Results { flag, metric } => {
             let mut p = format!("/admin/flags/{}/results", enc(flag));
             if let Some(m) = metric {
@@ -407,6 +410,7 @@ pub fn render(action: &Action, v: &Value) -> String {
             v["hash"].as_str().unwrap_or("?")
         ),
         Action::Results { .. } => results_table(v),
+        Action::Keys(k) => k.render(v),
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Variation {
     pub force_fallback: bool,
     /// The provider's timeouts with this variation's overrides.
     pub timeouts: Timeouts,
+    /// The response cache's policy (`None`: answers are not cached).
+    pub cache: Option<crate::cache::CachePolicy>,
 }
 
 /// A tool policy: which of the client's tools reach the provider.

@@ -31,6 +31,9 @@
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`cache`] | the response cache per variation: a phase between rewrite and forward; in-process (moka) or Redis |
+//! | [`export`] | exposures, feedback, evals and per-request records for a warehouse: the record sink (rotating JSON Lines files) and the paged reader behind `GET /admin/export` |
+//! | [`keys`] | client keys: hashing, limits, spend across the fleet, the request-path check |
 //! | [`sources`] | flags from other systems: [`sources::optimizely`] (a polled datafile, decided as Optimizely's SDKs do) |
 //!
 //! The life of a request is drawn in the README; [`proxy::chat_completions`] reads like it.
@@ -43,15 +46,18 @@ pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod body;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
 pub mod ctl;
 pub mod experiments;
+pub mod export;
 pub mod fallback;
 pub mod flags;
 pub mod fleet;
+pub mod keys;
 pub mod metrics;
 pub mod openai;
 pub mod providers;
@@ -129,7 +135,17 @@ pub async fn run_with(
         version = state.version,
         "runtime state loaded (start clean with `serve --fresh`)"
     );
+    let (state_url, flush) = (
+        config.state_url.clone(),
+        config
+            .keys
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(1), |k| k.flush_interval),
+    );
     let app = app::App::new(config, store, state, config_path)?;
+    app.keys
+        .start(&state_url, app.metrics.keys.clone(), flush)
+        .await?;
     server::run_app(listeners, app, shutdown).await?;
     Ok(())
 }

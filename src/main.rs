@@ -180,6 +180,11 @@ enum CtlCommand {
         #[arg(long)]
         metric: Option<String>,
     },
+    /// Client keys: create, list, show, revoke, rotate.
+    Keys {
+        #[command(subcommand)]
+        action: switchyard::keys::cli::KeysAction,
+    },
 }
 
 fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
@@ -234,6 +239,7 @@ fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
         CtlCommand::Audit { flag, limit } => Action::Audit { flag, limit },
         CtlCommand::Reload => Action::Reload,
         CtlCommand::Results { flag, metric } => Action::Results { flag, metric },
+        CtlCommand::Keys { action } => Action::Keys(action),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

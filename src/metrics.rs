@@ -15,11 +15,15 @@ mod lazy;
 mod settings;
 mod summary;
 
+pub mod cache;
+pub mod export;
+
 use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
 
 mod handles;
+pub mod keys;
 mod rolling;
 
 pub use handles::{
@@ -58,15 +62,18 @@ pub enum Outcome {
     UpstreamError,
     /// The client went away first.
     Cancelled,
+    /// Answered from the response cache.
+    Cached,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [
+    const ALL: [Outcome; 6] = [
         Outcome::Success,
         Outcome::Fallback,
         Outcome::ClientError,
         Outcome::UpstreamError,
         Outcome::Cancelled,
+        Outcome::Cached,
     ];
 
     /// The label value.
@@ -77,6 +84,7 @@ impl Outcome {
             Outcome::ClientError => "client_error",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Cancelled => "client_cancelled",
+            Outcome::Cached => "cached",
         }
     }
 }
@@ -152,6 +160,12 @@ pub struct Metrics {
     handle_sets: dashmap::DashMap<handles::HandleKey, Arc<VariationMetrics>>,
     /// `[telemetry] latency_quantiles` of the config in force.
     quantiles: Arc<std::sync::atomic::AtomicBool>,
+    /// The response cache's families.
+    pub cache: cache::CacheMetrics,
+    /// The export sink's family.
+    pub export: export::ExportMetrics,
+    /// `switchyard_key_requests_total`, `switchyard_key_spend_usd_total`.
+    pub keys: keys::KeyMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -452,6 +466,7 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
+        let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
         let quantiles = Arc::new(std::sync::atomic::AtomicBool::new(true));
         registry.register(Box::new(summary::LatencySummary::new(
@@ -459,7 +474,10 @@ impl Metrics {
             quantiles.clone(),
         )?))?;
         registry.register(Box::new(config_info.clone()))?;
+        let cache = cache::CacheMetrics::new(&registry)?;
+        let export = export::ExportMetrics::new(&registry)?;
         Ok(Metrics {
+            keys,
             registry,
             requests,
             duration,
@@ -502,6 +520,8 @@ impl Metrics {
             rolling,
             handle_sets: Default::default(),
             quantiles,
+            cache,
+            export,
         })
     }
 

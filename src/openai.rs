@@ -126,6 +126,9 @@ pub enum ApiError {
     /// A bug or an unexpected condition; never a panic.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Refused because of the client key: 401, 403 or 429 (with `Retry-After`).
+    #[error("{0}")]
+    Key(crate::keys::Refusal),
 }
 
 /// Error classes, the bounded label of `switchyard_errors_total{class}`.
@@ -222,6 +225,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Key(r) => r.status(),
         }
     }
 
@@ -249,6 +253,7 @@ impl ApiError {
             ApiError::ShuttingDown | ApiError::Internal(_) | ApiError::StateUnavailable(_) => {
                 "server_error"
             }
+            ApiError::Key(r) => r.error_type(),
         }
     }
 
@@ -276,6 +281,7 @@ impl ApiError {
             ApiError::ShuttingDown => "shutting_down",
             ApiError::StateUnavailable(_) => "state_unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Key(r) => r.code(),
         }
     }
 
@@ -288,7 +294,8 @@ impl ApiError {
             | ApiError::LimitExceeded { .. }
             | ApiError::BodyTimeout { .. }
             | ApiError::BodyTooLarge { .. }
-            | ApiError::MethodNotAllowed { .. } => ErrorClass::InvalidRequest,
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::Key(_) => ErrorClass::InvalidRequest,
             ApiError::ModelNotFound(_) | ApiError::UnknownFlag(_) | ApiError::NotFound(_) => {
                 ErrorClass::NotFound
             }
@@ -373,6 +380,12 @@ impl ApiError {
             // The body was not read to its end: the connection cannot carry another request.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(after) = match &self {
+            ApiError::Key(r) => r.retry_after(),
+            _ => None,
+        } {
+            resp.headers_mut().insert(header::RETRY_AFTER, after);
         }
         if let ApiError::MethodNotAllowed { allow, .. } = self {
             resp.headers_mut()

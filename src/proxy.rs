@@ -25,6 +25,7 @@ use crate::api::responses::ResponsesRequest;
 use crate::api::{ClientApi, Inbound};
 use crate::app::{App, Live};
 use crate::body::{full, Body};
+use crate::cache;
 use crate::fallback::FallbackReason;
 use crate::flags::{Decision, DecisionReason, FallbackBehavior, Flag, PromptMode, Variation};
 use crate::metrics::Outcome;
@@ -98,7 +99,8 @@ async fn count(app: &App, req: Request<Incoming>) -> Result<Response<Body>, ApiE
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, &parts.headers, &live.config.server).await?;
     let msg = MessagesRequest::parse_count(&bytes)?;
-    let target = decide_target(app, &live, &parts.headers, &msg, &bytes)?;
+    let key = crate::keys::check_request(app, &live, &parts.headers, msg.model())?;
+    let target = decide_target(app, &live, &parts.headers, &msg, key.as_deref())?;
     let (provider, counted) = match target.route {
         Route::Variation { flag, variation } => {
             let f = &live.config.flags[flag];
@@ -199,8 +201,11 @@ async fn handle(
     let bytes = read_body(body, &parts.headers, &config.server).await?;
     let req = parse(ctx.api, &bytes)?;
     let req = req.as_ref();
+    // The client key, when keys are configured: who may ask for this, within which limits.
+    let key = crate::keys::check_request(ctx.app, &live, &parts.headers, req.model())?;
+    ctx.set_key(key.clone());
     // 2. identify + 3. decide
-    let target = decide_target(ctx.app, &live, &parts.headers, req, &bytes)?;
+    let target = decide_target(ctx.app, &live, &parts.headers, req, key.as_deref())?;
     let (route, decision) = (target.route, target.decision);
     ctx.set_target(target);
     let Route::Variation {
@@ -220,7 +225,15 @@ async fn handle(
         };
         let upstream = send(ctx, req, &hop).await;
         return match upstream {
-            Ok((upstream, format)) => Ok(respond(ctx, req, upstream, format, None, hop.timeouts)),
+            Ok((upstream, format)) => Ok(respond(
+                ctx,
+                req,
+                upstream,
+                format,
+                None,
+                hop.timeouts,
+                None,
+            )),
             Err(f) => Err(f.into_api_error(&provider)),
         };
     };
@@ -256,11 +269,39 @@ async fn handle(
             timeouts: v.timeouts,
             mode: flag.system_prompt_mode,
         };
-        let failure = match send(ctx, req, &hop).await {
-            Ok((upstream, format)) => {
+        // 4. rewrite, then (decided variation only) the response cache, then 5. forward.
+        let sent = match rewrite_hop(req, &hop) {
+            Err(f) => Err(f),
+            Ok(rewritten) => {
+                let mut cache = match current == decided && fallback.is_none() {
+                    true => look_up(ctx, flag, v, &rewritten, &parts.headers).await,
+                    false => cache::Lookup::default(),
+                };
+                if let Some(entry) = cache.hit.take() {
+                    ctx.finish(Outcome::Cached);
+                    let mut resp = ctx.answered(cache::replay(entry), None);
+                    cache.mark(&mut resp);
+                    return Ok(resp);
+                }
+                let sent = forward_hop(ctx, req, &hop, rewritten).await;
+                sent.map(|(upstream, format)| (upstream, format, cache))
+            }
+        };
+        let failure = match sent {
+            Ok((upstream, format, mut cache)) => {
                 let served = (current != decided).then_some(current);
-                let resp = respond(ctx, req, upstream, format, fallback, hop.timeouts);
-                return Ok(ctx.answered(resp, served));
+                let resp = respond(
+                    ctx,
+                    req,
+                    upstream,
+                    format,
+                    fallback,
+                    hop.timeouts,
+                    cache.fill.take(),
+                );
+                let mut resp = ctx.answered(resp, served);
+                cache.mark(&mut resp);
+                return Ok(resp);
             }
             Err(f) => f,
         };
@@ -299,13 +340,26 @@ struct Hop<'a> {
     mode: PromptMode,
 }
 
-/// Phases 4 (rewrite) and 5 (forward): the request in the client's format when the provider
-/// accepts it, else through chat; returns the answer and the format it is in.
+/// Phases 4 (rewrite) and 5 (forward) in one step (the passthrough path, which never caches).
 async fn send(
     ctx: &mut RequestCtx<'_>,
     req: &dyn Inbound,
     hop: &Hop<'_>,
 ) -> Result<(Upstream, WireFormat), forward::Failure> {
+    let rewritten = rewrite_hop(req, hop)?;
+    forward_hop(ctx, req, hop, rewritten).await
+}
+
+/// A request rewritten for one hop: the body the provider receives, in `format`.
+struct Rewritten {
+    body: Vec<u8>,
+    format: WireFormat,
+    include_usage: bool,
+}
+
+/// Phase 4, rewrite: the request in the client's format when the provider accepts it, else
+/// through chat.
+fn rewrite_hop(req: &dyn Inbound, hop: &Hop<'_>) -> Result<Rewritten, forward::Failure> {
     let native = req.api().format();
     let untranslatable = |e: ApiError| forward::Failure::Rejected(e);
     let (body, format, include_usage) = if hop.provider.accepts(native) {
@@ -326,6 +380,49 @@ async fn send(
         };
         (body, WireFormat::Chat, true)
     };
+    Ok(Rewritten {
+        body,
+        format,
+        include_usage,
+    })
+}
+
+/// The response cache phase, for the decided variation's rewritten request.
+async fn look_up(
+    ctx: &RequestCtx<'_>,
+    flag: &Flag,
+    variation: &Variation,
+    rewritten: &Rewritten,
+    headers: &HeaderMap,
+) -> cache::Lookup {
+    let config = &ctx.live.config;
+    let revision = config.sources_revision.as_deref().unwrap_or(&config.hash);
+    ctx.app
+        .cache
+        .look_up(cache::Request {
+            flag: &flag.key,
+            variation,
+            revision,
+            api: ctx.api,
+            body: &rewritten.body,
+            format: rewritten.format,
+            headers,
+        })
+        .await
+}
+
+/// Phase 5, forward: returns the answer and the format it is in.
+async fn forward_hop(
+    ctx: &mut RequestCtx<'_>,
+    req: &dyn Inbound,
+    hop: &Hop<'_>,
+    rewritten: Rewritten,
+) -> Result<(Upstream, WireFormat), forward::Failure> {
+    let Rewritten {
+        body,
+        format,
+        include_usage,
+    } = rewritten;
     let app = ctx.app;
     let request_id = ctx.request_id.clone();
     let fwd = ForwardCtx {
@@ -358,6 +455,7 @@ fn respond(
     format: WireFormat,
     fallback: Option<FallbackReason>,
     timeouts: Timeouts,
+    fill: Option<cache::Fill>,
 ) -> Response<Body> {
     let outcome = if fallback.is_some() {
         Outcome::Fallback
@@ -381,6 +479,9 @@ fn respond(
             }
             if client_format == WireFormat::Responses {
                 ctx.remember_response(crate::api::responses::answer_id(&body));
+            }
+            if let Some(fill) = fill {
+                fill.complete(&body);
             }
             ctx.finish(outcome);
             json_body(body)
@@ -406,7 +507,11 @@ fn respond(
             let Some(relay) = ctx.relay(first, rest, opts) else {
                 return ApiError::Internal("request recorder missing".into()).into_response();
             };
-            event_stream(BodyExt::boxed(relay))
+            let body = BodyExt::boxed(relay);
+            event_stream(match fill {
+                Some(fill) => fill.stream(body, client_format),
+                None => body,
+            })
         }
     };
     if let Some(reason) = fallback {
@@ -479,7 +584,7 @@ fn decide_target(
     live: &Live,
     headers: &HeaderMap,
     req: &dyn Inbound,
-    _body: &[u8],
+    key: Option<&crate::keys::Loaded>,
 ) -> Result<Target, ApiError> {
     let config = &live.config;
     let Some((flag_index, flag)) = config.flag(req.model()) else {
@@ -493,7 +598,14 @@ fn decide_target(
             None => Err(ApiError::ModelNotFound(req.model().to_owned())),
         };
     };
-    let identity = identify::identify(&config.identity, headers, req)?;
+    let key_name = key.map(|k| k.record.name.as_str());
+    let mut identity = identify::identify(&config.identity, headers, req, key_name)?;
+    if let Some(k) = key {
+        // The key's attributes are the operator's: they win over what the request says.
+        for (name, value) in k.attributes.iter() {
+            identity.attributes.insert(name, value.clone());
+        }
+    }
     if identity.random {
         if let Some(c) = live.without_id.get(flag_index) {
             c.inc();

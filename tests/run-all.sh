@@ -55,10 +55,16 @@ banner() {
 # test starts its own server on a free port).
 # shellcheck source=tests/support/postgres.sh
 source "${REPO_ROOT}/tests/support/postgres.sh"
-trap stop_throwaway_postgres EXIT
+# shellcheck source=tests/support/redis.sh
+source "${REPO_ROOT}/tests/support/redis.sh"
+trap 'stop_throwaway_postgres; stop_throwaway_redis' EXIT
 banner "postgres"
 if ! ensure_postgres; then
   echo "--- postgres: FAILED (the tests that need PostgreSQL will fail)"
+fi
+banner "redis"
+if ! ensure_redis; then
+  echo "--- redis: FAILED (the response cache's Redis tests will fail)"
 fi
 banner "prometheus"
 if ! bash "${REPO_ROOT}/tests/support/install-prometheus.sh"; then

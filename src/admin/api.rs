@@ -202,6 +202,11 @@ async fn dispatch(
         .collect::<std::result::Result<_, _>>()?;
     let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let ok = |v: Value| Ok((StatusCode::OK, v));
+    if segs.first() == Some(&"keys") {
+        if let Some(answer) = crate::keys::admin::dispatch(app, actor, method, &segs, body).await {
+            return answer;
+        }
+    }
     match (method, segs.as_slice()) {
         (&Method::GET, ["status"]) => {
             let live = app.live.load();
@@ -506,6 +511,7 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["audit"]
         | ["alerts"]
         | ["status"] => "GET",
+        ["keys", ..] => return crate::keys::admin::allowed_methods(segs),
         ["flags", _, "overrides"] => "DELETE",
         ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
         ["flags", _, "rollout"] => "GET, PUT",

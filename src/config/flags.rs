@@ -495,7 +495,9 @@ impl Validator<'_> {
             ),
             total: self.duration(&path.key("timeout"), v.timeout.as_deref(), base.total),
         };
+        let cache = self.variation_cache(path, v.cache.as_ref());
         Some(Variation {
+            cache,
             key: key.to_owned(),
             force_fallback: v.force_fallback.unwrap_or(false),
             timeouts,

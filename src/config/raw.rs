@@ -52,6 +52,14 @@ pub struct RawConfig {
     /// `[telemetry]`: what is exposed per variation.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// `[cache]`: the response cache's backend.
+    #[serde(default)]
+    pub cache: super::cache::RawCache,
+    /// `[export]`: the per-request record sink.
+    #[serde(default)]
+    pub export: super::cache::RawExport,
+    /// `[keys]`: client keys.
+    pub keys: Option<RawKeys>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +67,13 @@ pub struct RawConfig {
 pub struct RawTelemetry {
     pub latency_quantiles: Option<bool>,
     pub model_label: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeys {
+    pub required: Option<bool>,
+    pub flush_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +308,8 @@ pub struct RawVariation {
     pub timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    /// `cache = { ttl = "10m" }`: the response cache for this variation (off when absent).
+    pub cache: Option<super::cache::RawVariationCache>,
     #[serde(default)]
     pub variables: serde_json::Map<String, serde_json::Value>,
 }

@@ -9,7 +9,7 @@ use super::*;
 /// Handles for one (flag, variation) and client API.
 #[derive(Debug)]
 pub struct VariationMetrics {
-    pub(super) outcomes: [Lazy<IntCounter>; 5],
+    pub(super) outcomes: [Lazy<IntCounter>; 6],
     /// Total request duration.
     pub duration: Lazy<Histogram>,
     /// Time to first token of streams.
@@ -143,7 +143,11 @@ impl VariationMetrics {
         let errors = get(Outcome::UpstreamError);
         let fallbacks = get(Outcome::Fallback);
         VariationTotals {
-            requests: get(Outcome::Success) + fallbacks + errors + get(Outcome::Cancelled),
+            requests: get(Outcome::Success)
+                + fallbacks
+                + errors
+                + get(Outcome::Cancelled)
+                + get(Outcome::Cached),
             errors,
             fallbacks,
             tokens_in: self.tokens_in.get(),

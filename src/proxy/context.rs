@@ -60,6 +60,13 @@ impl<'a> RequestCtx<'a> {
         self.target = Some(target);
     }
 
+    /// The client key the request was admitted with: its spend is counted when it ends.
+    pub fn set_key(&mut self, key: Option<crate::keys::Grant>) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.key = key;
+        }
+    }
+
     /// The proxy hands over to the upstream.
     pub fn pause(&mut self) {
         if let Some(r) = self.recorder.as_mut() {
@@ -216,6 +223,7 @@ pub struct Recorder {
     first_token: bool,
     usage: Option<Usage>,
     done: bool,
+    key: Option<crate::keys::Grant>,
 }
 
 impl Recorder {
@@ -231,6 +239,7 @@ impl Recorder {
             first_token: false,
             usage: None,
             done: false,
+            key: None,
         }
     }
 
@@ -323,10 +332,14 @@ impl Recorder {
         if let Some(u) = usage {
             h.tokens_in.inc_by(u.prompt_tokens);
             h.tokens_out.inc_by(u.completion_tokens);
+            let mut cost = 0.0;
             if let Some((input, output)) = h.price {
-                h.cost_usd.inc_by(
-                    (u.prompt_tokens as f64 * input + u.completion_tokens as f64 * output) / 1e6,
-                );
+                cost = (u.prompt_tokens as f64 * input + u.completion_tokens as f64 * output) / 1e6;
+                h.cost_usd.inc_by(cost);
+            }
+            // The key's spend: the same tokens at the same prices.
+            if let Some(k) = &self.key {
+                k.used(u.prompt_tokens + u.completion_tokens, cost);
             }
         }
     }

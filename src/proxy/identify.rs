@@ -87,11 +87,13 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<&'h
         .filter(|s| !s.is_empty())
 }
 
-/// Finds the bucketing id and attributes of a request of any client API.
+/// Finds the bucketing id and attributes of a request of any client API; without an id from
+/// any source, the client key's name (`key`) when the request came with one.
 pub fn identify<'a>(
     settings: &IdentitySettings,
     headers: &'a HeaderMap,
     req: &'a dyn Inbound,
+    key_name: Option<&'a str>,
 ) -> Result<Identity<'a>, ApiError> {
     let mut bucketing_id: Option<Cow<'a, str>> = None;
     let mut source_label = http::HeaderValue::from_static("random");
@@ -121,6 +123,10 @@ pub fn identify<'a>(
             bucketing_id = Some(id);
             break;
         }
+    }
+    if let (None, Some(name)) = (&bucketing_id, key_name) {
+        bucketing_id = Some(Cow::Borrowed(name));
+        source_label = http::HeaderValue::from_static("key");
     }
     let random = bucketing_id.is_none();
     let bucketing_id = match (bucketing_id, settings.on_missing) {

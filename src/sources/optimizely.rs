@@ -659,6 +659,7 @@ impl FeatureCtx<'_> {
             variables: Value::Object(variables),
             force_fallback: false,
             timeouts,
+            cache: None,
         }
     }
 }
