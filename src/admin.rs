@@ -20,8 +20,9 @@ use crate::openai::ApiError;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-/// The actor behind a bearer token, if it is one of the configured tokens.
-fn authenticate(app: &App, headers: &http::HeaderMap) -> Option<String> {
+/// The token behind a bearer token, if it is one of the configured tokens: its name (the
+/// audit actor) and, for an agent token, its policy.
+fn authenticate(app: &App, headers: &http::HeaderMap) -> Option<crate::mcp::Caller> {
     let presented = headers.get(header::AUTHORIZATION)?.as_bytes();
     // The scheme is case-insensitive (RFC 9110 section 11.1); the token is not.
     let (scheme, presented) = presented.split_at_checked(7)?;
@@ -36,7 +37,10 @@ fn authenticate(app: &App, headers: &http::HeaderMap) -> Option<String> {
         if let Some(secret) = &t.token {
             let expected = secret.header_value().as_bytes();
             if bool::from(expected.ct_eq(presented)) {
-                actor = Some(t.name.clone());
+                actor = Some(crate::mcp::Caller {
+                    name: t.name.clone(),
+                    policy: t.policy.clone(),
+                });
             }
         }
     }
@@ -120,10 +124,22 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             }
             .into_response()
         }
+        ("/mcp", _) => match authenticate(&app, req.headers()) {
+            Some(caller) => crate::mcp::handle(&app, caller, req).await,
+            None => unauthorized(),
+        },
         (p, _) if p == "/admin" || p.starts_with("/admin/") => {
-            let Some(actor) = authenticate(&app, req.headers()) else {
+            let Some(caller) = authenticate(&app, req.headers()) else {
                 return unauthorized();
             };
+            if caller.policy.is_some() {
+                // Agent tokens act only through /mcp, where their policy is enforced.
+                return json_response(
+                    StatusCode::FORBIDDEN,
+                    &json!({"error": {"message": "an agent token (one with a policy) works only on /mcp", "type": "invalid_request_error", "param": null, "code": "agent_token"}}),
+                );
+            }
+            let actor = caller.name;
             let method = req.method().clone();
             let query = req.uri().query().map(str::to_owned);
             let limits = {

@@ -34,6 +34,8 @@ pub struct Live {
     pub headers: Vec<FlagHeaders>,
     /// `switchyard_requests_without_id_total{flag}`, by flag index.
     pub without_id: Vec<prometheus::IntCounter>,
+    /// Each bandit flag's ranges in force, and the sticky users.
+    pub bandits: crate::bandit::LiveBandits,
 }
 
 /// Pre-built `x-switchyard-*` header values of one flag.
@@ -75,7 +77,9 @@ impl Live {
             .iter()
             .map(|f| metrics.without_id(&f.key))
             .collect::<Result<Vec<_>, _>>()?;
+        let bandits = crate::bandit::LiveBandits::new(&config, &state, Default::default());
         Ok(Live {
+            bandits,
             config,
             state,
             runtime,
@@ -98,7 +102,8 @@ impl Live {
     ) -> Option<crate::flags::Decision> {
         let flag = self.config.flags.get(index)?;
         let rt = self.runtime.get(index)?;
-        Some(flag.decide_at(rt.enabled, Some(&rt.stages), user, attributes))
+        let d = flag.decide_at(rt.enabled, Some(&rt.stages), user, attributes);
+        Some(self.bandits.decide(index, flag, user, d))
     }
 }
 
@@ -141,8 +146,14 @@ pub struct App {
     pub fleet: crate::fleet::Fleet,
     /// Flags from other sources (an Optimizely datafile) and how their last poll went.
     pub sources: crate::sources::Sources,
+    /// Online evals: each eval's queue and budget.
+    pub evals: crate::evals::Evals,
+    /// Open MCP sessions.
+    pub mcp: crate::mcp::Sessions,
     /// The response cache (its backend is read from the config at start).
     pub cache: crate::cache::ResponseCache,
+    /// Where per-request export records go (`[export]`, read at start).
+    pub export: crate::export::Sink,
     /// Client keys, their limits and spend.
     pub keys: crate::keys::Keys,
     baselines: DashMap<(String, String), (u32, Baseline)>,
@@ -173,8 +184,10 @@ impl App {
         let clients = Clients::default();
         let alerts = crate::alerts::Engine::new(&clients, &metrics);
         let cache = crate::cache::ResponseCache::new(&live.config.cache, metrics.clone());
+        let export = crate::export::Sink::new(&live.config.export, metrics.export.clone());
         Ok(Arc::new(App {
             cache,
+            export,
             live: ArcSwap::from_pointee(live),
             store,
             metrics,
@@ -189,6 +202,8 @@ impl App {
             config_loaded_ms: AtomicU64::new(crate::clock::now_ms()),
             fleet: crate::fleet::Fleet::default(),
             sources,
+            evals: Default::default(),
+            mcp: Default::default(),
             keys: Default::default(),
             baselines: DashMap::new(),
             swap: tokio::sync::Mutex::new(()),
@@ -215,7 +230,8 @@ impl App {
             Some(_) => current.state.clone(),
             None => current.state.clone(),
         };
-        let live = Live::new(config, state, &self.metrics)?;
+        let mut live = Live::new(config, state, &self.metrics)?;
+        live.bandits.sticky = current.bandits.sticky.clone();
         self.live.store(Arc::new(live));
         Ok(())
     }

@@ -5,7 +5,12 @@
 //! validated types and the walk over the whole file.
 
 mod admin;
+mod agents;
+pub use agents::AgentPolicy;
 mod alerts;
+mod bandit;
+mod evals;
+pub use evals::{EvalSettings, ScoreReader};
 mod cache;
 mod experiments;
 mod flags;
@@ -84,6 +89,8 @@ pub struct Config {
     pub prices: BTreeMap<String, (f64, f64)>,
     /// `[experiments]`: the verdict policy.
     pub experiment_policy: crate::experiments::results::Policy,
+    /// `[flags.F.bandit]`: each bandit by flag key.
+    pub bandits: BTreeMap<String, Arc<crate::bandit::BanditConfig>>,
     /// `[fleet]`: where fleet-wide figures come from.
     pub fleet: FleetSettings,
     /// `[prompts]`, by name (flags from other sources resolve their prompts here).
@@ -100,6 +107,8 @@ pub struct Config {
     pub sources_revision: Option<String>,
     /// `[telemetry]`: what is exposed per variation.
     pub telemetry: crate::metrics::Telemetry,
+    /// `[evals.NAME]`: online evals.
+    pub evals: Vec<Arc<EvalSettings>>,
     /// `[cache]`: the response cache's backend (read at start).
     pub cache: crate::cache::CacheSettings,
     /// `[export]`: the per-request record sink (read at start).
@@ -233,6 +242,8 @@ pub struct AdminToken {
     pub token: Option<Secret>,
     /// Where it was to come from, for messages.
     pub source: String,
+    /// An agent token's policy: it then works only on `/mcp`.
+    pub policy: Option<Arc<AgentPolicy>>,
 }
 
 /// One validation error.
@@ -716,6 +727,15 @@ impl Validator<'_> {
         }
         let alerts = self.alerts(&raw, &flag_index);
         let catalog = self.catalog(&raw);
+        let evals = self.evals(
+            &raw.evals,
+            &evals::EvalContext {
+                providers: &providers,
+                prompts: &prompts,
+                flag_index: &flag_index,
+                catalog: &catalog,
+            },
+        );
         let mut prices = BTreeMap::new();
         for (model, p) in &raw.prices {
             if !(p.input_per_million >= 0.0
@@ -731,6 +751,7 @@ impl Validator<'_> {
             prices.insert(model.clone(), (p.input_per_million, p.output_per_million));
         }
         let experiment_policy = self.experiment_policy(&raw);
+        let bandits = self.bandits(&raw, &flags, &catalog);
         let admin_tokens = self.admin(&raw);
         let fleet = self.fleet(&raw, &flags, &alerts);
         let telemetry = self.telemetry(&raw, &flags, &alerts);
@@ -766,6 +787,7 @@ impl Validator<'_> {
             catalog,
             prices,
             experiment_policy,
+            bandits,
             fleet,
             prompts,
             tool_policies: raw.tool_policies.clone(),
@@ -774,6 +796,7 @@ impl Validator<'_> {
             optimizely,
             sources_revision: None,
             telemetry,
+            evals,
             keys,
         }
     }

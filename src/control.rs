@@ -25,6 +25,7 @@ pub fn spawn(app: &Arc<App>, stop: watch::Receiver<bool>) {
     crate::alerts::spawn(app, stop.clone());
     crate::sources::spawn(app, stop.clone());
     crate::experiments::runtime::spawn(app, stop.clone());
+    crate::bandit::run::spawn(app, stop.clone());
     if app.config_path.is_some() {
         tokio::spawn(file_watch(app.clone(), stop.clone()));
         // Registered here, before any request is served, so a SIGHUP sent once the proxy

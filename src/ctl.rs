@@ -64,6 +64,10 @@ pub enum Action {
     },
     /// Client keys.
     Keys(crate::keys::cli::KeysAction),
+    /// The bandit of a flag.
+    Bandit(crate::bandit::cli::BanditAction),
+    /// Exposures, feedback, evals and per-request records as JSON Lines.
+    Export(crate::export::cli::ExportArgs),
 }
 
 /// Where and as whom to talk to the admin API.
@@ -109,6 +113,9 @@ fn enc(s: &str) -> String {
 
 /// Runs one action, printing the result; returns the exit code.
 pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_out: bool) -> i32 {
+    if let Action::Export(args) = action {
+        return crate::export::cli::run(target, args).await;
+    }
     let (method, path, body) = match action {
         Action::Flags => (Method::GET, "/admin/flags".to_owned(), None),
         Action::Flag(f) => (Method::GET, format!("/admin/flags/{}", enc(f)), None),
@@ -170,6 +177,8 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         }
         Action::Reload => (Method::POST, "/admin/reload".to_owned(), None),
         Action::Keys(k) => k.request(&reason),
+        Action::Bandit(b) => b.request(&reason),
+        Action::Export(_) => return 2,
         Action::Results { flag, metric } => {
             let mut p = format!("/admin/flags/{}/results", enc(flag));
             if let Some(m) = metric {
@@ -236,6 +245,10 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
         }
         return 1;
     }
+    let (v, matched) = match action {
+        Action::Bandit(b) => b.finish(v),
+        _ => (v, true),
+    };
     if json_out {
         crate::out!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -244,7 +257,11 @@ pub async fn run(target: &Target, action: &Action, reason: Option<String>, json_
             let _ = write!(std::io::stdout(), "{}", render(action, &v));
         }
     }
-    0
+    if matched {
+        0
+    } else {
+        1
+    }
 }
 
 fn pct(x: &Value) -> String {
@@ -410,7 +427,9 @@ pub fn render(action: &Action, v: &Value) -> String {
             v["hash"].as_str().unwrap_or("?")
         ),
         Action::Results { .. } => results_table(v),
+        Action::Export(_) => String::new(),
         Action::Keys(k) => k.render(v),
+        Action::Bandit(b) => b.render(v),
     }
 }
 

@@ -28,12 +28,13 @@
 //! | [`record`] | what is stored about a key; budgets and periods |
 //! | [`store`] | the key tables in SQLite or PostgreSQL, LISTEN/NOTIFY, batched spend |
 //! | [`meter`] | per-key rate windows and the spend counter |
-//! | [`admin`] | `/admin/keys…` |
+//! | [`admin`], [`openapi`] | `/admin/keys…` and its part of the OpenAPI document |
 //! | [`cli`] | `switchyard ctl keys …` |
 
 pub mod admin;
 pub mod cli;
 pub mod meter;
+pub mod openapi;
 pub mod record;
 pub mod secret;
 pub mod store;

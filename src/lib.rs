@@ -26,11 +26,14 @@
 //! | [`resilience`] | circuit breakers, retry budgets, backoff |
 //! | [`experiments`] | exposures, feedback, results; [`experiments::stats`] (mSPRT, Benjamini–Hochberg, SRM) |
 //! | [`alerts`] | tiered alerts evaluated off the request path, webhooks, actions |
+//! | [`bandit`] | the guarded bandit: Thompson sampling per epoch, guardrails, SRM, stop rule, sticky users, replayable epoch records |
 //! | [`fleet`] | a fleet of replicas: leader election over the state store (only the leader acts), fleet-wide gate and alert figures from Prometheus |
 //! | [`console`] | the operators' console: embedded web page and assets, its JSON views, a one-hour history of each variation |
 //! | [`ctl`] | `switchyard ctl`: the admin API from a terminal |
 //! | [`app`] | state shared by requests: the live config (atomically swappable), metrics, clients |
 //! | [`api`] | client APIs beside chat: [`api::ofrep`] (OpenFeature remote evaluation) |
+//! | [`evals`] | online evals: sampled answers scored by a judge model off the request path, stored as feedback |
+//! | [`mcp`] | the agent interface: an MCP server at `/mcp` over the admin operations, agent tokens' policies |
 //! | [`cache`] | the response cache per variation: a phase between rewrite and forward; in-process (moka) or Redis |
 //! | [`export`] | exposures, feedback, evals and per-request records for a warehouse: the record sink (rotating JSON Lines files) and the paged reader behind `GET /admin/export` |
 //! | [`keys`] | client keys: hashing, limits, spend across the fleet, the request-path check |
@@ -45,6 +48,7 @@ pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod bandit;
 pub mod body;
 pub mod cache;
 pub mod clock;
@@ -52,12 +56,14 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod ctl;
+pub mod evals;
 pub mod experiments;
 pub mod export;
 pub mod fallback;
 pub mod flags;
 pub mod fleet;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod openai;
 pub mod providers;

@@ -185,6 +185,17 @@ enum CtlCommand {
         #[command(subcommand)]
         action: switchyard::keys::cli::KeysAction,
     },
+    /// The bandit of a flag: `bandit FLAG` (= show), show, replay FLAG EPOCH, set, epoch.
+    #[command(args_conflicts_with_subcommands = true)]
+    Bandit {
+        #[command(subcommand)]
+        action: Option<switchyard::bandit::cli::BanditAction>,
+        /// The flag (same as `bandit show FLAG`).
+        flag: Option<String>,
+    },
+    /// Exposures, feedback, eval scores and per-request records as JSON Lines, page after
+    /// page (the cursor to resume from is printed on stderr).
+    Export(switchyard::export::cli::ExportArgs),
 }
 
 fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
@@ -240,6 +251,22 @@ fn ctl(action: CtlCommand, reason: Option<String>, json: bool) -> ExitCode {
         CtlCommand::Reload => Action::Reload,
         CtlCommand::Results { flag, metric } => Action::Results { flag, metric },
         CtlCommand::Keys { action } => Action::Keys(action),
+        CtlCommand::Bandit {
+            action: Some(action),
+            ..
+        } => Action::Bandit(action),
+        CtlCommand::Bandit {
+            action: None,
+            flag: Some(flag),
+        } => Action::Bandit(switchyard::bandit::cli::BanditAction::Show { flag }),
+        CtlCommand::Bandit {
+            action: None,
+            flag: None,
+        } => {
+            eprintln!("usage: switchyard ctl bandit FLAG | show FLAG | replay FLAG EPOCH | set FLAG … | epoch FLAG");
+            return ExitCode::from(2);
+        }
+        CtlCommand::Export(args) => Action::Export(args),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

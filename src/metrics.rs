@@ -22,10 +22,12 @@ use crate::api::ClientApi;
 use crate::config::Config;
 use crate::openai::ErrorClass;
 
+mod evals;
 mod handles;
 pub mod keys;
 mod rolling;
 
+pub use evals::{EvalMetrics, EvalOutcome};
 pub use handles::{
     HandleLabels, RouteMetrics, VariationHandles, VariationMetrics, VariationTotals,
 };
@@ -121,6 +123,8 @@ pub struct Metrics {
     pub business: GaugeVec,
     /// `switchyard_business_metric_users{flag,variation,metric}`.
     pub business_users: IntGaugeVec,
+    /// `switchyard_bandit_weight{flag,variation}`: the bandit's share of its rule's traffic.
+    pub bandit_weight: GaugeVec,
     /// `switchyard_exposures_total{result}`: written, dropped (queue full), failed.
     pub exposures: IntCounterVec,
     /// `switchyard_leader`: 1 on the replica running the acting loops.
@@ -160,6 +164,8 @@ pub struct Metrics {
     handle_sets: dashmap::DashMap<handles::HandleKey, Arc<VariationMetrics>>,
     /// `[telemetry] latency_quantiles` of the config in force.
     quantiles: Arc<std::sync::atomic::AtomicBool>,
+    /// `switchyard_eval_*`: online evals.
+    pub evals: EvalMetrics,
     /// The response cache's families.
     pub cache: cache::CacheMetrics,
     /// The export sink's family.
@@ -362,6 +368,14 @@ impl Metrics {
         registry.register(Box::new(feedback_events.clone()))?;
         registry.register(Box::new(business.clone()))?;
         registry.register(Box::new(business_users.clone()))?;
+        let bandit_weight = GaugeVec::new(
+            Opts::new(
+                "switchyard_bandit_weight",
+                "The bandit's share (0..1) of its rule's traffic per variation, as of the last epoch.",
+            ),
+            &["flag", "variation"],
+        )?;
+        registry.register(Box::new(bandit_weight.clone()))?;
         registry.register(Box::new(exposures.clone()))?;
         let alert_level = IntGaugeVec::new(
             Opts::new(
@@ -466,6 +480,7 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(fallback_triggers.clone()))?;
+        let evals = EvalMetrics::register(&registry)?;
         let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
         let quantiles = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -502,6 +517,7 @@ impl Metrics {
             feedback_events,
             business,
             business_users,
+            bandit_weight,
             exposures,
             leader,
             prometheus_queries,
@@ -520,6 +536,7 @@ impl Metrics {
             rolling,
             handle_sets: Default::default(),
             quantiles,
+            evals,
             cache,
             export,
         })

@@ -278,6 +278,7 @@ async fn handle(
                     false => cache::Lookup::default(),
                 };
                 if let Some(entry) = cache.hit.take() {
+                    ctx.export_note(None, || req.last_user_text(), Some(&entry.body));
                     ctx.finish(Outcome::Cached);
                     let mut resp = ctx.answered(cache::replay(entry), None);
                     cache.mark(&mut resp);
@@ -462,6 +463,11 @@ fn respond(
     } else {
         Outcome::Success
     };
+    ctx.export_note(
+        fallback.map(FallbackReason::as_str),
+        || req.last_user_text(),
+        None,
+    );
     let client_format = req.api().format();
     let translated = format != client_format;
     let mut resp = match upstream {
@@ -477,12 +483,14 @@ fn respond(
             if let Some(usage) = usage {
                 ctx.usage(usage);
             }
+            crate::evals::offer(ctx, req, &body);
             if client_format == WireFormat::Responses {
                 ctx.remember_response(crate::api::responses::answer_id(&body));
             }
             if let Some(fill) = fill {
                 fill.complete(&body);
             }
+            ctx.export_note(None, || req.last_user_text(), Some(&body));
             ctx.finish(outcome);
             json_body(body)
         }
@@ -504,9 +512,11 @@ fn respond(
                 deadline,
                 format: client_format,
             };
+            let tap = crate::evals::tap(ctx, req);
             let Some(relay) = ctx.relay(first, rest, opts) else {
                 return ApiError::Internal("request recorder missing".into()).into_response();
             };
+            let relay = relay.with_tap(tap);
             let body = BodyExt::boxed(relay);
             event_stream(match fill {
                 Some(fill) => fill.stream(body, client_format),
@@ -571,6 +581,7 @@ fn rule_based(
             json_body(req.answer_from_chat(&chat)?)
         }
     };
+    ctx.export_note(Some(reason.as_str()), || req.last_user_text(), None);
     ctx.finish(Outcome::Fallback);
     resp.headers_mut()
         .insert(FALLBACK_HEADER, HeaderValue::from_static(reason.as_str()));

@@ -29,6 +29,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+mod bandit;
+pub mod export;
 mod postgres;
 mod sqlite;
 
@@ -69,6 +71,9 @@ pub struct FlagOverrides {
     /// `held:RULE` → actor).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub set_by: BTreeMap<String, String>,
+    /// The flag's bandit: weights in force, status, settings overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<crate::bandit::BanditOverride>,
 }
 
 impl FlagOverrides {
@@ -175,6 +180,31 @@ pub enum Change {
         /// `enabled`, `force_fallback`, `variation:V`, `stage:RULE` or `held:RULE`.
         field: String,
     },
+    /// A bandit epoch's weights and status take effect: action `bandit_epoch`.
+    BanditEpoch {
+        /// The flag.
+        flag: String,
+        /// The epoch number.
+        epoch: u64,
+        /// Buckets per variation from now on.
+        weights: BTreeMap<String, u32>,
+        /// Where the bandit stands after the epoch.
+        status: crate::bandit::Status,
+        /// Unix milliseconds at which the weights take effect.
+        at_ms: u64,
+    },
+    /// Operators change a bandit's settings: action `set_bandit`. `None` fields keep their
+    /// value; `reset` goes back to the rule's configured allocation and a running bandit.
+    SetBandit {
+        /// The flag.
+        flag: String,
+        /// The settings to override.
+        settings: crate::bandit::SettingsOverride,
+        /// Start over: configured weights, status running.
+        reset: bool,
+        /// Unix milliseconds of the change.
+        at_ms: u64,
+    },
     /// An audit-only entry (`reload`, `reload_failed`, alert notifications…); changes no state
     /// and does not bump the version.
     Note {
@@ -195,6 +225,8 @@ impl Change {
             | Change::SetForcedFallback { flag, .. }
             | Change::SetRolloutStage { flag, .. }
             | Change::SetRolloutHeld { flag, .. }
+            | Change::BanditEpoch { flag, .. }
+            | Change::SetBandit { flag, .. }
             | Change::ClearField { flag, .. }
             | Change::ClearFlag { flag } => Some(flag),
             Change::Note { flag, .. } => flag.as_deref(),
@@ -208,6 +240,8 @@ impl Change {
             Change::SetForcedFallback { .. } => "set_forced_fallback",
             Change::SetRolloutStage { .. } => "set_rollout_stage",
             Change::SetRolloutHeld { .. } => "set_rollout_held",
+            Change::BanditEpoch { .. } => "bandit_epoch",
+            Change::SetBandit { .. } => "set_bandit",
             Change::ClearFlag { .. } => "clear_overrides",
             Change::ClearField { .. } => "clear_override",
             Change::Note { action, .. } => action,
@@ -250,10 +284,14 @@ impl Change {
                     o.rollout_held.remove(rule);
                 }
             }
+            Change::BanditEpoch { .. } | Change::SetBandit { .. } => {
+                crate::bandit::apply_change(self, o.bandit.get_or_insert_with(Default::default));
+            }
             Change::ClearFlag { .. } => *o = FlagOverrides::default(),
             Change::ClearField { field, .. } => {
                 match field.split_once(':') {
                     None if field == "enabled" => o.enabled = None,
+                    None if field == "bandit" => o.bandit = None,
                     None if field == "force_fallback" => o.force_fallback = None,
                     Some(("variation", v)) => {
                         o.forced_variations.remove(v);
@@ -287,6 +325,7 @@ impl Change {
             } => format!("variation:{v}"),
             Change::SetRolloutStage { rule, .. } => format!("stage:{rule}"),
             Change::SetRolloutHeld { rule, .. } => format!("held:{rule}"),
+            Change::BanditEpoch { .. } | Change::SetBandit { .. } => "bandit".to_owned(),
             Change::ClearFlag { .. } | Change::ClearField { .. } | Change::Note { .. } => return,
         };
         o.set_by.insert(field, actor.to_owned());

@@ -200,6 +200,8 @@ async fn keys_gate_requests_by_flag_rate_and_shape() {
         json!({"name": "x", "budget_usd": "5/week"}),
         json!({"name": "x", "expires": "soon"}),
         json!({"name": "x", "rpm": 0}),
+        json!({"name": "x", "tpm": 1.5}),
+        json!({"name": "x", "tpm": 1e13}),
         json!({"nom": "x"}),
     ] {
         let r = admin(&p, Method::POST, "/admin/keys", Some(bad.clone())).await;
@@ -519,7 +521,10 @@ async fn a_revocation_reaches_the_other_replica_within_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(b.get("/admin/keys/fleet-app").await["status"], "revoked");
+    let listed = b.get("/admin/keys").await;
+    assert_eq!(listed["keys"][0]["status"], "revoked", "{listed}");
+    let r = b.admin(Method::GET, "/admin/keys/fleet-app", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]

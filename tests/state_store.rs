@@ -673,7 +673,7 @@ async fn sqlite_upgrades_a_first_release_database() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(schema_version, 2);
+    assert_eq!(schema_version, 3);
     // Opening again changes nothing.
     let store = open(&db.url()).await;
     assert_eq!(store.exposure_counts("f", None).await.unwrap().0.len(), 1);
@@ -816,7 +816,7 @@ async fn postgres_upgrades_a_first_release_database() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(applied, [1, 2]);
+    assert_eq!(applied, [1, 2, 3]);
     drop(client);
     let _ = driver.await;
     let store = open(&db.url()).await;

@@ -51,18 +51,23 @@ impl AdminError {
         AdminError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// The response.
-    pub fn into_response(self) -> Response<Body> {
+    /// The error's JSON body.
+    fn body(&self) -> Value {
         let kind = if self.status.is_server_error() {
             "server_error"
         } else {
             "invalid_request_error"
         };
         let mut v = json!({"error": {"message": self.message, "type": kind, "param": null, "code": self.code}});
-        if let (Some((k, extra)), Some(obj)) = (self.extra, v.as_object_mut()) {
-            obj.insert(k.to_owned(), extra);
+        if let (Some((k, extra)), Some(obj)) = (&self.extra, v.as_object_mut()) {
+            obj.insert((*k).to_owned(), extra.clone());
         }
-        let mut resp = json_response(self.status, &v);
+        v
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response<Body> {
+        let mut resp = json_response(self.status, &self.body());
         if let Some(allow) = self.allow {
             resp.headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
@@ -181,10 +186,29 @@ pub async fn handle(
     query: Option<&str>,
     body: Bytes,
 ) -> Response<Body> {
+    if method == Method::GET && path.trim_matches('/') == "export" {
+        return crate::export::admin::handle(app, query).await;
+    }
     match dispatch(app, actor, method, path, query, &body).await {
         Ok((status, v)) => json_response(status, &v),
         Err(e) => e.into_response(),
     }
+}
+
+/// Runs an admin operation for another interface (the MCP tools): its answer, or its error's
+/// JSON body (`{"error": {…}}`, with `reasons` when a gate is not met).
+pub(crate) async fn run(
+    app: &Arc<App>,
+    actor: &str,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: Bytes,
+) -> std::result::Result<Value, Value> {
+    dispatch(app, actor, method, path, query, &body)
+        .await
+        .map(|(_, v)| v)
+        .map_err(|e| e.body())
 }
 
 async fn dispatch(
@@ -300,7 +324,7 @@ async fn dispatch(
                     flag: (*key).to_owned(),
                 },
                 Some(field) => {
-                    let known = matches!(field.as_str(), "enabled" | "force_fallback")
+                    let known = matches!(field.as_str(), "enabled" | "force_fallback" | "bandit")
                         || ["variation:", "stage:", "held:"]
                             .iter()
                             .any(|p| field.strip_prefix(p).is_some_and(|r| !r.is_empty()));
@@ -308,7 +332,7 @@ async fn dispatch(
                         return Err(AdminError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_value",
-                            format!("unknown override field `{field}` (enabled, force_fallback, variation:V, stage:RULE, held:RULE)"),
+                            format!("unknown override field `{field}` (enabled, force_fallback, bandit, variation:V, stage:RULE, held:RULE)"),
                         ));
                     }
                     Change::ClearField {
@@ -482,6 +506,11 @@ async fn dispatch(
                 }
             }
         }
+        (&Method::GET | &Method::PUT, ["flags", _, "bandit"])
+        | (&Method::POST, ["flags", _, "bandit", "epoch"])
+        | (&Method::GET, ["flags", _, "bandit", "epochs", _]) => {
+            crate::bandit::admin::handle(app, actor, method, &segs, query, body).await
+        }
         (_, segs) if allowed_methods(segs).is_some() => {
             let allow = allowed_methods(segs).unwrap_or("GET");
             let mut e = AdminError::new(
@@ -510,11 +539,14 @@ fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
         | ["flags", _, "results"]
         | ["audit"]
         | ["alerts"]
+        | ["export"]
         | ["status"] => "GET",
         ["keys", ..] => return crate::keys::admin::allowed_methods(segs),
         ["flags", _, "overrides"] => "DELETE",
         ["flags", _, "enabled" | "fallback"] | ["flags", _, "rollout", "hold"] => "PUT",
-        ["flags", _, "rollout"] => "GET, PUT",
+        ["flags", _, "rollout"] | ["flags", _, "bandit"] => "GET, PUT",
+        ["flags", _, "bandit", "epochs", _] => "GET",
+        ["flags", _, "bandit", "epoch"] => "POST",
         ["flags", _, "rollout", "advance" | "rollback"] | ["reload"] => "POST",
         _ => return None,
     })

@@ -59,6 +59,20 @@ pub fn document(metrics: &[&str]) -> Value {
         if let Value::Object(more) = console_paths() {
             paths.extend(more);
         }
+        if let Value::Object(more) = crate::bandit::openapi::paths() {
+            paths.extend(more);
+        }
+        if let Value::Object(more) = crate::keys::openapi::paths() {
+            paths.extend(more);
+        }
+    }
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        if let Value::Object(more) = crate::keys::openapi::schemas() {
+            schemas.extend(more);
+        }
     }
     doc
 }
@@ -199,6 +213,25 @@ fn core_document(metrics: &[&str]) -> Value {
                     "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object", "required": ["entries", "next_before"], "properties": {"entries": {"type": "array", "items": {"$ref": "#/components/schemas/AuditEntry"}}, "next_before": {"type": ["integer", "null"], "description": "`before` of the next (older) page when this one is full"}}}}}},
                     "400": {"$ref": "#/components/responses/Error"},
                     "401": {"$ref": "#/components/responses/Error"},
+                    "503": {"$ref": "#/components/responses/Error"},
+                    "default": {"$ref": "#/components/responses/Error"}
+                }
+            }},
+            "/admin/export": {"get": {
+                "summary": "Exposures, feedback events, eval scores or per-request records as JSON Lines, one page at a time; pass the x-switchyard-next-cursor value back as `cursor` to continue (nothing lost, nothing twice). A page shorter than `limit` is the end for now. Each line's shape is a JSON Schema under docs/schemas/.",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "kind", "in": "query", "required": true, "schema": {"type": "string", "enum": ["exposures", "feedback", "evals", "requests"]}},
+                    {"name": "flag", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "required": false, "description": "RFC 3339, unix milliseconds, or a duration back from now (24h)", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 10000}}
+                ],
+                "responses": {
+                    "200": {"description": "One record per line", "headers": {"x-switchyard-next-cursor": {"description": "The cursor of the next page", "schema": {"type": "string"}}}, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                    "400": {"$ref": "#/components/responses/Error"},
+                    "401": {"$ref": "#/components/responses/Error"},
+                    "409": {"$ref": "#/components/responses/Error"},
                     "503": {"$ref": "#/components/responses/Error"},
                     "default": {"$ref": "#/components/responses/Error"}
                 }

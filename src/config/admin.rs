@@ -47,10 +47,20 @@ impl Validator<'_> {
                 .filter(|v| !v.is_empty())
                 .and_then(|v| HeaderValue::from_str(&v).ok())
                 .map(Secret::new);
+            let policy = t.policy.as_ref().map(|p| {
+                if section.to_string() != "admin" {
+                    self.err(
+                        &path.key("policy"),
+                        "only [admin] tokens take a policy (agent tokens)",
+                    );
+                }
+                Arc::new(self.agent_policy(&path.key("policy"), p))
+            });
             tokens.push(AdminToken {
                 name: t.name.clone(),
                 token,
                 source,
+                policy,
             });
         }
         tokens

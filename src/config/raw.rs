@@ -52,6 +52,9 @@ pub struct RawConfig {
     /// `[telemetry]`: what is exposed per variation.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// `[evals.NAME]`: online evals.
+    #[serde(default)]
+    pub evals: BTreeMap<String, super::evals::RawEval>,
     /// `[cache]`: the response cache's backend.
     #[serde(default)]
     pub cache: super::cache::RawCache,
@@ -213,6 +216,8 @@ pub struct RawAdminToken {
     pub name: String,
     pub token_env: Option<String>,
     pub token_file: Option<String>,
+    /// An agent token's policy (`[admin]` only).
+    pub policy: Option<super::agents::RawAgentPolicy>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +292,8 @@ pub struct RawFlag {
     /// The rule whose users experiment results compare (default: the first rule without an
     /// audience that splits traffic between several variations).
     pub experiment_rule: Option<String>,
+    /// `[flags.F.bandit]`: a guarded bandit on the experiment rule.
+    pub bandit: Option<super::bandit::RawBandit>,
     #[serde(default)]
     pub variations: BTreeMap<String, RawVariation>,
     #[serde(default)]

@@ -406,6 +406,15 @@ async fn gather(
     Ok((data, switched, rule))
 }
 
+/// Per-variation figures of a flag's experiment (users first exposed in its rule, feedback
+/// sums per metric): what results are computed from, for other consumers (the bandit).
+pub async fn experiment_data(
+    app: &App,
+    flag: &Flag,
+) -> Result<BTreeMap<String, VariationData>, StateError> {
+    gather(app, flag, None, false).await.map(|(d, _, _)| d)
+}
+
 /// `GET /admin/flags/{flag}/results[?metric=M]`.
 pub async fn results(app: &App, flag_key: &str, metric: Option<&str>) -> Result<Value, ApiError> {
     let live = app.live.load_full();

@@ -34,9 +34,9 @@ struct CreateBody {
     #[serde(default)]
     flags: Vec<String>,
     #[serde(default)]
-    rpm: Option<u64>,
+    rpm: Option<f64>,
     #[serde(default)]
-    tpm: Option<u64>,
+    tpm: Option<f64>,
     #[serde(default)]
     budget_usd: Option<BudgetSpec>,
     #[serde(default)]
@@ -103,6 +103,9 @@ pub async fn dispatch(
         }
         (&Method::POST, ["keys"]) => create(app, actor, body).await,
         (&Method::GET, ["keys", name]) => match app.keys.get(name) {
+            Some(k) if k.record.revoked_at_ms.is_some() => Err(AdminError::not_found(format!(
+                "key `{name}` was revoked (GET /admin/keys lists it)"
+            ))),
             Some(k) => Ok((StatusCode::OK, app.keys.json(&k))),
             None => Err(unknown(name)),
         },
@@ -122,19 +125,26 @@ fn spec(body: CreateBody, now: u64) -> Result<(KeyRecord, NewSecret)> {
         None => None,
         Some(BudgetSpec::Text(t)) => Some(Budget::parse(&t).map_err(AdminError::bad)?),
         Some(BudgetSpec::Usd(usd)) => {
-            Some(Budget::parse(&usd.to_string()).map_err(AdminError::bad)?)
+            Some(Budget::usd(usd, record::Period::Month).map_err(AdminError::bad)?)
         }
     };
     let expires_at_ms = match body.expires.as_deref() {
         None => None,
         Some(e) => {
-            let d = record::parse_duration("expires", e).map_err(AdminError::bad)?;
+            let d = record::parse_duration("expires", e, false).map_err(AdminError::bad)?;
             Some(now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
         }
     };
-    if body.rpm == Some(0) || body.tpm == Some(0) {
-        return Err(AdminError::bad("rpm and tpm must be at least 1"));
-    }
+    let per_minute = |what: &str, v: Option<f64>| -> Result<Option<u64>> {
+        match v {
+            None => Ok(None),
+            Some(n) if n.fract() == 0.0 && (1.0..=1e12).contains(&n) => Ok(Some(n as u64)),
+            Some(n) => Err(AdminError::bad(format!(
+                "{what} {n} must be a whole number from 1 to 1e12"
+            ))),
+        }
+    };
+    let (rpm, tpm) = (per_minute("rpm", body.rpm)?, per_minute("tpm", body.tpm)?);
     for (name, v) in &body.attributes {
         if !(v.is_string() || v.is_number() || v.is_boolean()) || name.is_empty() {
             return Err(AdminError::bad(format!(
@@ -152,8 +162,8 @@ fn spec(body: CreateBody, now: u64) -> Result<(KeyRecord, NewSecret)> {
             hash: secret.hash(),
             previous: None,
             flags,
-            rpm: body.rpm,
-            tpm: body.tpm,
+            rpm,
+            tpm,
             budget,
             expires_at_ms,
             attributes: body.attributes,
@@ -252,7 +262,7 @@ async fn rotate(
     let body: RotateBody = optional(body)?;
     let grace = match body.grace.as_deref() {
         None => std::time::Duration::ZERO,
-        Some(g) => record::parse_duration("grace", g).map_err(AdminError::bad)?,
+        Some(g) => record::parse_duration("grace", g, true).map_err(AdminError::bad)?,
     };
     let now = crate::clock::now_ms();
     let secret = NewSecret::generate()

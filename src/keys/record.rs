@@ -2,6 +2,7 @@
 //! one: `--flags a,b --rpm 600 --tpm 200000 --budget-usd 50/month --expires 90d`.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 
@@ -9,6 +10,31 @@ use super::secret::KeyHash;
 
 /// USD as stored and counted: billionths of a dollar, so sums are exact.
 pub const NANO_PER_USD: f64 = 1e9;
+
+/// A budget as text: an amount above zero with up to 9 decimals, optionally `/day` or
+/// `/month` (the admin API's schema carries the same pattern).
+pub const BUDGET_PATTERN: &str =
+    r"^([1-9][0-9]{0,8}(\.[0-9]{1,9})?|0\.0{0,8}[1-9][0-9]{0,8})(/(day|month))?$";
+/// A key's lifetime: a whole number of seconds, minutes, hours or days (`90d`).
+pub const EXPIRES_PATTERN: &str = r"^[1-9][0-9]{0,5}[smhd]$";
+/// A rotation's grace period (`1h`; `0s` for none).
+pub const GRACE_PATTERN: &str = r"^[0-9]{1,6}[smhd]$";
+/// A key name.
+pub const NAME_PATTERN: &str = r"^[A-Za-z0-9.-][A-Za-z0-9._-]{0,63}$";
+
+fn matches(pattern: &str, s: &str) -> bool {
+    static CACHE: LazyLock<Vec<(&'static str, Option<regex::Regex>)>> = LazyLock::new(|| {
+        [BUDGET_PATTERN, EXPIRES_PATTERN, GRACE_PATTERN, NAME_PATTERN]
+            .into_iter()
+            .map(|p| (p, regex::Regex::new(p).ok()))
+            .collect()
+    });
+    CACHE
+        .iter()
+        .find(|(p, _)| *p == pattern)
+        .and_then(|(_, re)| re.as_ref())
+        .is_some_and(|re| re.is_match(s))
+}
 
 /// A key's budget period: spend counts from the period's start (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +105,12 @@ pub struct Budget {
 impl Budget {
     /// Reads `50/month`, `5/day` or `50` (a month).
     pub fn parse(s: &str) -> Result<Budget, String> {
+        if !matches(BUDGET_PATTERN, s) {
+            return Err(format!(
+                "budget {s:?} is not an amount of USD above 0 with an optional period, \
+                 such as \"50/month\" or \"5/day\""
+            ));
+        }
         let (amount, period) = match s.trim().split_once('/') {
             Some((a, p)) => (
                 a.trim(),
@@ -92,6 +124,11 @@ impl Budget {
             .trim_start_matches('$')
             .parse()
             .map_err(|_| format!("budget {amount:?} is not a number of USD"))?;
+        Budget::usd(usd, period)
+    }
+
+    /// A budget of `usd` per `period` (above 0, at most 1e9).
+    pub fn usd(usd: f64, period: Period) -> Result<Budget, String> {
         if !usd.is_finite() || usd <= 0.0 || usd > 1e9 {
             return Err(format!("budget {usd} must be above 0 and at most 1e9 USD"));
         }
@@ -181,13 +218,7 @@ impl KeyRecord {
 
 /// Checks a key name: 1–64 letters, digits, `-`, `_`, `.`.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && !name.starts_with('_');
-    if ok {
+    if matches(NAME_PATTERN, name) {
         Ok(())
     } else {
         Err(format!(
@@ -196,10 +227,32 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Reads a duration such as `90d`, `1h`, `30m`.
-pub fn parse_duration(what: &str, s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{what} {s:?} is not a duration such as \"90d\" or \"1h\": {e}"))
+/// Reads a lifetime (`90d`) or, with `grace`, a grace period (`1h`, `0s`): a whole number
+/// and one of `s`, `m`, `h`, `d`.
+pub fn parse_duration(what: &str, s: &str, grace: bool) -> Result<std::time::Duration, String> {
+    let pattern = if grace {
+        GRACE_PATTERN
+    } else {
+        EXPIRES_PATTERN
+    };
+    let bad = || {
+        format!(
+            "{what} {s:?} is not a duration such as \"90d\", \"1h\" or \"30m\" \
+             (a whole number and s, m, h or d)"
+        )
+    };
+    if !matches(pattern, s) {
+        return Err(bad());
+    }
+    let (n, unit) = s.split_at(s.len() - 1);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        _ => 86_400,
+    };
+    Ok(std::time::Duration::from_secs(n * secs))
 }
 
 #[cfg(test)]
@@ -217,6 +270,17 @@ mod tests {
         assert!(Budget::parse("-1/day").is_err());
         assert!(Budget::parse("5/week").is_err());
         assert!(Budget::parse("abc").is_err());
+        assert!(Budget::parse("0/day").is_err());
+        assert_eq!(Budget::parse("0.50").unwrap().nano_usd, 500_000_000);
+        assert!(Budget::parse("0.000").is_err());
+        assert_eq!(Budget::parse("0.05").unwrap().nano_usd, 50_000_000);
+        assert_eq!(
+            parse_duration("expires", "90d", false).unwrap().as_secs(),
+            90 * 86_400
+        );
+        assert!(parse_duration("expires", "0s", false).is_err());
+        assert!(parse_duration("grace", "0s", true).is_ok());
+        assert!(parse_duration("grace", "1 hour", true).is_err());
         // 2026-11-30T12:00:00Z
         let ms = 1_796_040_000_000;
         assert_eq!(Period::Month.id(ms), "2026-11");

@@ -81,6 +81,14 @@ fn read(body: &[u8]) -> Echo {
     } else {
         &v["max_completion_tokens"]
     };
+    if model.starts_with("judge") {
+        return Echo {
+            content: judge_answer(&last_user),
+            model,
+            prompt_tokens: approx_tokens(&prompt_chars),
+            include_usage: v["stream_options"]["include_usage"] == Value::Bool(true),
+        };
+    }
     let content = format!(
         "[mock {model}] temperature={} max_tokens={} system={} tools=[{}] | you said: {}",
         fmt_num(&v["temperature"]),
@@ -95,6 +103,19 @@ fn read(body: &[u8]) -> Echo {
         include_usage: v["stream_options"]["include_usage"] == Value::Bool(true),
         content,
     }
+}
+
+/// The mock as a judge (a model id starting with `judge`): `{"score": S}`, S 1 for about one
+/// prompt in five and 0 otherwise, a pure function of the prompt. It judges nothing; it lets an
+/// `[evals]` section run offline, deterministically.
+fn judge_answer(prompt: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in prompt.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let score = u8::from(h.is_multiple_of(5));
+    format!("{{\"score\": {score}}}")
 }
 
 fn completion_id() -> String {

@@ -42,9 +42,14 @@ impl<'a> RequestCtx<'a> {
         started: Instant,
     ) -> RequestCtx<'a> {
         let live = app.live.load_full();
+        let mut recorder = Recorder::new(live.clone(), api, started);
+        if app.export.enabled() {
+            let id = String::from_utf8_lossy(request_id.as_bytes()).into_owned();
+            recorder.export = Some(Box::new(crate::export::Draft::new(app.export.clone(), id)));
+        }
         RequestCtx {
             app,
-            recorder: Some(Recorder::new(live.clone(), api, started)),
+            recorder: Some(recorder),
             live,
             api,
             request_id,
@@ -56,6 +61,11 @@ impl<'a> RequestCtx<'a> {
     pub fn set_target(&mut self, target: Target) {
         if let Some(r) = self.recorder.as_mut() {
             r.route(target.route);
+            if let (Some(d), Route::Variation { flag, .. }) = (r.export.as_mut(), target.route) {
+                let rule = target.decision.and_then(|d| d.rule);
+                let f = self.live.config.flags.get(flag);
+                d.rule = f.and_then(|f| f.rules.get(rule?)).map(|r| r.id.clone());
+            }
         }
         self.target = Some(target);
     }
@@ -64,6 +74,26 @@ impl<'a> RequestCtx<'a> {
     pub fn set_key(&mut self, key: Option<crate::keys::Grant>) {
         if let Some(r) = self.recorder.as_mut() {
             r.key = key;
+        }
+    }
+
+    /// The export record's extras: a fallback's reason, and (with `[export]
+    /// include_content`) the prompt and a complete answer.
+    pub fn export_note(
+        &mut self,
+        fallback: Option<&'static str>,
+        prompt: impl FnOnce() -> String,
+        answer: Option<&[u8]>,
+    ) {
+        let Some(d) = self.recorder.as_mut().and_then(|r| r.export.as_mut()) else {
+            return;
+        };
+        d.fallback = d.fallback.or(fallback);
+        if d.wants_content() {
+            d.prompt.get_or_insert_with(prompt);
+            if let Some(a) = answer {
+                d.answer = Some(String::from_utf8_lossy(a).into_owned());
+            }
         }
     }
 
@@ -224,6 +254,8 @@ pub struct Recorder {
     usage: Option<Usage>,
     done: bool,
     key: Option<crate::keys::Grant>,
+    /// The per-request export record, when `[export] dir` is set.
+    export: Option<Box<crate::export::Draft>>,
 }
 
 impl Recorder {
@@ -240,6 +272,7 @@ impl Recorder {
             usage: None,
             done: false,
             key: None,
+            export: None,
         }
     }
 
@@ -285,6 +318,9 @@ impl Recorder {
             self.first_token = true;
             let elapsed = self.started.elapsed();
             self.handles().ttft.observe(elapsed.as_secs_f64());
+            if let Some(d) = self.export.as_mut() {
+                d.ttft = Some(elapsed);
+            }
         }
     }
 
@@ -341,6 +377,18 @@ impl Recorder {
             if let Some(k) = &self.key {
                 k.used(u.prompt_tokens + u.completion_tokens, cost);
             }
+        }
+        if let Some(d) = self.export.take() {
+            let price = self.handles().price;
+            d.finish(crate::export::record::Ending {
+                live: &self.live,
+                route: self.route,
+                api: self.api,
+                outcome,
+                elapsed,
+                usage,
+                price,
+            });
         }
     }
 }

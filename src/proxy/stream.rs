@@ -67,6 +67,8 @@ pub struct SseRelay {
     /// it (that would be a timer update per chunk); when it fires before the idle deadline
     /// counted from the last data, it is re-armed there.
     timer: Pin<Box<Sleep>>,
+    /// Assembles the text for an online eval, when one sampled this request.
+    tap: Option<crate::evals::answer::StreamTap>,
 }
 
 /// Searchers built once (building one per search cost more than the search on small events).
@@ -117,7 +119,14 @@ impl SseRelay {
             timer: Box::pin(tokio::time::sleep_until(
                 (now + timeouts.idle).min(deadline),
             )),
+            tap: None,
         }
+    }
+
+    /// Feeds the stream's text to an eval's tap; it is offered when the stream completes.
+    pub fn with_tap(mut self, tap: Option<crate::evals::answer::StreamTap>) -> SseRelay {
+        self.tap = tap;
+        self
     }
 }
 
@@ -236,6 +245,9 @@ impl SseRelay {
         let Some(data) = data_of(event) else {
             return Edit::Keep;
         };
+        if let Some(tap) = self.tap.as_mut() {
+            tap.data(data);
+        }
         match self.format {
             WireFormat::Responses => {
                 self.inspect_responses(event_type(event, data), data);
@@ -503,6 +515,9 @@ impl HttpBody for SseRelay {
                     let rest = std::mem::take(&mut this.buf).freeze();
                     let outcome = this.outcome;
                     this.finish(outcome, None);
+                    if let Some(tap) = this.tap.take() {
+                        tap.complete();
+                    }
                     return Poll::Ready(if rest.is_empty() {
                         None
                     } else {

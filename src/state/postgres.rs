@@ -13,6 +13,8 @@
 //!
 //! The tables live in the schema named by the URL's `schema` parameter (default `public`).
 
+mod bandit;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -94,6 +96,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX IF NOT EXISTS switchyard_feedback_metric
         ON {s}.switchyard_feedback (flag, metric);
+    "#,
+    // 3: bandit epoch records (immutable; one per flag and epoch).
+    r#"
+    CREATE TABLE IF NOT EXISTS {s}.switchyard_bandit_epochs (
+        flag TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (flag, epoch)
+    );
     "#,
 ];
 
@@ -327,6 +339,25 @@ impl PgStore {
         let shared = &*self.shared;
         self.with_conn("storing feedback", |mut conn| async move {
             let result = insert_feedback_txn(&mut conn.client, shared, rows).await;
+            (conn, result)
+        })
+        .await
+    }
+
+    /// The schema holding the tables, quoted for SQL.
+    pub(super) fn quoted_schema(&self) -> &str {
+        &self.shared.quoted_schema
+    }
+
+    /// Runs read-only `sql` on the results connection (exports, `state/export.rs`).
+    pub(super) async fn read_rows(
+        &self,
+        doing: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StateError> {
+        self.with_report_conn(doing, |conn| async move {
+            let result = conn.client.query(sql, params).await.map_err(Fail::from);
             (conn, result)
         })
         .await

@@ -9,6 +9,8 @@
 //! batch. Experiment-results queries run on a second, read-only connection (file databases
 //! only), so a long aggregation never holds up writers.
 
+mod bandit;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -82,6 +84,16 @@ const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS switchyard_feedback_metric ON switchyard_feedback (flag, metric);
+    "#,
+    // 3: bandit epoch records (immutable; one per flag and epoch).
+    r#"
+    CREATE TABLE IF NOT EXISTS switchyard_bandit_epochs (
+        flag TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (flag, epoch)
+    );
     "#,
 ];
 
@@ -231,6 +243,18 @@ impl SqliteStore {
         run_report(self.shared.clone(), move |conn, location| {
             feedback_aggs_db(conn, &flag, rule.as_deref(), since_ms)
                 .map_err(|e| sql_error(location, "aggregating feedback", &e))
+        })
+        .await
+    }
+
+    /// Runs a read-only query `f` on the reports connection (exports, `state/export.rs`).
+    pub(super) async fn read<T, F>(&self, doing: &'static str, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        run_report(self.shared.clone(), move |conn, location| {
+            f(conn).map_err(|e| sql_error(location, doing, &e))
         })
         .await
     }

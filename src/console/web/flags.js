@@ -63,9 +63,10 @@ export function flagPage(key) {
   const status = h('div', { class: 'status', role: 'status', 'aria-live': 'polite', id: 'action-status' });
   const summary = h('p', { class: 'summary', id: 'flag-summary' });
   const sections = {};
-  for (const s of ['figures', 'business', 'charts', 'rollout', 'alerts', 'config']) sections[s] = h('div', { id: `flag-${s}` });
+  for (const s of ['figures', 'business', 'bandit', 'charts', 'rollout', 'alerts', 'config']) sections[s] = h('div', { id: `flag-${s}` });
   let last = null;
   let lastResults = null;
+  let lastBandit = null;
   let resultsAge = 0;
   let refresh = async () => {};
 
@@ -167,7 +168,7 @@ export function flagPage(key) {
     if (values.includes(keep)) select.value = keep;
   }
 
-  function render(v, results) {
+  function render(v, results, bandit) {
     last = v;
     const s = v.state;
     fill(summary, badge(s.enabled ? 'on' : 'off'), ` ${s.enabled ? 'Serving' : 'Off: everyone gets'} ${s.enabled ? '' : `“${s.off_variation}”`}`,
@@ -196,6 +197,21 @@ export function flagPage(key) {
           results.variations.map((r) => row([r.variation, r.metric, num(r.users), fixed(r.value, 4), pct(r.lift), badge(r.verdict.replace('_', ' '), r.verdict)]))));
     } else {
       fill(sections.business, h('h2', {}, 'Business metrics'), h('p', { class: 'muted' }, 'No experiment results for this flag.'));
+    }
+
+    if (bandit) {
+      const ws = (w) => Object.entries(w || {}).map(([k, n]) => `${k} ${fixed(n / 100, 1)} %`).join(' · ');
+      fill(sections.bandit, h('h2', {}, 'Bandit'),
+        h('p', { id: 'bandit-summary' }, badge(bandit.status.replace('_', ' '), bandit.status === 'running' ? 'ok' : 'warn'),
+          bandit.paused ? [' ', badge('paused', 'warn')] : '', bandit.overridden_by ? [' ', badge(`overridden by ${bandit.overridden_by}`, 'warn')] : '',
+          ` ${bandit.algorithm} on “${bandit.metric}” · rule “${bandit.rule}” · epoch ${bandit.epoch} · floor ${pct(bandit.settings.floor)} · every ${bandit.settings.cadence} · now: ${ws(bandit.weights)}`),
+        bandit.epochs.length
+          ? table('Bandit epochs, newest first', ['Epoch', 'At', 'Why', 'P(best)', 'Weights after'],
+            bandit.epochs.map((e) => row([String(e.epoch), when(e.at), badge(e.why.replace(/_/g, ' '), e.why === 'srm' ? 'critical' : e.why === 'moved' ? 'ok' : 'warn'),
+              Object.entries(e.p_best).map(([k, p]) => `${k} ${fixed(p, 3)}`).join(' · '), ws(e.weights_after)], { 'data-epoch': String(e.epoch) })), { id: 'bandit-epochs' })
+          : h('p', { class: 'muted' }, 'No epoch yet: the rule\'s configured allocation is served.'));
+    } else {
+      fill(sections.bandit);
     }
 
     const now = Date.now();
@@ -252,17 +268,19 @@ export function flagPage(key) {
           h('fieldset', { class: 'actions' }, h('legend', {}, 'Forced fallback'),
             h('label', { for: 'fallback-scope' }, 'For'), scope, h('div', { class: 'buttons' }, forceBtn, liftBtn)),
           rolloutBox, status),
-        sections.figures, sections.business, sections.charts, sections.rollout, sections.alerts, sections.config);
+        sections.figures, sections.business, sections.bandit, sections.charts, sections.rollout, sections.alerts, sections.config);
     },
     refresh: (refresh = async () => {
       // Business metrics move slowly and cost the store more: every fifth refresh.
       const fetchResults = resultsAge++ % RESULTS_EVERY === 0;
-      const [v, results] = await Promise.all([
+      const [v, results, bandit] = await Promise.all([
         get(`/admin/console/flags/${enc(key)}`),
         fetchResults ? get(`${path}/results`).catch((e) => { if (e instanceof ApiError) return null; throw e; }) : lastResults,
+        fetchResults ? get(`${path}/bandit?limit=10`).catch((e) => { if (e instanceof ApiError) return null; throw e; }) : lastBandit,
       ]);
       lastResults = results;
-      render(v, results);
+      lastBandit = bandit;
+      render(v, results, bandit);
     }),
   };
 }
