@@ -362,9 +362,11 @@ async fn an_entry_expires_after_its_ttl() {
     let up = MockUpstream::builder().start().await;
     let p = proxy::TestProxy::start(&config(&up.base_url(), "")).await;
     let body = chat("short", "brief");
+    // Taken before the first request: the entry is stored before its answer arrives, so a clock
+    // read after the answer would start the ttl late.
+    let stored_at = Instant::now();
     let r = post(&p, &body, &[]).await;
     assert_eq!(r.header("x-switchyard-cache").as_deref(), Some("miss"));
-    let stored_at = Instant::now();
     let deadline = Instant::now() + WAIT;
     let mut hits = 0;
     loop {
