@@ -3,7 +3,6 @@
 //! `_sum` and `_count` over the same rolling window), built when `/metrics` is gathered.
 //! A gauge may not carry the reserved `quantile` label; a summary is what it is.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -25,27 +24,18 @@ pub(super) type Windows = Arc<DashMap<(String, String), Arc<Mutex<Rolling>>>>;
 /// The collector registered in the one registry.
 pub(super) struct LatencySummary {
     windows: Windows,
-    /// `[telemetry] latency_quantiles` of the config in force: nothing is exposed when off.
-    enabled: Arc<AtomicBool>,
     desc: Desc,
 }
 
 impl LatencySummary {
-    pub(super) fn new(
-        windows: Windows,
-        enabled: Arc<AtomicBool>,
-    ) -> prometheus::Result<LatencySummary> {
+    pub(super) fn new(windows: Windows) -> prometheus::Result<LatencySummary> {
         let desc = Desc::new(
             NAME.to_owned(),
             HELP.to_owned(),
             vec!["flag".to_owned(), "variation".to_owned()],
             Default::default(),
         )?;
-        Ok(LatencySummary {
-            windows,
-            enabled,
-            desc,
-        })
+        Ok(LatencySummary { windows, desc })
     }
 }
 
@@ -62,9 +52,6 @@ impl Collector for LatencySummary {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return Vec::new();
-        }
         let mut rows = Vec::new();
         for entry in self.windows.iter() {
             let Ok(mut r) = entry.value().lock() else {
