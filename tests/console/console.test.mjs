@@ -41,7 +41,10 @@ function config(withNight = true) {
     c = c.replace(from, to);
   };
   swap('url = "sqlite:switchyard-state.db"', `url = "sqlite:${path.join(work, 'state.db')}"`);
-  swap('tokens = [{ name = "ops", token_env = "SWITCHYARD_ADMIN_TOKEN" }]', tokens(withNight));
+  // The admin tokens: the first line and its indented continuation (the agent token).
+  const shipped = /^tokens = \[\{ name = "ops", token_env = "SWITCHYARD_ADMIN_TOKEN" \}[^\n]*\n(?:[ \t]+[^\n]*\n)*/m;
+  assert.ok(shipped.test(c), 'proxy.toml no longer has the ops token first in [admin] tokens');
+  c = c.replace(shipped, `${tokens(withNight)}\n`);
   swap('reload_check_interval = "2s"', 'reload_check_interval = "0s"');
   c = c.replace(/^summarizer-v2 = .*$/m, `summarizer-v2 = '${XSS}'`);
   return c;
