@@ -11,6 +11,12 @@
 #   2. saturation throughput (closed loop, CONNS connections)        direct, switchyard, nginx, relay
 #   3. latency at a fixed moderate rate (open loop, RATE req/s)      direct, switchyard, nginx, relay
 #   4. STREAMS concurrent SSE streams held open (chunks 100 ms apart) direct, switchyard
+#   (2b. saturation with RETURNING returning end users instead of a new one per request:
+#        switchyard; and CPU per request, user + system from /proc, of every proxy in run 2)
+#
+# then, behind knobs: CALLGRIND=1 user-space instructions per request of Switchyard and the
+# bare relay (benches/callgrind.sh), SCALE=1 configuration at scale, start-up time and hot
+# reload under load (benches/scale.sh).
 #
 # (relay: a bare hyper reverse proxy, `loadgen relay`, the floor of the stack Switchyard is
 # built on) and prints a table (also written to target/bench/load-report.md) with the added latency
@@ -32,8 +38,11 @@
 #   UPSTREAM_CPUS=…    CPUs for the fake provider (default: SERVER_CPUS)
 #   LOAD_CPUS=1        CPUs for the load generator
 #   NICE=-20           priority of every process started (as root; NICE=0 leaves it alone)
+#   RETURNING=1000     end users cycled in the returning-user saturation run (0 skips it)
 #   INSTALL_NGINX=1    apt-get install nginx first when it is missing
 #   SKIP_BUILD=1       use the binaries already built
+#   CALLGRIND=1        also count instructions per request under valgrind (slow: ~2 min)
+#   SCALE=1            also run benches/scale.sh (1,000 flags, start-up, reload under load)
 #
 # All traffic stays on 127.0.0.1; every run is bounded in time; every process started here
 # is stopped on exit.
@@ -47,6 +56,7 @@ CONNS="${CONNS:-64}"
 RATE="${RATE:-2000}"
 STREAMS="${STREAMS:-1000}"
 STREAM_RAMP="${STREAM_RAMP:-1000}"
+RETURNING="${RETURNING:-1000}"
 CHUNK_MS="${CHUNK_MS:-100}"
 STALL_MS=2000
 WARMUP=1
@@ -168,6 +178,16 @@ rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/statu
 
 # cpu_s PID: user + system CPU seconds used so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# cpu_tree_s PID: cpu_s of PID and its children (nginx's worker is the master's child).
+cpu_tree_s() {
+  local total child
+  total="$(cpu_s "$1")"
+  for child in $(pgrep -P "$1" 2>/dev/null || true); do
+    total="$(awk -v a="${total}" -v b="$(cpu_s "${child}")" 'BEGIN { printf "%.2f", a + b }')"
+  done
+  printf '%s\n' "${total}"
+}
 
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 
@@ -360,6 +380,8 @@ log "bare hyper relay on ${RL_ADDR}"
 PATH_CHAT=/v1/chat/completions
 TARGETS=(direct switchyard)
 declare -A URL=([direct]="http://${UP_ADDR}${PATH_CHAT}" [switchyard]="http://${SY_ADDR}${PATH_CHAT}")
+declare -A PID_OF=([direct]="${UP_PID}" [switchyard]="${SY_PID}" [relay]="${RL_PID}")
+[[ -n "${NG_ADDR}" ]] && PID_OF[nginx]="${NG_PID}" 
 if [[ -n "${NG_ADDR}" ]]; then
   TARGETS+=(nginx)
   URL[nginx]="http://${NG_ADDR}${PATH_CHAT}"
@@ -390,11 +412,30 @@ done
 OH1="$(overhead)"
 
 # --- 2. saturation --------------------------------------------------------------------------
+declare -A CPU_US
 for t in "${TARGETS[@]}"; do
   log "saturation, ${CONNS} connections → ${t} (${DURATION} s)"
+  c0="$(cpu_tree_s "${PID_OF[$t]}")"
   SAT[$t]="$(measure closed --url "${URL[$t]}" --conns "${CONNS}" --warmup "${WARMUP}" --duration "${DURATION}")"
+  c1="$(cpu_tree_s "${PID_OF[$t]}")"
+  # CPU over warm-up and run, per request answered in the run (the warm-up's requests are
+  # not counted, so this overstates by up to WARMUP/DURATION; the same for every target).
+  CPU_US[$t]="$(awk -v a="${c0}" -v b="${c1}" -v n="$(field "${SAT[$t]}" ok)" -v w="${WARMUP}" -v d="${DURATION}" \
+    'BEGIN { if (n > 0) printf "%.1f", (b - a) / (n * (1 + w / d)) * 1e6; else printf "n/a" }')"
 done
 OH2="$(overhead)"
+SAT_RET=""
+if ((RETURNING > 0)); then
+  log "saturation, ${CONNS} connections, ${RETURNING} returning users → switchyard (${DURATION} s)"
+  # One pass over the users first, so that every one of them is returning in the run.
+  measure closed --url "${URL[switchyard]}" --conns "${CONNS}" --warmup 0 --duration 1 --users "${RETURNING}" >/dev/null
+  c0="$(cpu_tree_s "${SY_PID}")"
+  SAT_RET="$(measure closed --url "${URL[switchyard]}" --conns "${CONNS}" --warmup "${WARMUP}" --duration "${DURATION}" --users "${RETURNING}")"
+  c1="$(cpu_tree_s "${SY_PID}")"
+  CPU_US[returning]="$(awk -v a="${c0}" -v b="${c1}" -v n="$(field "${SAT_RET}" ok)" -v w="${WARMUP}" -v d="${DURATION}" \
+    'BEGIN { if (n > 0) printf "%.1f", (b - a) / (n * (1 + w / d)) * 1e6; else printf "n/a" }')"
+fi
+OH2R="$(overhead)"
 
 # --- 3. open loop ---------------------------------------------------------------------------
 for t in "${TARGETS[@]}"; do
@@ -475,7 +516,7 @@ RL_VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${RL_RPS}" "${NG_RPS}" || echo n/
   echo "- revision: ${REV}"
   echo "- pinning: ${PINNING}"
   echo "- settings: DURATION=${DURATION}s per run (+${WARMUP}s warm-up), CONNS=${CONNS}, RATE=${RATE}/s, STREAMS=${STREAMS} over ${STREAM_PROTO}, Switchyard to the provider over ${STREAM_UPSTREAM} (opened at ${STREAM_RAMP}/s, ${STREAM_CHUNKS} chunks ${CHUNK_MS} ms apart); ulimit -n $(ulimit -n)"
-  echo "- request: ~0.7 KB chat body, model = flag \`bench\` (audience rule evaluated, then a 50/50 split), a new end user per request"
+  echo "- request: ~0.7 KB chat body, model = flag \`bench\` (audience rule evaluated, then a 50/50 split), a new end user per request (the returning-user run: ${RETURNING} users cycled)"
   echo
   echo "## Requests"
   echo
@@ -489,6 +530,10 @@ RL_VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${RL_RPS}" "${NG_RPS}" || echo n/
     r="${SAT[$t]}"
     echo "| saturation, ${CONNS} conns | ${t} | $(field "$r" ok) | $(field "$r" errors) | $(field "$r" rps) | $(field "$r" p50_us) | $(field "$r" p90_us) | $(field "$r" p99_us) | $(field "$r" max_us) |"
   done
+  if [[ -n "${SAT_RET}" ]]; then
+    r="${SAT_RET}"
+    echo "| saturation, ${CONNS} conns, ${RETURNING} returning users | switchyard | $(field "$r" ok) | $(field "$r" errors) | $(field "$r" rps) | $(field "$r" p50_us) | $(field "$r" p90_us) | $(field "$r" p99_us) | $(field "$r" max_us) |"
+  fi
   for t in "${TARGETS[@]}"; do
     r="${OPEN[$t]}"
     echo "| open loop, ${RATE}/s | ${t} | $(field "$r" ok) | $(field "$r" errors) | $(field "$r" achieved_rate) | $(field "$r" p50_us) | $(field "$r" p90_us) | $(field "$r" p99_us) | $(field "$r" max_us) |"
@@ -513,14 +558,34 @@ RL_VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${RL_RPS}" "${NG_RPS}" || echo n/
   echo "| added latency p99, concurrency 1 (switchyard − direct) | ${ADDED_P99} µs | ≤ 100 µs | $(latency_verdict "${ADDED_P99}" "${D_C1_P99}" 100) |"
   echo "| mean of switchyard_overhead_seconds, concurrency-1 run | $(overhead_delta "${OH0}" "${OH1}") µs | | |"
   echo "| added latency p50 / p99, open loop ${RATE}/s | $(added "$(field "${OPEN[switchyard]}" p50_us)" "$(field "${OPEN[direct]}" p50_us)") / $(added "$(field "${OPEN[switchyard]}" p99_us)" "$(field "${OPEN[direct]}" p99_us)") µs | | |"
-  echo "| mean of switchyard_overhead_seconds, open-loop run | $(overhead_delta "${OH2}" "${OH3}") µs | | |"
+  echo "| mean of switchyard_overhead_seconds, open-loop run | $(overhead_delta "${OH2R}" "${OH3}") µs | | |"
   echo "| saturation throughput | ${SY_RPS} req/s | | |"
   echo "| … as a ratio of direct | $(ratio "${SY_RPS}" "$(field "${SAT[direct]}" rps)") | | |"
   echo "| … as a ratio of nginx | ${VS_NGINX} | ≥ 0.90 | $(verdict "${VS_NGINX}" 0.9 ge) |"
   echo "| mean of switchyard_overhead_seconds, saturation run | $(overhead_delta "${OH1}" "${OH2}") µs | | |"
+  if [[ -n "${SAT_RET}" ]]; then
+    SY_RET_RPS="$(field "${SAT_RET}" rps)"
+    echo "| saturation throughput, ${RETURNING} returning users | ${SY_RET_RPS} req/s | | |"
+    echo "| … as a ratio of nginx | $( [[ -n "${NG_RPS}" ]] && ratio "${SY_RET_RPS}" "${NG_RPS}" || echo n/a) | ≥ 0.90 | $( [[ -n "${NG_RPS}" ]] && verdict "$(ratio "${SY_RET_RPS}" "${NG_RPS}")" 0.9 ge || echo "not measured") |"
+  fi
+  for t in "${TARGETS[@]}"; do
+    echo "| CPU per request (user + system, /proc) at saturation: ${t} | ${CPU_US[$t]} µs | | |"
+  done
+  [[ -n "${SAT_RET}" ]] && echo "| CPU per request at saturation: switchyard, returning users | ${CPU_US[returning]} µs | | |"
+  if [[ -n "${NG_ADDR}" ]]; then
+    CPU_RATIO="$(ratio "${CPU_US[switchyard]}" "${CPU_US[nginx]}")"
+    echo "| CPU per request: switchyard ÷ nginx | ${CPU_RATIO} | ≤ 1.5 | $(verdict "${CPU_RATIO}" 1.5 le) |"
+  fi
+  echo "| CPU per request: switchyard ÷ bare relay | $(ratio "${CPU_US[switchyard]}" "${CPU_US[relay]}") | | |"
   echo "| bare hyper relay (the stack's floor): saturation as a ratio of nginx | ${RL_VS_NGINX} | | |"
   echo "| switchyard as a ratio of the bare relay | $(ratio "${SY_RPS}" "${RL_RPS}") | | |"
   echo "| added latency p50 / p99 of the bare relay, concurrency 1 | $(added "$(field "${C1[relay]}" p50_us)" "${D_C1_P50}") / $(added "$(field "${C1[relay]}" p99_us)" "${D_C1_P99}") µs | | |"
+  if [[ -n "${NG_ADDR}" ]]; then
+    NG_ADDED_P50="$(added "$(field "${C1[nginx]}" p50_us)" "${D_C1_P50}")"
+    P50_OVER="$(calc "%.0f" "${ADDED_P50} - ${NG_ADDED_P50}")"
+    echo "| added latency p50 / p99 of nginx, concurrency 1 | ${NG_ADDED_P50} / $(added "$(field "${C1[nginx]}" p99_us)" "${D_C1_P99}") µs | | |"
+    echo "| added p50: switchyard − nginx | ${P50_OVER} µs | ≤ 20 µs | $(verdict "${P50_OVER}" 20 le) |"
+  fi
   if ((STREAMS > 0)); then
     S="${STR[switchyard]}"
     D="${STR[direct]}"
@@ -540,6 +605,16 @@ RL_VS_NGINX="$( [[ -n "${NG_RPS}" ]] && ratio "${RL_RPS}" "${NG_RPS}" || echo n/
 
 cat "${REPORT}"
 log "report written to ${REPORT}"
+
+# --- instructions per request, configuration at scale ------------------------------------------
+if [[ "${CALLGRIND:-0}" == 1 ]]; then
+  log "instructions per request under callgrind (about 2 minutes)"
+  LOADGEN="${LOADGEN}" SWITCHYARD="${SWITCHYARD}" CONFIG="${WORK}/switchyard.toml" UP_ADDR="${UP_ADDR}" \
+    RETURNING="${RETURNING}" "${ON_SERVER[@]}" bash "${ROOT}/benches/callgrind.sh" | tee -a "${REPORT}"
+fi
+if [[ "${SCALE:-0}" == 1 ]]; then
+  SKIP_BUILD=1 bash "${ROOT}/benches/scale.sh" | tee -a "${REPORT}"
+fi
 
 # --- experiment data at scale ------------------------------------------------------------------
 # Feedback ingestion (events/s in batches of 100) and the results computation with EXPOSURES

@@ -17,6 +17,7 @@ mod flags;
 mod fleet;
 mod identity;
 mod keys;
+mod telemetry;
 pub use identity::{IdSource, IdentitySettings, OnMissing};
 mod locate;
 mod providers;
@@ -104,6 +105,8 @@ pub struct Config {
     pub optimizely: Option<crate::sources::OptimizelySettings>,
     /// The revision of the flags added from other sources, if any (part of OFREP's ETag).
     pub sources_revision: Option<String>,
+    /// `[telemetry]`: what is exposed per variation.
+    pub telemetry: crate::metrics::Telemetry,
     /// `[evals.NAME]`: online evals.
     pub evals: Vec<Arc<EvalSettings>>,
     /// `[cache]`: the response cache's backend (read at start).
@@ -751,6 +754,7 @@ impl Validator<'_> {
         let bandits = self.bandits(&raw, &flags, &catalog);
         let admin_tokens = self.admin(&raw);
         let fleet = self.fleet(&raw, &flags, &alerts);
+        let telemetry = self.telemetry(&raw, &flags, &alerts);
         let state_url = self.state_url(&raw);
         let ofrep = crate::api::ofrep::OfrepSettings {
             tokens: self.tokens(&root.key("ofrep"), &raw.ofrep.tokens),
@@ -791,6 +795,7 @@ impl Validator<'_> {
             ofrep,
             optimizely,
             sources_revision: None,
+            telemetry,
             evals,
             keys,
         }

@@ -11,6 +11,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+mod lazy;
+mod settings;
 mod summary;
 
 pub mod cache;
@@ -29,7 +31,10 @@ pub use evals::{EvalMetrics, EvalOutcome};
 pub use handles::{
     HandleLabels, RouteMetrics, VariationHandles, VariationMetrics, VariationTotals,
 };
+pub use lazy::Lazy;
+use lazy::Owner;
 use rolling::Rolling;
+pub use settings::Telemetry;
 
 /// The `flag` label of requests for a model that is no flag.
 pub const PASSTHROUGH: &str = "_passthrough";
@@ -154,6 +159,11 @@ pub struct Metrics {
     /// `switchyard_stable_variation{flag,variation}`.
     pub stable_variation: IntGaugeVec,
     rolling: summary::Windows,
+    /// Every set of per-variation handles made so far, so a reloaded config finds the sets
+    /// (and counts) of the one before.
+    handle_sets: dashmap::DashMap<handles::HandleKey, Arc<VariationMetrics>>,
+    /// `[telemetry] latency_quantiles` of the config in force.
+    quantiles: Arc<std::sync::atomic::AtomicBool>,
     /// `switchyard_eval_*`: online evals.
     pub evals: EvalMetrics,
     /// The response cache's families.
@@ -473,7 +483,11 @@ impl Metrics {
         let evals = EvalMetrics::register(&registry)?;
         let keys = keys::KeyMetrics::new(&registry)?;
         let rolling = summary::Windows::default();
-        registry.register(Box::new(summary::LatencySummary::new(rolling.clone())?))?;
+        let quantiles = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        registry.register(Box::new(summary::LatencySummary::new(
+            rolling.clone(),
+            quantiles.clone(),
+        )?))?;
         registry.register(Box::new(config_info.clone()))?;
         let cache = cache::CacheMetrics::new(&registry)?;
         let export = export::ExportMetrics::new(&registry)?;
@@ -520,6 +534,8 @@ impl Metrics {
             connections_closed,
             open_connections,
             rolling,
+            handle_sets: Default::default(),
+            quantiles,
             evals,
             cache,
             export,
@@ -597,82 +613,38 @@ impl Metrics {
         &self.registry
     }
 
-    fn variation(&self, l: &HandleLabels, api: ClientApi) -> prometheus::Result<VariationMetrics> {
-        let (flag, variation, provider, model) = (
-            l.flag.as_str(),
-            l.variation.as_str(),
-            l.provider.as_str(),
-            l.model.as_str(),
-        );
-        let price = l.price;
-        let api = api.as_str();
-        let outcome = |o: Outcome| {
-            self.requests.get_metric_with_label_values(&[
-                flag,
-                variation,
-                provider,
-                model,
-                o.as_str(),
-                api,
-            ])
-        };
-        let error = |c: ErrorClass| {
-            self.errors
-                .get_metric_with_label_values(&[flag, variation, c.as_str()])
-        };
-        let rolling = self
-            .rolling
-            .entry((flag.to_owned(), variation.to_owned()))
-            .or_insert_with(|| Arc::new(Mutex::new(Rolling::new().unwrap_or_else(Rolling::empty))))
-            .clone();
-        Ok(VariationMetrics {
-            outcomes: [
-                outcome(Outcome::ALL[0])?,
-                outcome(Outcome::ALL[1])?,
-                outcome(Outcome::ALL[2])?,
-                outcome(Outcome::ALL[3])?,
-                outcome(Outcome::ALL[4])?,
-                outcome(Outcome::ALL[5])?,
-            ],
-            duration: self
-                .duration
-                .get_metric_with_label_values(&[flag, variation, provider, model, api])?,
-            ttft: self
-                .ttft
-                .get_metric_with_label_values(&[flag, variation, provider, model, api])?,
-            overhead: self
-                .overhead
-                .get_metric_with_label_values(&[flag, variation])?,
-            tokens_in: self
-                .tokens
-                .get_metric_with_label_values(&[flag, variation, model, "in", api])?,
-            tokens_out: self
-                .tokens
-                .get_metric_with_label_values(&[flag, variation, model, "out", api])?,
-            errors: [
-                error(ErrorClass::ALL[0])?,
-                error(ErrorClass::ALL[1])?,
-                error(ErrorClass::ALL[2])?,
-                error(ErrorClass::ALL[3])?,
-                error(ErrorClass::ALL[4])?,
-                error(ErrorClass::ALL[5])?,
-                error(ErrorClass::ALL[6])?,
-                error(ErrorClass::ALL[7])?,
-                error(ErrorClass::ALL[8])?,
-                error(ErrorClass::ALL[9])?,
-            ],
-            stream_interrupted: self.fallback_triggers.get_metric_with_label_values(&[
-                flag,
-                variation,
-                "stream_interrupted",
-                "error",
-            ])?,
-            cost_usd: self
-                .cost
-                .get_metric_with_label_values(&[flag, variation, model])?,
-            price,
-            rolling,
-        })
+    /// The handles of (labels, api), made on first use and kept for later configs.
+    fn variation(
+        self: &Arc<Self>,
+        labels: &Arc<HandleLabels>,
+        api: ClientApi,
+    ) -> Arc<VariationMetrics> {
+        let key = (labels.clone(), api.index());
+        if let Some(h) = self.handle_sets.get(&key) {
+            return h.clone();
+        }
+        self.handle_sets
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(VariationMetrics::new(Owner {
+                    labels: labels.clone(),
+                    api: api.as_str(),
+                    metrics: Arc::downgrade(self),
+                    quantiles: self.quantiles.clone(),
+                }))
+            })
+            .clone()
+    }
+
+    /// The handles of (labels, api) if they were ever made.
+    fn existing(
+        &self,
+        labels: &Arc<HandleLabels>,
+        api: ClientApi,
+    ) -> Option<Arc<VariationMetrics>> {
+        self.handle_sets
+            .get(&(labels.clone(), api.index()))
+            .map(|h| h.clone())
     }
 
     /// Counts one passthrough request (`endpoint` from a fixed list).
@@ -692,20 +664,42 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Resolves the handles of every variation of `config` (done once per config load): the
-    /// chat API's at once, the other APIs' on their first request.
+    /// The handles of every variation of `config` (done once per config load). Nothing is
+    /// registered here: each set is made on its variation's first request.
     pub fn routes(self: &Arc<Self>, config: &Config) -> prometheus::Result<RouteMetrics> {
+        let telemetry = config.telemetry;
+        self.quantiles.store(
+            telemetry.latency_quantiles,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !telemetry.latency_quantiles {
+            // Nothing records into the windows any more: their histograms go now.
+            for w in self.rolling.iter() {
+                if let Ok(mut r) = w.value().lock() {
+                    r.clear();
+                }
+            }
+        }
         let mut flags = Vec::with_capacity(config.flags.len());
         for flag in &config.flags {
             let mut vars = Vec::with_capacity(flag.variations.len());
             for v in &flag.variations {
-                vars.push(self.handles(HandleLabels {
-                    flag: flag.key.clone(),
-                    variation: v.key.clone(),
-                    provider: v.provider.name.clone(),
-                    model: v.model_id.clone(),
-                    price: config.prices.get(&v.model_id).copied(),
-                })?);
+                vars.push(
+                    self.handles(HandleLabels {
+                        flag: flag.key.clone(),
+                        variation: v.key.clone(),
+                        provider: v.provider.name.clone(),
+                        model: if telemetry.model_label {
+                            v.model_id.clone()
+                        } else {
+                            String::new()
+                        },
+                        price: config
+                            .prices
+                            .get(&v.model_id)
+                            .map(|(i, o)| (i.to_bits(), o.to_bits())),
+                    }),
+                );
             }
             flags.push(vars);
         }
@@ -724,21 +718,20 @@ impl Metrics {
         };
         Ok(RouteMetrics {
             flags,
-            passthrough: self.handles(fixed(PASSTHROUGH, passthrough_provider))?,
+            passthrough: self.handles(fixed(PASSTHROUGH, passthrough_provider)),
             unrouted: self.handles(HandleLabels {
                 provider: NONE.to_owned(),
                 ..fixed(NONE, NONE)
-            })?,
+            }),
         })
     }
 
-    fn handles(self: &Arc<Self>, labels: HandleLabels) -> prometheus::Result<VariationHandles> {
-        Ok(VariationHandles {
-            chat: self.variation(&labels, ClientApi::Chat)?,
-            others: Default::default(),
-            labels,
+    fn handles(self: &Arc<Self>, labels: HandleLabels) -> VariationHandles {
+        VariationHandles {
+            apis: Default::default(),
+            labels: Arc::new(labels),
             metrics: Arc::downgrade(self),
-        })
+        }
     }
 
     /// The Prometheus text exposition (the rolling quantile summary is built as it is

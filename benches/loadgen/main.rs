@@ -6,10 +6,14 @@
 //! loadgen upstream [--listen 127.0.0.1:0] [--chunks 30] [--interval-ms 100]
 //! loadgen relay    --upstream IP:PORT [--listen 127.0.0.1:0]
 //! loadgen closed   --url URL [--conns 64] [--duration 10] [--warmup 1] [--model M]
+//!                  [--users N]   (N returning end users cycled; 0, the default: a new one each)
+//!                  [--flags N]   (model M-0 … M-(N-1) cycled; 0, the default: M itself)
 //! loadgen open     --url URL [--rate 2000] [--conns 64] [--duration 10] [--model M]
 //! loadgen streams  --url URL [--streams 1000] [--ramp 1000] [--chunks 30] [--interval-ms 100]
 //!                  [--stall-ms 2000] [--proto h1|h2] [--per-conn 100] [--model M]
 //! loadgen overhead --url http://ADMIN/metrics
+//! loadgen first    --url URL --since-ns NS [--model M] [--deadline 10]
+//!                  (start-up: first connection and first answer, in ms since NS)
 //! loadgen freeport
 //! ```
 //!
@@ -24,12 +28,14 @@
 //! | [`relay`] | a bare hyper reverse proxy: the floor of the stack Switchyard is built on |
 //! | [`client`] | one keep-alive HTTP/1.1 connection, request bodies, loopback-only targets |
 //! | [`runs`] | closed loop, open loop, held streams, the `/metrics` overhead scrape |
+//! | [`start`] | start-up time: first connection and first answer after the proxy's exec |
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod client;
 mod relay;
 mod runs;
+mod start;
 mod upstream;
 
 use std::collections::HashMap;
@@ -91,7 +97,7 @@ impl Args {
 
 const USAGE: &str = "loadgen: the load benchmark's fake provider and load generator.
 Run the whole benchmark with `bash benches/load.sh`; subcommands:
-  upstream | relay | closed | open | streams | overhead | freeport   (see benches/loadgen/main.rs)";
+  upstream | relay | closed | open | streams | first | overhead | freeport   (see benches/loadgen/main.rs)";
 
 fn runtime() -> tokio::runtime::Runtime {
     // Worker threads follow the CPUs this process may run on (taskset), one per core.
@@ -123,6 +129,8 @@ fn run(command: &str, args: &Args) -> Result<(), String> {
                 conns: args.num("conns", 64)?,
                 warmup: args.secs("warmup", 1.0)?,
                 duration: args.secs("duration", 10.0)?,
+                users: args.num("users", 0)?,
+                flags: args.num("flags", 0)?,
             };
             runtime().block_on(runs::closed(plan))
         }
@@ -149,6 +157,20 @@ fn run(command: &str, args: &Args) -> Result<(), String> {
                 per_conn: args.num("per-conn", 100)?,
             };
             runtime().block_on(runs::streams(plan))
+        }
+        "first" => {
+            let target = client::Target::parse(&args.required("url")?)?;
+            let since: u128 = args
+                .required("since-ns")?
+                .parse()
+                .map_err(|_| "--since-ns: not a number".to_owned())?;
+            let deadline = args.secs("deadline", 10.0)?;
+            runtime().block_on(start::first(
+                target,
+                args.str("model", "bench"),
+                since,
+                deadline,
+            ))
         }
         "overhead" => {
             let target = client::Target::parse(&args.required("url")?)?;

@@ -149,6 +149,19 @@ pub struct ClosedPlan {
     pub warmup: Duration,
     /// Time measured.
     pub duration: Duration,
+    /// Distinct end users, cycled (0: every request a new user).
+    pub users: u64,
+    /// Flags cycled: `model` becomes `{model}-{n % flags}` (0: `model` itself).
+    pub flags: u64,
+}
+
+/// The end user of request number `n`: a new one each time, or one of `users` returning.
+fn user_of(n: u64, users: u64) -> u64 {
+    if users == 0 {
+        n
+    } else {
+        n % users
+    }
 }
 
 /// `conns` connections send back to back; prints requests/s and latency quantiles of the
@@ -158,6 +171,8 @@ pub async fn closed(plan: ClosedPlan) -> Result<(), String> {
     let target = Arc::new(plan.target);
     let model: Arc<str> = plan.model.into();
     let users = Arc::new(AtomicU64::new(0));
+    let returning = plan.users;
+    let flags = plan.flags;
     let from = Instant::now() + plan.warmup;
     let end = from + plan.duration;
     let mut set = JoinSet::new();
@@ -175,7 +190,16 @@ pub async fn closed(plan: ClosedPlan) -> Result<(), String> {
                         continue;
                     }
                 };
-                let body = chat_body(&model, users.fetch_add(1, Ordering::Relaxed), false);
+                let n = users.fetch_add(1, Ordering::Relaxed);
+                let body = if flags == 0 {
+                    chat_body(&model, user_of(n, returning), false)
+                } else {
+                    chat_body(
+                        &format!("{model}-{}", n % flags),
+                        user_of(n, returning),
+                        false,
+                    )
+                };
                 let t0 = Instant::now();
                 let result = exchange(conn, &target, body).await;
                 let t1 = Instant::now();

@@ -49,6 +49,9 @@ pub struct RawConfig {
     /// `[sources.*]`: flags from other systems.
     #[serde(default)]
     pub sources: RawSources,
+    /// `[telemetry]`: what is exposed per variation.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     /// `[evals.NAME]`: online evals.
     #[serde(default)]
     pub evals: BTreeMap<String, super::evals::RawEval>,
@@ -60,6 +63,13 @@ pub struct RawConfig {
     pub export: super::cache::RawExport,
     /// `[keys]`: client keys.
     pub keys: Option<RawKeys>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub latency_quantiles: Option<bool>,
+    pub model_label: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,37 +1,136 @@
 //! The handles the request path records through: one set per (flag, variation) and client
-//! API, resolved when a config loads (chat) or on first use (the other APIs).
+//! API. Nothing is registered when a config loads: a set is made on the variation's first
+//! request through an API (kept by the registry, so a reload finds the same set), and each
+//! series in it on its first observation ([`Lazy`]). A thousand flags cost nothing until
+//! used; a variation that never failed carries no error series.
 
 use super::*;
 
-/// Pre-resolved handles for one (flag, variation): the request path records through these.
-#[derive(Debug, Clone)]
+/// Handles for one (flag, variation) and client API.
+#[derive(Debug)]
 pub struct VariationMetrics {
-    pub(super) outcomes: [IntCounter; 6],
+    pub(super) outcomes: [Lazy<IntCounter>; 6],
     /// Total request duration.
-    pub duration: Histogram,
+    pub duration: Lazy<Histogram>,
     /// Time to first token of streams.
-    pub ttft: Histogram,
+    pub ttft: Lazy<Histogram>,
     /// The proxy's own time.
-    pub overhead: Histogram,
+    pub overhead: Lazy<Histogram>,
     /// Prompt tokens.
-    pub tokens_in: IntCounter,
+    pub tokens_in: Lazy<IntCounter>,
     /// Completion tokens.
-    pub tokens_out: IntCounter,
-    pub(super) errors: [IntCounter; 10],
+    pub tokens_out: Lazy<IntCounter>,
+    pub(super) errors: [Lazy<IntCounter>; 10],
     /// `fallback_triggers_total{reason="stream_interrupted", behavior="error"}`.
-    pub stream_interrupted: IntCounter,
+    pub stream_interrupted: Lazy<IntCounter>,
     /// Estimated cost in USD (from `[prices]`).
-    pub cost_usd: prometheus::Counter,
+    pub cost_usd: Lazy<prometheus::Counter>,
     /// USD per million (input, output) tokens of this variation's model, when priced.
     pub price: Option<(f64, f64)>,
-    pub(super) rolling: Arc<Mutex<Rolling>>,
+    /// The rolling quantile window (recorded while `[telemetry] latency_quantiles` holds).
+    pub(super) rolling: Lazy<Arc<Mutex<Rolling>>>,
+    quantiles: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn outcome(o: &Owner, m: &Metrics, i: usize) -> prometheus::Result<IntCounter> {
+    let l = &o.labels;
+    let outcome = Outcome::ALL.get(i).copied().unwrap_or(Outcome::Success);
+    m.requests.get_metric_with_label_values(&[
+        &l.flag,
+        &l.variation,
+        &l.provider,
+        &l.model,
+        outcome.as_str(),
+        o.api,
+    ])
+}
+
+fn error(o: &Owner, m: &Metrics, i: usize) -> prometheus::Result<IntCounter> {
+    let class = ErrorClass::ALL
+        .get(i)
+        .copied()
+        .unwrap_or(ErrorClass::ALL[0]);
+    m.errors
+        .get_metric_with_label_values(&[&o.labels.flag, &o.labels.variation, class.as_str()])
+}
+
+fn duration(o: &Owner, m: &Metrics, _: usize) -> prometheus::Result<Histogram> {
+    let l = &o.labels;
+    m.duration
+        .get_metric_with_label_values(&[&l.flag, &l.variation, &l.provider, &l.model, o.api])
+}
+
+fn ttft(o: &Owner, m: &Metrics, _: usize) -> prometheus::Result<Histogram> {
+    let l = &o.labels;
+    m.ttft
+        .get_metric_with_label_values(&[&l.flag, &l.variation, &l.provider, &l.model, o.api])
+}
+
+fn overhead(o: &Owner, m: &Metrics, _: usize) -> prometheus::Result<Histogram> {
+    m.overhead
+        .get_metric_with_label_values(&[&o.labels.flag, &o.labels.variation])
+}
+
+fn tokens(o: &Owner, m: &Metrics, out: usize) -> prometheus::Result<IntCounter> {
+    let l = &o.labels;
+    let direction = if out == 1 { "out" } else { "in" };
+    m.tokens
+        .get_metric_with_label_values(&[&l.flag, &l.variation, &l.model, direction, o.api])
+}
+
+fn stream_interrupted(o: &Owner, m: &Metrics, _: usize) -> prometheus::Result<IntCounter> {
+    m.fallback_triggers.get_metric_with_label_values(&[
+        &o.labels.flag,
+        &o.labels.variation,
+        "stream_interrupted",
+        "error",
+    ])
+}
+
+fn cost(o: &Owner, m: &Metrics, _: usize) -> prometheus::Result<prometheus::Counter> {
+    let l = &o.labels;
+    m.cost
+        .get_metric_with_label_values(&[&l.flag, &l.variation, &l.model])
+}
+
+fn rolling(o: &Owner, m: &Metrics, _: usize) -> prometheus::Result<Arc<Mutex<Rolling>>> {
+    Ok(m.rolling
+        .entry((o.labels.flag.clone(), o.labels.variation.clone()))
+        .or_insert_with(|| Arc::new(Mutex::new(Rolling::new())))
+        .clone())
 }
 
 impl VariationMetrics {
+    /// The handles of `owner`, none of them created yet.
+    pub(super) fn new(owner: Owner) -> VariationMetrics {
+        let price = owner
+            .labels
+            .price
+            .map(|(i, o)| (f64::from_bits(i), f64::from_bits(o)));
+        let quantiles = owner.quantiles.clone();
+        let o = Arc::new(owner);
+        VariationMetrics {
+            outcomes: std::array::from_fn(|i| Lazy::new(&o, outcome, i)),
+            duration: Lazy::new(&o, duration, 0),
+            ttft: Lazy::new(&o, ttft, 0),
+            overhead: Lazy::new(&o, overhead, 0),
+            tokens_in: Lazy::new(&o, tokens, 0),
+            tokens_out: Lazy::new(&o, tokens, 1),
+            errors: std::array::from_fn(|i| Lazy::new(&o, error, i)),
+            stream_interrupted: Lazy::new(&o, stream_interrupted, 0),
+            cost_usd: Lazy::new(&o, cost, 0),
+            price,
+            rolling: Lazy::new(&o, rolling, 0),
+            quantiles,
+        }
+    }
+
     /// Counts one request with its outcome.
     pub fn outcome(&self, outcome: Outcome) {
         let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-        self.outcomes[i].inc();
+        if let Some(c) = self.outcomes.get(i) {
+            c.inc();
+        }
     }
 
     /// Totals since the process started: (requests, errors, fallbacks, client_errors).
@@ -39,7 +138,7 @@ impl VariationMetrics {
     pub fn totals(&self) -> VariationTotals {
         let get = |o: Outcome| {
             let i = Outcome::ALL.iter().position(|x| *x == o).unwrap_or(0);
-            self.outcomes[i].get()
+            self.outcomes.get(i).map_or(0, |c| c.get())
         };
         let errors = get(Outcome::UpstreamError);
         let fallbacks = get(Outcome::Fallback);
@@ -62,20 +161,30 @@ impl VariationMetrics {
             .iter()
             .position(|c| *c == class)
             .unwrap_or(0);
-        self.errors[i].inc();
+        if let Some(c) = self.errors.get(i) {
+            c.inc();
+        }
     }
 
     /// Records a request's total latency (histogram and rolling quantiles).
     pub fn latency(&self, d: Duration) {
         self.duration.observe(d.as_secs_f64());
-        if let Ok(mut r) = self.rolling.lock() {
+        if !self.quantiles.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Some(Ok(mut r)) = self.rolling.resolve().map(|r| r.lock()) {
             r.record(d);
         }
     }
 
-    /// Exact quantiles of the rolling window, in seconds (for the admin API).
+    /// Exact quantiles of the rolling window, in seconds (for the admin API); `None` when no
+    /// latency was recorded or quantiles are off.
     pub fn quantiles(&self) -> Option<(u64, [f64; 3])> {
-        self.rolling.lock().ok().map(|mut r| r.quantiles())
+        if !self.quantiles.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let window = self.rolling.peek()?;
+        window.lock().ok().map(|mut r| r.quantiles())
     }
 }
 
@@ -107,48 +216,62 @@ pub struct RouteMetrics {
 }
 
 /// The labels of one (flag, variation)'s handles.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HandleLabels {
     pub(super) flag: String,
     pub(super) variation: String,
     pub(super) provider: String,
+    /// The model id, or empty when `[telemetry] model_label = false`.
     pub(super) model: String,
-    pub(super) price: Option<(f64, f64)>,
+    /// USD per million (input, output) tokens, as bits (so labels can be a map key).
+    pub(super) price: Option<(u64, u64)>,
 }
 
-/// One (flag, variation)'s handles per client API: the chat API's resolved with the config,
-/// the others on first use (so a config of many flags does not carry five sets each).
+/// The key under which the registry keeps a set of handles: its labels and client API.
+pub(super) type HandleKey = (Arc<HandleLabels>, usize);
+
+/// One (flag, variation)'s handles per client API, each set resolved on first use.
 #[derive(Debug)]
 pub struct VariationHandles {
-    pub(super) chat: VariationMetrics,
-    pub(super) others: [OnceLock<VariationMetrics>; 4],
-    pub(super) labels: HandleLabels,
+    pub(super) apis: [OnceLock<Arc<VariationMetrics>>; 5],
+    pub(super) labels: Arc<HandleLabels>,
     pub(super) metrics: std::sync::Weak<Metrics>,
 }
 
 impl VariationHandles {
-    /// The handles of requests that came in through `api`.
+    /// The handles of requests that came in through `api` (made on first use).
     pub fn api(&self, api: ClientApi) -> &VariationMetrics {
-        let Some(slot) = api.index().checked_sub(1).and_then(|i| self.others.get(i)) else {
-            return &self.chat;
-        };
+        let i = api.index().min(self.apis.len() - 1);
+        let slot = &self.apis[i];
         if let Some(h) = slot.get() {
             return h;
         }
-        match self
-            .metrics
-            .upgrade()
-            .and_then(|m| m.variation(&self.labels, api).ok())
-        {
-            Some(h) => slot.get_or_init(|| h),
-            // The registry is gone (shutting down): count with chat's.
-            None => &self.chat,
+        let h = match self.metrics.upgrade() {
+            Some(m) => m.variation(&self.labels, api),
+            // The registry is gone (shutting down): handles that record nothing.
+            None => Arc::new(VariationMetrics::new(Owner {
+                labels: self.labels.clone(),
+                api: api.as_str(),
+                metrics: std::sync::Weak::new(),
+                quantiles: Default::default(),
+            })),
+        };
+        slot.get_or_init(|| h)
+    }
+
+    /// The handles of `api` if they were ever made (in this config or an earlier one).
+    fn peek(&self, api: ClientApi) -> Option<&VariationMetrics> {
+        let slot = self.apis.get(api.index())?;
+        if let Some(h) = slot.get() {
+            return Some(h);
         }
+        let found = self.metrics.upgrade()?.existing(&self.labels, api)?;
+        Some(slot.get_or_init(|| found))
     }
 
     /// Estimated cost in USD since the process started.
     pub fn cost_usd(&self) -> f64 {
-        self.chat.cost_usd.get()
+        self.all().map(|h| h.cost_usd.get()).sum()
     }
 
     /// Mean time to first token of streams since the process started, over every client API.
@@ -160,7 +283,7 @@ impl VariationHandles {
     }
 
     fn all(&self) -> impl Iterator<Item = &VariationMetrics> {
-        std::iter::once(&self.chat).chain(self.others.iter().filter_map(OnceLock::get))
+        ClientApi::ALL.iter().filter_map(|a| self.peek(*a))
     }
 
     /// Totals since the process started, over every client API.
@@ -179,6 +302,6 @@ impl VariationHandles {
 
     /// Exact quantiles of the rolling window (shared by every client API), in seconds.
     pub fn quantiles(&self) -> Option<(u64, [f64; 3])> {
-        self.chat.quantiles()
+        self.all().find_map(VariationMetrics::quantiles)
     }
 }

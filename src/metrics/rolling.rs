@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram as Hdr;
 
-/// Rolling-window latency quantiles from hdrhistogram: a ring of slots, the oldest cleared as
-/// time moves on.
+/// Rolling-window latency quantiles from hdrhistogram: a ring of slots, the oldest dropped as
+/// time moves on. A slot's histogram (13 KB at this range and precision) is made when the
+/// first latency of its period is recorded, so an idle variation holds none.
 #[derive(Debug)]
 pub(super) struct Rolling {
-    slots: Vec<Hdr<u32>>,
+    slots: [Option<Box<Hdr<u32>>>; SLOTS],
     current: usize,
     slot_started: Instant,
     slot_len: Duration,
@@ -18,19 +19,19 @@ pub(super) struct Rolling {
 pub(super) const SLOTS: usize = 6;
 pub(super) const SLOT_LEN: Duration = Duration::from_secs(10);
 
+/// 1 µs to 1 h at two significant figures.
+fn histogram() -> Option<Hdr<u32>> {
+    Hdr::new_with_bounds(1, 3_600_000_000, 2).ok()
+}
+
 impl Rolling {
-    pub(super) fn new() -> Option<Rolling> {
-        let mut slots = Vec::with_capacity(SLOTS);
-        for _ in 0..SLOTS {
-            // 1 µs to 1 h at two significant figures.
-            slots.push(Hdr::new_with_bounds(1, 3_600_000_000, 2).ok()?);
-        }
-        Some(Rolling {
-            slots,
+    pub(super) fn new() -> Rolling {
+        Rolling {
+            slots: Default::default(),
             current: 0,
             slot_started: Instant::now(),
             slot_len: SLOT_LEN,
-        })
+        }
     }
 
     pub(super) fn rotate(&mut self) {
@@ -42,7 +43,7 @@ impl Rolling {
         for _ in 0..steps.min(SLOTS) {
             self.current = (self.current + 1) % SLOTS;
             if let Some(slot) = self.slots.get_mut(self.current) {
-                slot.reset();
+                *slot = None;
             }
         }
         self.slot_started += self.slot_len * steps as u32;
@@ -51,9 +52,20 @@ impl Rolling {
     pub(super) fn record(&mut self, d: Duration) {
         self.rotate();
         let micros = (d.as_micros() as u64).clamp(1, 3_600_000_000);
-        if let Some(slot) = self.slots.get_mut(self.current) {
-            let _ = slot.record(micros);
+        let Some(slot) = self.slots.get_mut(self.current) else {
+            return;
+        };
+        if slot.is_none() {
+            *slot = histogram().map(Box::new);
         }
+        if let Some(h) = slot {
+            let _ = h.record(micros);
+        }
+    }
+
+    /// Drops every slot's histogram (quantiles were turned off).
+    pub(super) fn clear(&mut self) {
+        self.slots = Default::default();
     }
 
     pub(super) fn quantiles(&mut self) -> (u64, [f64; 3]) {
@@ -64,12 +76,13 @@ impl Rolling {
     /// Count, p50/p95/p99 and sum (seconds) of the window.
     pub(super) fn summary(&mut self) -> (u64, [f64; 3], f64) {
         self.rotate();
-        let Some((first, rest)) = self.slots.split_first() else {
+        let mut live = self.slots.iter().flatten();
+        let Some(first) = live.next() else {
             return (0, [0.0; 3], 0.0);
         };
-        let mut merged = first.clone();
-        for s in rest {
-            let _ = merged.add(s);
+        let mut merged = Hdr::clone(first);
+        for s in live {
+            let _ = merged.add(&**s);
         }
         let q = |p: f64| merged.value_at_quantile(p) as f64 / 1e6;
         let n = merged.len();
@@ -78,16 +91,5 @@ impl Rolling {
             [q(0.5), q(0.95), q(0.99)],
             merged.mean() * n as f64 / 1e6,
         )
-    }
-}
-
-impl Rolling {
-    pub(super) fn empty() -> Rolling {
-        Rolling {
-            slots: Vec::new(),
-            current: 0,
-            slot_started: Instant::now(),
-            slot_len: SLOT_LEN,
-        }
     }
 }

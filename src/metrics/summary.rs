@@ -3,6 +3,7 @@
 //! `_sum` and `_count` over the same rolling window), built when `/metrics` is gathered.
 //! A gauge may not carry the reserved `quantile` label; a summary is what it is.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -24,18 +25,27 @@ pub(super) type Windows = Arc<DashMap<(String, String), Arc<Mutex<Rolling>>>>;
 /// The collector registered in the one registry.
 pub(super) struct LatencySummary {
     windows: Windows,
+    /// `[telemetry] latency_quantiles` of the config in force: nothing is exposed when off.
+    enabled: Arc<AtomicBool>,
     desc: Desc,
 }
 
 impl LatencySummary {
-    pub(super) fn new(windows: Windows) -> prometheus::Result<LatencySummary> {
+    pub(super) fn new(
+        windows: Windows,
+        enabled: Arc<AtomicBool>,
+    ) -> prometheus::Result<LatencySummary> {
         let desc = Desc::new(
             NAME.to_owned(),
             HELP.to_owned(),
             vec!["flag".to_owned(), "variation".to_owned()],
             Default::default(),
         )?;
-        Ok(LatencySummary { windows, desc })
+        Ok(LatencySummary {
+            windows,
+            enabled,
+            desc,
+        })
     }
 }
 
@@ -52,6 +62,9 @@ impl Collector for LatencySummary {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
         let mut rows = Vec::new();
         for entry in self.windows.iter() {
             let Ok(mut r) = entry.value().lock() else {
