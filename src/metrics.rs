@@ -626,12 +626,14 @@ impl Metrics {
         self.handle_sets
             .entry(key)
             .or_insert_with(|| {
-                Arc::new(VariationMetrics::new(Owner {
+                let set = VariationMetrics::new(Owner {
                     labels: labels.clone(),
                     api: api.as_str(),
                     metrics: Arc::downgrade(self),
                     quantiles: self.quantiles.clone(),
-                }))
+                });
+                set.zero_counters();
+                Arc::new(set)
             })
             .clone()
     }
@@ -664,8 +666,8 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The handles of every variation of `config` (done once per config load). Nothing is
-    /// registered here: each set is made on its variation's first request.
+    /// The handles of every variation of `config` (done once per config load): the chat API's
+    /// counters are registered at zero here, everything else on first use.
     pub fn routes(self: &Arc<Self>, config: &Config) -> prometheus::Result<RouteMetrics> {
         let telemetry = config.telemetry;
         self.quantiles.store(
@@ -726,12 +728,15 @@ impl Metrics {
         })
     }
 
+    /// One variation's handles, with the chat API's set made now (its counters at zero).
     fn handles(self: &Arc<Self>, labels: HandleLabels) -> VariationHandles {
-        VariationHandles {
+        let h = VariationHandles {
             apis: Default::default(),
             labels: Arc::new(labels),
             metrics: Arc::downgrade(self),
-        }
+        };
+        h.api(ClientApi::Chat);
+        h
     }
 
     /// The Prometheus text exposition (the rolling quantile summary is built as it is

@@ -1,6 +1,8 @@
-//! What `/metrics` carries per variation, through HTTP: a variation's series appear with its
-//! first request (a config of many flags costs nothing until used; nothing that never happened
-//! is exposed), its counts survive a reload, and `[telemetry]` drops the rolling quantile
+//! What `/metrics` carries per variation, through HTTP: the counters `increase()` reads
+//! (requests by outcome, tokens) exist at zero from the config's load, so Prometheus sees a
+//! flag's first requests; the histograms, the quantile window and the error classes appear
+//! with their first observation (a config of many flags carries no histograms until used);
+//! counts survive a reload, and `[telemetry]` drops the rolling quantile
 //! window (`latency_quantiles = false`) and empties the `model` label (`model_label = false`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -68,7 +70,7 @@ async fn variation_a(p: &Served, flag: &str) -> Value {
 }
 
 #[tokio::test]
-async fn series_appear_on_first_use_survive_reloads_and_telemetry_trims_them() {
+async fn counters_start_at_zero_histograms_on_first_use_and_telemetry_trims_them() {
     let dir = Dir::new("telemetry");
     let (var, tok) = served::token("telemetry");
     let head = format!(
@@ -79,10 +81,31 @@ async fn series_appear_on_first_use_survive_reloads_and_telemetry_trims_them() {
     write(&path, &format!("{head}{}{}", flag("f", ""), flag("g", "")));
     let p = Served::start(&path, &tok).await;
 
-    // Nothing served yet: no per-variation series at all.
+    // Nothing served yet: every outcome and token counter of both flags at zero, and no
+    // histogram, error class or quantile series.
     let text = metrics(&p).await;
+    for flag in ["f", "g"] {
+        for variation in ["a", "b"] {
+            let labels = [
+                format!(r#"flag="{flag}""#),
+                format!(r#"variation="{variation}""#),
+                r#"api="chat""#.to_owned(),
+            ];
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            assert_eq!(
+                samples(&text, "switchyard_requests_total", &labels).len(),
+                6,
+                "six outcomes of {flag}/{variation} at zero:\n{text}"
+            );
+            assert_eq!(total(&text, "switchyard_requests_total", &labels), 0.0);
+            assert_eq!(
+                samples(&text, "switchyard_tokens_total", &labels).len(),
+                2,
+                "{text}"
+            );
+        }
+    }
     for family in [
-        "switchyard_requests_total",
         "switchyard_request_duration_seconds_count",
         "switchyard_errors_total",
         "switchyard_tokens_total",
@@ -118,22 +141,27 @@ async fn series_appear_on_first_use_survive_reloads_and_telemetry_trims_them() {
         3,
         "p50, p95, p99 of f/a:\n{text}"
     );
-    // Only what happened: no other outcome, no error class, no variation b, no flag g.
-    assert_eq!(
-        samples(&text, "switchyard_requests_total", &[r#"flag="f""#]).len(),
-        1,
+    // No error class that never happened, no histogram of an unused variation or flag, and
+    // no set for an API nothing came through.
+    assert!(samples(&text, "switchyard_errors_total", &[r#"flag="f""#]).is_empty());
+    for unused in [r#"variation="b""#, r#"flag="g""#] {
+        assert!(
+            samples(&text, "switchyard_request_duration_seconds_count", &[unused]).is_empty(),
+            "{text}"
+        );
+        assert_eq!(total(&text, "switchyard_requests_total", &[unused]), 0.0);
+    }
+    assert!(
+        samples(&text, "switchyard_requests_total", &[r#"api="responses""#]).is_empty(),
         "{text}"
     );
-    assert!(samples(&text, "switchyard_errors_total", &[r#"flag="f""#]).is_empty());
-    assert!(samples(&text, "switchyard_requests_total", &[r#"variation="b""#]).is_empty());
-    assert!(samples(&text, "switchyard_requests_total", &[r#"flag="g""#]).is_empty());
     // A flag without traffic reads zero in the admin API (and creates nothing by being read).
     let g = variation_a(&p, "g").await;
     assert_eq!(g["requests"], 0);
     assert!(g["latency_seconds"].is_null(), "{g}");
     assert!(samples(
         &metrics(&p).await,
-        "switchyard_requests_total",
+        "switchyard_request_duration_seconds_count",
         &[r#"flag="g""#]
     )
     .is_empty());

@@ -1,8 +1,12 @@
 //! The handles the request path records through: one set per (flag, variation) and client
-//! API. Nothing is registered when a config loads: a set is made on the variation's first
-//! request through an API (kept by the registry, so a reload finds the same set), and each
-//! series in it on its first observation ([`Lazy`]). A thousand flags cost nothing until
-//! used; a variation that never failed carries no error series.
+//! API, kept by the registry so a reload finds the same set.
+//!
+//! What `increase()` reads starts at zero: the chat API's set of every variation is made when
+//! a config loads, and a set's request, token and cost counters exist (at zero) from the
+//! moment the set is made, so Prometheus sees a flag's first requests and alerts and gates
+//! reading it fire. Everything else is made on its first observation ([`Lazy`]): the latency
+//! histograms, the rolling quantile window, the error-class and stream-interruption counters.
+//! A thousand flags carry nine counters per variation until used, not their histograms.
 
 use super::*;
 
@@ -122,6 +126,19 @@ impl VariationMetrics {
             price,
             rolling: Lazy::new(&o, rolling, 0),
             quantiles,
+        }
+    }
+
+    /// Creates the series `increase()` reads (request outcomes, tokens, cost when priced) at
+    /// zero, so a scrape before the first request already holds them.
+    pub(super) fn zero_counters(&self) {
+        for c in &self.outcomes {
+            c.resolve();
+        }
+        self.tokens_in.resolve();
+        self.tokens_out.resolve();
+        if self.price.is_some() {
+            self.cost_usd.resolve();
         }
     }
 
