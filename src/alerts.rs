@@ -64,6 +64,10 @@
 //! `switchyard_stable_variation{flag,variation}` (1 for each flag's stable variation, so
 //! Prometheus rules can compare a variation with its control).
 //!
+//! Each flag with a bandit has one more alert, `bandit:FLAG`, not configured here: its level
+//! follows the bandit's status (critical after a sample-ratio rollback, info after a stop), and
+//! epochs announce it (see [`bandit`]).
+//!
 //! An alert with `source = "local"` (the default) evaluates this replica's own counters; with
 //! `source = "prometheus"` it reads the fleet's figures from Prometheus ([`crate::fleet`]):
 //! counter metrics as `increase()` over `window` summed across replicas, latency quantiles
@@ -77,6 +81,7 @@
 //! neither repeats them nor overrules an operator.
 
 mod act;
+pub mod bandit;
 pub mod level;
 mod measure;
 pub mod notify;
@@ -222,7 +227,8 @@ pub async fn evaluate_once(app: &Arc<App>) {
 
 /// Every alert's current level per flag and variation, for `GET /admin/alerts`:
 /// `{"alerts": [{"alert", "flag", "variation", "metric", "level", "value", "samples", "since",
-/// "thresholds": {"info", "warning", "critical"}, "direction", …}]}`.
+/// "thresholds": {"info", "warning", "critical"}, "direction", …}]}`; each bandit's alert
+/// (`bandit:FLAG`, see [`bandit`]) comes after the configured ones.
 pub fn alerts_json(app: &App) -> Value {
     let live = app.live.load();
     let views = app
@@ -242,6 +248,12 @@ pub fn alerts_json(app: &App) -> Value {
             out.push(alert_json(rule, variation, view));
         }
     }
+    let srm_threshold = live.config.experiment_policy.srm_threshold;
+    out.extend(
+        bandit::entries(&live)
+            .iter()
+            .map(|e| bandit::entry_json(e, srm_threshold)),
+    );
     json!({ "alerts": out })
 }
 

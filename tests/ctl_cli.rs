@@ -570,3 +570,108 @@ async fn an_acknowledged_feedback_event_survives_kill_9() {
         "the conversion of {variation} is not in the results after the restart: {results}"
     );
 }
+
+/// The shipped `proxy.toml` runs a bandit on `support-assistant`: its state is served over
+/// HTTP, an epoch run now is recorded (held: too few users), replayed by `ctl`, and the
+/// bandit's alert is listed at `ok`.
+#[tokio::test]
+async fn the_shipped_bandit_is_live() {
+    let fx = Fixture::start("bandit");
+    let auth = format!("Bearer {}", fx.token);
+    let admin = |method: hyper::Method, path: &str, body: Value| {
+        let url = format!("{}{path}", fx.server.admin_url);
+        let auth = auth.clone();
+        async move {
+            let body = if body.is_null() {
+                String::new()
+            } else {
+                body.to_string()
+            };
+            client::request(
+                method,
+                &url,
+                body,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+            )
+            .await
+        }
+    };
+    let path = "/admin/flags/support-assistant/bandit";
+
+    let r = admin(hyper::Method::GET, path, Value::Null).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["rule"], "ab-2026-11", "{v}");
+    assert_eq!(v["control"], "control", "{v}");
+    assert_eq!(v["metric"], "task_completed", "{v}");
+    assert_eq!(v["algorithm"], "thompson_beta_bernoulli", "{v}");
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(v["epoch"], 0, "{v}");
+    assert_eq!(
+        v["weights"],
+        json!({"control": 5000, "treatment": 5000}),
+        "{v}"
+    );
+    assert_eq!(v["settings"]["floor"], 0.05, "{v}");
+    assert_eq!(v["settings"]["cadence"], "15m", "{v}");
+    assert_eq!(v["settings"]["min_users_per_arm"], 100, "{v}");
+    assert_eq!(
+        v["settings"]["stop"],
+        json!({"p_best": 0.95, "then": "hold"}),
+        "{v}"
+    );
+    let guards: Vec<&str> = v["settings"]["guardrails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["metric"].as_str())
+        .collect();
+    assert_eq!(
+        guards,
+        ["error_rate", "hallucination", "p95_latency_seconds"],
+        "{v}"
+    );
+
+    // A few users, then an epoch now: recorded, held for too few users, weights unchanged.
+    for i in 0..6 {
+        let r = chat(&fx.server.url, "support-assistant", &format!("bandit-{i}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = admin(
+        hyper::Method::POST,
+        &format!("{path}/epoch"),
+        json!({"reason": "first look"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = r.json();
+    assert_eq!(e["epoch"], 1, "{e}");
+    assert_eq!(e["why"], "too_few_users", "{e}");
+    assert_eq!(e["status_after"], "running", "{e}");
+    assert_eq!(
+        e["weights_after"],
+        json!({"control": 5000, "treatment": 5000}),
+        "{e}"
+    );
+    let v = admin(hyper::Method::GET, path, Value::Null).await.json();
+    assert_eq!(v["epoch"], 1, "{v}");
+    assert_eq!(v["epochs"].as_array().map(Vec::len), Some(1), "{v}");
+    fx.ctl(&["bandit", "replay", "support-assistant", "1"])
+        .ok("bandit replay");
+
+    let alerts = admin(hyper::Method::GET, "/admin/alerts", Value::Null)
+        .await
+        .json();
+    let entry = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["alert"] == "bandit:support-assistant")
+        .cloned()
+        .unwrap_or_else(|| panic!("no bandit alert: {alerts}"));
+    assert_eq!(entry["level"], "ok", "{entry}");
+    assert_eq!(entry["variation"], "control", "{entry}");
+}

@@ -201,5 +201,13 @@ fn every_runnable_readme_block_works_as_written() {
     );
     assert!(output.contains("switchyard_requests_total"), "{output}");
     assert!(output.contains("\"accepted\""), "{output}");
+    // The shipped bandit: served, an epoch held for too few users, replayed bit for bit.
+    assert!(output.contains("\"metric\":\"task_completed\""), "{output}");
+    assert!(output.contains("\"why\":\"too_few_users\""), "{output}");
+    assert!(
+        output.contains("support-assistant epoch 1 (seed")
+            && output.contains("replay MATCHES the record bit for bit"),
+        "{output}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

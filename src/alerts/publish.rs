@@ -53,6 +53,14 @@ pub(super) fn publish(
             },
         );
     }
+    for e in bandit::entries(live) {
+        let labels = (bandit::name(&e.flag), e.flag, e.variation);
+        engine
+            .level_gauge
+            .with_label_values(&[&labels.0, &labels.1, &labels.2])
+            .set(e.level.code());
+        gauges.insert(labels);
+    }
     let mut stable = HashSet::new();
     for flag in &live.config.flags {
         if let Some(v) = flag.variations.get(flag.stable_variation) {

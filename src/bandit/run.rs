@@ -14,6 +14,7 @@ use super::live::arms;
 use super::record::EpochRecord;
 use super::settings::Status;
 use super::{rng, BanditConfig};
+use crate::alerts;
 use crate::app::App;
 use crate::experiments::catalog::PerUser;
 use crate::flags::Flag;
@@ -353,39 +354,92 @@ pub async fn run_epoch(
     match record.outcome.why {
         Why::Srm => {
             tracing::error!(flag = %flag_key, epoch = number, "bandit: sample ratio mismatch, every user back to the control");
-            notify(app, flag_key, "critical", &record, &reason).await;
         }
         Why::Stopped | Why::Promoted => {
             tracing::warn!(flag = %flag_key, epoch = number, why, "bandit stopped");
-            notify(app, flag_key, "info", &record, &reason).await;
         }
         _ => {}
+    }
+    if status_after != record.status_before {
+        notify(app, b, &record, &weights, &reason).await;
     }
     Ok(record)
 }
 
-/// An alert entry in the audit log (read by the console and `GET /admin/audit`).
-async fn notify(app: &App, flag: &str, level: &str, record: &EpochRecord, reason: &str) {
+/// Announces the bandit's change of level: an alert entry in the audit log (read by the
+/// console and `GET /admin/audit`), the `bandit:FLAG` alert's gauge and its webhooks.
+async fn notify(
+    app: &App,
+    b: &BanditConfig,
+    record: &EpochRecord,
+    weights: &BTreeMap<String, u32>,
+    reason: &str,
+) {
+    let flag = record.flag.as_str();
     let control = record
         .input
         .arms
         .get(record.input.control)
+        .map(|a| a.variation.clone())
+        .unwrap_or_default();
+    let level = alerts::bandit::level_of(record.status_after);
+    let srm = record.outcome.why == Why::Srm;
+    let winner = record
+        .outcome
+        .winner
+        .and_then(|w| record.input.arms.get(w))
         .map(|a| a.variation.clone());
+    let value = if srm {
+        record.outcome.srm_p_value
+    } else {
+        record
+            .outcome
+            .winner
+            .and_then(|w| record.outcome.p_best.get(w).copied())
+            .unwrap_or(0.0)
+    };
+    let metric = if srm { "srm" } else { "p_best" };
     let note = Change::Note {
         flag: Some(flag.to_owned()),
         action: "alert".into(),
         detail: json!({
-            "alert": format!("bandit:{flag}"),
+            "alert": alerts::bandit::name(flag),
             "variation": control,
-            "metric": if record.outcome.why == Why::Srm { "srm" } else { "p_best" },
-            "level": level,
-            "value": if record.outcome.why == Why::Srm { record.outcome.srm_p_value } else { record.outcome.winner.and_then(|w| record.outcome.p_best.get(w).copied()).unwrap_or(0.0) },
+            "metric": metric,
+            "level": level.as_str(),
+            "value": value,
             "epoch": record.epoch,
         }),
     };
     if let Err(e) = app.change(&note, ACTOR, Some(reason)).await {
         tracing::warn!(flag, error = %e, "bandit alert not audited: state store unavailable");
     }
+    let event = alerts::bandit::Event {
+        flag: flag.to_owned(),
+        variation: control,
+        metric,
+        level,
+        previous: alerts::bandit::level_of(record.status_before),
+        value: Some(value),
+        threshold: if srm {
+            Some(record.input.params.srm_threshold)
+        } else {
+            record.input.params.stop.map(|s| s.p_best)
+        },
+        samples: record.input.arms.iter().map(|a| a.users).sum(),
+        epoch: record.epoch,
+        why: record.outcome.why.as_str(),
+        action: match record.status_after {
+            Status::Promoted => "promote",
+            Status::Stopped => "hold",
+            _ => "rollback",
+        },
+        winner,
+        weights: weights.clone(),
+        reason: reason.to_owned(),
+        at_ms: record.at_ms,
+    };
+    app.alerts.bandit_event(&b.webhooks, &event);
 }
 
 fn expected(arms: &[ArmInput], weights: &[u32], previous: Option<&EpochRecord>) -> Vec<f64> {

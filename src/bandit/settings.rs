@@ -32,6 +32,8 @@ pub struct BanditConfig {
     pub floor: f64,
     /// The stop rule.
     pub stop: Option<Stop>,
+    /// Where a rollback (critical) and a stop (info) are posted, as alert notifications.
+    pub webhooks: Vec<http::Uri>,
 }
 
 /// Where the bandit stands.

@@ -101,18 +101,7 @@ impl Validator<'_> {
                     }
                 }
             }
-            let mut webhooks = Vec::new();
-            for (j, w) in a.webhooks.iter().enumerate() {
-                match w.parse::<Uri>() {
-                    Ok(u)
-                        if matches!(u.scheme_str(), Some("http") | Some("https"))
-                            && u.host().is_some() =>
-                    {
-                        webhooks.push(u)
-                    }
-                    _ => self.err(&path.key("webhooks").index(j), format!("invalid URL {w:?}")),
-                }
-            }
+            let webhooks = self.webhooks(&path.key("webhooks"), &a.webhooks);
             let source = self.source(&path.key("source"), a.source.as_deref());
             if self.errors.len() == before {
                 out.push(AlertRule {
@@ -129,6 +118,23 @@ impl Validator<'_> {
                     webhooks,
                     source,
                 });
+            }
+        }
+        out
+    }
+
+    /// Webhook URLs (`[[alerts]] webhooks`, `[flags.F.bandit] webhooks`): http(s) with a host.
+    pub(super) fn webhooks(&mut self, path: &KeyPath, urls: &[String]) -> Vec<Uri> {
+        let mut out = Vec::new();
+        for (j, w) in urls.iter().enumerate() {
+            match w.parse::<Uri>() {
+                Ok(u)
+                    if matches!(u.scheme_str(), Some("http") | Some("https"))
+                        && u.host().is_some() =>
+                {
+                    out.push(u)
+                }
+                _ => self.err(&path.index(j), format!("invalid URL {w:?}")),
             }
         }
         out

@@ -17,6 +17,8 @@ pub struct RawBandit {
     pub min_users_per_arm: Option<i64>,
     pub floor: Option<f64>,
     pub stop: Option<RawStop>,
+    #[serde(default)]
+    pub webhooks: Vec<String>,
 }
 
 /// `stop = { p_best, then }`.
@@ -193,6 +195,7 @@ impl Validator<'_> {
                 })
             }
         };
+        let webhooks = self.webhooks(&path.key("webhooks"), &b.webhooks);
         if self.errors.len() > before {
             return None;
         }
@@ -206,6 +209,7 @@ impl Validator<'_> {
             min_users_per_arm,
             floor,
             stop,
+            webhooks,
         })
     }
 }
