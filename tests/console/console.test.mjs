@@ -391,10 +391,40 @@ await step('results page: the same figures as GET /admin/flags/{flag}/results', 
   await axe(page, 'results page');
 });
 
+await step('flag page: the shipped bandit, its weights and an epoch run now (why, P(best), weights)', async () => {
+  const path_ = '/admin/flags/support-assistant/bandit';
+  const before = await admin('GET', path_);
+  assert.equal(before.status, 200, JSON.stringify(before.json));
+  assert.equal(before.json.status, 'running');
+  const run = await admin('POST', `${path_}/epoch`, { reason: 'console test: one epoch now' });
+  assert.equal(run.status, 200, JSON.stringify(run.json));
+  const e = run.json;
+  const state = (await admin('GET', path_)).json;
+  assert.equal(state.epoch, e.epoch);
+  await page.goto(`${ADMIN}/#/flag/support-assistant`);
+  const epochRow = `#bandit-epochs tr[data-epoch="${e.epoch}"]`;
+  await page.waitForSelector(epochRow);
+  const share = (n) => `${(n / 100).toFixed(1)} %`;
+  const summary = await page.textContent('#bandit-summary');
+  assert.ok(summary.includes(state.status.replace('_', ' ')), `status ${state.status} in ${summary}`);
+  assert.ok(summary.includes(`on “task_completed”`), summary);
+  assert.ok(summary.includes(`rule “ab-2026-11”`), summary);
+  assert.ok(summary.includes(`epoch ${state.epoch}`), summary);
+  for (const [v, n] of Object.entries(state.weights)) assert.ok(summary.includes(`${v} ${share(n)}`), `${v} ${share(n)} in ${summary}`);
+  const cells = await page.$$eval(`${epochRow} > *`, (cs) => cs.map((c) => c.textContent));
+  assert.equal(cells[0], String(e.epoch));
+  assert.equal(cells[2], e.why.replace(/_/g, ' '));
+  for (const [v, p] of Object.entries(e.p_best)) assert.ok(cells[3].includes(`${v} ${p.toFixed(3)}`), `P(best) ${v} in ${cells[3]}`);
+  for (const [v, n] of Object.entries(e.weights_after)) assert.ok(cells[4].includes(`${v} ${share(n)}`), `weight ${v} in ${cells[4]}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, 'flag-page-bandit.png'), fullPage: true });
+  await axe(page, 'flag page with a bandit epoch');
+});
+
 await step('alerts page: current levels and history', async () => {
   await page.goto(`${ADMIN}/#/alerts`);
   await page.waitForSelector('#alerts-table tbody tr');
   assert.match(await page.textContent('#alerts-table'), /treatment-errors/);
+  assert.match(await page.textContent('#alerts-table'), /bandit:support-assistant/);
   await axe(page, 'alerts page');
 });
 
