@@ -201,6 +201,21 @@ fn every_runnable_readme_block_works_as_written() {
     );
     assert!(output.contains("switchyard_requests_total"), "{output}");
     assert!(output.contains("\"accepted\""), "{output}");
+    // The shipped agent: the kill switch and a floor under its policy's are refused.
+    assert!(
+        output.contains("forbids the kill switch") && output.contains("floor at 0.05 or above"),
+        "{output}"
+    );
+    // The shipped eval: at least a fifth of the 30 answers judged when the poll ends.
+    let scored = output
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "switchyard_eval_requests_total{eval=\"groundedness\",outcome=\"scored\"} ",
+            )
+        })
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(scored.is_some_and(|n| n >= 6), "{scored:?}\n{output}");
     // The shipped bandit: served, an epoch held for too few users, replayed bit for bit.
     assert!(output.contains("\"metric\":\"task_completed\""), "{output}");
     assert!(output.contains("\"why\":\"too_few_users\""), "{output}");
