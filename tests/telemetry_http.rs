@@ -146,7 +146,12 @@ async fn counters_start_at_zero_histograms_on_first_use_and_telemetry_trims_them
     assert!(samples(&text, "switchyard_errors_total", &[r#"flag="f""#]).is_empty());
     for unused in [r#"variation="b""#, r#"flag="g""#] {
         assert!(
-            samples(&text, "switchyard_request_duration_seconds_count", &[unused]).is_empty(),
+            samples(
+                &text,
+                "switchyard_request_duration_seconds_count",
+                &[unused]
+            )
+            .is_empty(),
             "{text}"
         );
         assert_eq!(total(&text, "switchyard_requests_total", &[unused]), 0.0);
