@@ -12,187 +12,36 @@
 //! budget, so they never hold up changes, exposures or feedback.
 //!
 //! The tables live in the schema named by the URL's `schema` parameter (default `public`).
+//!
+//! This file holds the store, its connections and how an operation runs on them; the schema
+//! and its migrations live in `schema`, the overrides and audit log in `overrides`, experiment
+//! data in `experiments`, bandit epochs in `bandit`, the subscription in `listen` and the URL
+//! in `url`.
 
 mod bandit;
+mod experiments;
+mod listen;
+mod overrides;
+mod schema;
+mod url;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls, Notification};
+use tokio_postgres::{Client, NoTls};
 
 use super::{
-    audit_json, backoff, db_to_u64, format_rfc3339_ms, ms_to_db, overrides_json, signal,
-    AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides,
+    db_to_u64, ms_to_db, AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow,
     RuntimeState, StateError,
 };
-use crate::clock::system_time_ms;
-
-mod experiments;
 
 /// The NOTIFY channel replicas listen on.
 const CHANNEL: &str = "switchyard_state";
-
-/// The schema, one step per entry; `{s}` stands for the quoted schema name. The table
-/// `switchyard_migrations` records the steps applied. Append only: never edit a step that
-/// has shipped.
-const MIGRATIONS: &[&str] = &[
-    // 1: runtime overrides, audit log, global version.
-    r#"
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_meta (
-        id SMALLINT PRIMARY KEY CHECK (id = 1),
-        version BIGINT NOT NULL
-    );
-    INSERT INTO {s}.switchyard_meta (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING;
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_flag_state (
-        flag TEXT PRIMARY KEY,
-        overrides JSONB NOT NULL,
-        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
-    );
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_audit (
-        id BIGSERIAL PRIMARY KEY,
-        at TIMESTAMPTZ NOT NULL DEFAULT now(),
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        flag TEXT,
-        "before" JSONB NOT NULL,
-        "after" JSONB NOT NULL,
-        reason TEXT
-    );
-    CREATE INDEX IF NOT EXISTS switchyard_audit_flag ON {s}.switchyard_audit (flag, id);
-    "#,
-    // 2: experiments: first exposures, request ids, feedback events.
-    r#"
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_exposures (
-        flag TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        rule TEXT,
-        first_at_ms BIGINT NOT NULL,
-        switched BOOLEAN NOT NULL DEFAULT FALSE,
-        PRIMARY KEY (flag, user_id)
-    );
-    -- (flag, rule, variation), with `switched` so that counting exposures reads the index only.
-    CREATE INDEX IF NOT EXISTS switchyard_exposures_rule
-        ON {s}.switchyard_exposures (flag, rule, variation, switched);
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_requests (
-        request_id TEXT PRIMARY KEY,
-        flag TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        at_ms BIGINT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS switchyard_requests_at ON {s}.switchyard_requests (at_ms);
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_feedback (
-        event_id TEXT PRIMARY KEY,
-        flag TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        value DOUBLE PRECISION NOT NULL,
-        at_ms BIGINT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS switchyard_feedback_metric
-        ON {s}.switchyard_feedback (flag, metric);
-    "#,
-    // 3: bandit epoch records (immutable; one per flag and epoch).
-    r#"
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_bandit_epochs (
-        flag TEXT NOT NULL,
-        epoch BIGINT NOT NULL,
-        at_ms BIGINT NOT NULL,
-        record TEXT NOT NULL,
-        PRIMARY KEY (flag, epoch)
-    );
-    "#,
-    // 4: running experiment aggregates (filled from the rows above by `BACKFILL`), the
-    // request-id key; request ids are no longer stored, and counting exposures no longer
-    // needs their (flag, rule, variation) index.
-    r#"
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_secrets (
-        name TEXT PRIMARY KEY,
-        value BYTEA NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_feedback_users (
-        flag TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        n BIGINT NOT NULL,
-        s DOUBLE PRECISION NOT NULL,
-        m DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (flag, user_id, variation, metric)
-    );
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_aggregates (
-        flag TEXT NOT NULL,
-        bucket TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        reporters BIGINT NOT NULL,
-        events BIGINT NOT NULL,
-        s DOUBLE PRECISION NOT NULL, s2 DOUBLE PRECISION NOT NULL,
-        m DOUBLE PRECISION NOT NULL, m2 DOUBLE PRECISION NOT NULL,
-        a DOUBLE PRECISION NOT NULL, a2 DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (flag, bucket, variation, metric)
-    );
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_exposure_counts (
-        flag TEXT NOT NULL,
-        bucket TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        users BIGINT NOT NULL,
-        switched BIGINT NOT NULL,
-        PRIMARY KEY (flag, bucket, variation)
-    );
-    CREATE TABLE IF NOT EXISTS {s}.switchyard_experiment_flags (
-        flag TEXT PRIMARY KEY,
-        dropped BIGINT NOT NULL DEFAULT 0,
-        last_at_ms BIGINT NOT NULL DEFAULT 0
-    );
-    CREATE INDEX IF NOT EXISTS switchyard_feedback_at ON {s}.switchyard_feedback (flag, at_ms);
-    DROP INDEX IF EXISTS {s}.switchyard_exposures_rule;
-    DROP TABLE IF EXISTS {s}.switchyard_requests;
-    "#,
-];
-
-/// The migration that introduced the running aggregates (they are built from the rows
-/// already stored when a database reaches it).
-const AGGREGATES_STEP: usize = 4;
-
-/// Recomputes the running aggregates from the stored exposures and events; `{s}` is the
-/// schema.
-const BACKFILL: &str = r#"
-    DELETE FROM {s}.switchyard_exposure_counts;
-    DELETE FROM {s}.switchyard_feedback_users;
-    DELETE FROM {s}.switchyard_aggregates;
-    INSERT INTO {s}.switchyard_exposure_counts (flag, bucket, variation, users, switched)
-        SELECT flag, CASE WHEN rule IS NULL THEN 'n' ELSE 'r' || rule END, variation,
-               count(*) FILTER (WHERE NOT switched), count(*) FILTER (WHERE switched)
-        FROM {s}.switchyard_exposures GROUP BY 1, 2, 3;
-    INSERT INTO {s}.switchyard_feedback_users (flag, user_id, variation, metric, n, s, m)
-        SELECT flag, user_id, variation, metric, count(*), sum(value), max(value)
-        FROM {s}.switchyard_feedback GROUP BY flag, user_id, variation, metric;
-    INSERT INTO {s}.switchyard_aggregates
-        (flag, bucket, variation, metric, reporters, events, s, s2, m, m2, a, a2)
-        SELECT g.flag,
-               CASE WHEN e.user_id IS NULL THEN 'u' WHEN e.rule IS NULL THEN 'n'
-                    ELSE 'r' || e.rule END,
-               g.variation, g.metric, count(*), sum(g.n), sum(g.s), sum(g.s * g.s),
-               sum(g.m), sum(g.m * g.m), sum(g.s / g.n), sum((g.s / g.n) * (g.s / g.n))
-        FROM {s}.switchyard_feedback_users g
-        LEFT JOIN {s}.switchyard_exposures e ON e.flag = g.flag AND e.user_id = g.user_id
-        WHERE e.user_id IS NULL OR (NOT e.switched AND e.variation = g.variation)
-        GROUP BY 1, 2, 3, 4;
-    INSERT INTO {s}.switchyard_experiment_flags AS x (flag, dropped, last_at_ms)
-        SELECT flag, 0, max(at) FROM (
-            SELECT flag, max(first_at_ms) AS at FROM {s}.switchyard_exposures GROUP BY flag
-            UNION ALL SELECT flag, max(at_ms) FROM {s}.switchyard_feedback GROUP BY flag
-        ) t GROUP BY flag
-        ON CONFLICT (flag) DO UPDATE SET last_at_ms = greatest(x.last_at_ms, excluded.last_at_ms);
-"#;
 
 /// Budget for establishing a connection (TCP connect, startup, authentication).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -287,7 +136,7 @@ impl PgStore {
         let handle = Handle::try_current().map_err(|_| {
             StateError::Storage("the state store must be opened inside a Tokio runtime".into())
         })?;
-        let (pg_url, schema) = split_schema(url)?;
+        let (pg_url, schema) = url::split_schema(url)?;
         let mut config: tokio_postgres::Config = pg_url.parse().map_err(|e| {
             StateError::BadUrl(format!("{:?}: {}", super::redact(url), describe(&e)))
         })?;
@@ -299,7 +148,7 @@ impl PgStore {
         }
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let location = describe_config(&config, &schema);
+        let location = url::describe_config(&config, &schema);
         let (tx, _) = watch::channel(0);
         let store = PgStore {
             shared: Arc::new(Shared {
@@ -320,7 +169,7 @@ impl PgStore {
             .with_conn("creating the schema", |mut conn| {
                 let shared = &*store.shared;
                 async move {
-                    let result = migrate(&mut conn.client, shared).await;
+                    let result = schema::migrate(&mut conn.client, shared).await;
                     (conn, result)
                 }
             })
@@ -345,7 +194,7 @@ impl PgStore {
         let shared = &*self.shared;
         let state = self
             .with_conn("loading the state", |mut conn| async move {
-                let result = load_txn(&mut conn.client, shared).await;
+                let result = overrides::load_txn(&mut conn.client, shared).await;
                 (conn, result)
             })
             .await?;
@@ -362,7 +211,8 @@ impl PgStore {
         let shared = &*self.shared;
         let (entry, version) = self
             .with_conn("applying a change", |mut conn| async move {
-                let result = apply_txn(&mut conn.client, shared, change, actor, reason).await;
+                let result =
+                    overrides::apply_txn(&mut conn.client, shared, change, actor, reason).await;
                 (conn, result)
             })
             .await?;
@@ -380,7 +230,7 @@ impl PgStore {
     pub(super) async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StateError> {
         let shared = &*self.shared;
         self.with_conn("reading the audit log", |conn| async move {
-            let result = audit_query(&conn.client, shared, q).await;
+            let result = overrides::audit_query(&conn.client, shared, q).await;
             (conn, result)
         })
         .await
@@ -558,7 +408,7 @@ impl PgStore {
     }
 
     pub(super) async fn rebuild_aggregates(&self) -> Result<(), StateError> {
-        let sql = BACKFILL.replace("{s}", &self.shared.quoted_schema);
+        let sql = schema::BACKFILL.replace("{s}", &self.shared.quoted_schema);
         let sql = &sql;
         self.with_report_conn("rebuilding the aggregates", |mut conn| async move {
             let result = async {
@@ -632,7 +482,7 @@ impl PgStore {
         let rx = self.shared.tx.subscribe();
         if !self.shared.watching.swap(true, Ordering::SeqCst) {
             let weak = Arc::downgrade(&self.shared);
-            self.shared.handle.spawn(listen_loop(weak));
+            self.shared.handle.spawn(listen::listen_loop(weak));
         }
         rx
     }
@@ -772,250 +622,6 @@ async fn connect(shared: &Shared) -> Result<(Client, Connection), StateError> {
     }
 }
 
-/// Creates the schema and applies pending migrations, serialized across processes by an
-/// advisory lock; returns the current version.
-async fn migrate(client: &mut Client, shared: &Shared) -> Result<i64, Fail> {
-    let s = &shared.quoted_schema;
-    let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&lock_key(&shared.schema)],
-    )
-    .await?;
-    // Only CREATE what is missing: CREATE … IF NOT EXISTS still needs the privilege.
-    let schema_exists = tx
-        .query_opt(
-            "SELECT 1 FROM pg_namespace WHERE nspname = $1",
-            &[&shared.schema],
-        )
-        .await?
-        .is_some();
-    if !schema_exists {
-        tx.batch_execute(&format!("CREATE SCHEMA {s}")).await?;
-    }
-    let table = format!("{s}.switchyard_migrations");
-    let table_exists: bool = tx
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-        .await?
-        .try_get(0)?;
-    if !table_exists {
-        tx.batch_execute(&format!(
-            "CREATE TABLE {table} (\
-                version INTEGER PRIMARY KEY, \
-                applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-        ))
-        .await?;
-    }
-    let applied: i32 = tx
-        .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {table}"),
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    if applied > MIGRATIONS.len() {
-        return Err(Fail::State(StateError::Storage(format!(
-            "PostgreSQL state store {}: the schema has version {applied}, newer than this build \
-             knows ({}); upgrade switchyard",
-            shared.location,
-            MIGRATIONS.len()
-        ))));
-    }
-    for (index, step) in MIGRATIONS.iter().enumerate().skip(applied) {
-        tx.batch_execute(&step.replace("{s}", s)).await?;
-        let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
-        tx.execute(
-            &format!("INSERT INTO {table} (version) VALUES ($1)"),
-            &[&version],
-        )
-        .await?;
-    }
-    if applied < AGGREGATES_STEP {
-        tx.batch_execute(&BACKFILL.replace("{s}", s)).await?;
-    }
-    let version: i64 = tx
-        .query_one(
-            &format!("SELECT version FROM {s}.switchyard_meta WHERE id = 1"),
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    tx.commit().await.map_err(committing)?;
-    Ok(version)
-}
-
-async fn load_txn(client: &mut Client, shared: &Shared) -> Result<RuntimeState, Fail> {
-    let s = &shared.quoted_schema;
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
-    let version: i64 = tx
-        .query_one(
-            &format!("SELECT version FROM {s}.switchyard_meta WHERE id = 1"),
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    let rows = tx
-        .query(
-            &format!("SELECT flag, overrides FROM {s}.switchyard_flag_state"),
-            &[],
-        )
-        .await?;
-    tx.commit().await?;
-    let mut flags = std::collections::BTreeMap::new();
-    for row in rows {
-        let flag: String = row.try_get(0)?;
-        let overrides = parse_overrides(shared, &flag, row.try_get(1)?)?;
-        flags.insert(flag, overrides);
-    }
-    Ok(RuntimeState { version, flags })
-}
-
-/// The audit entry and, for a state change, the new version.
-async fn apply_txn(
-    client: &mut Client,
-    shared: &Shared,
-    change: &Change,
-    actor: &str,
-    reason: Option<&str>,
-) -> Result<(AuditEntry, Option<i64>), Fail> {
-    let s = &shared.quoted_schema;
-    let tx = client.transaction().await?;
-    let mut new_version = None;
-    let (before, after) = match change.state_flag() {
-        None => match change {
-            Change::Note { detail, .. } => (serde_json::Value::Null, detail.clone()),
-            _ => (serde_json::Value::Null, serde_json::Value::Null),
-        },
-        Some(flag) => {
-            // Make sure the row exists, then lock it: concurrent changes to this flag queue
-            // here instead of overwriting each other.
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}.switchyard_flag_state (flag, overrides) \
-                     VALUES ($1, '{{}}'::jsonb) ON CONFLICT (flag) DO NOTHING"
-                ),
-                &[&flag],
-            )
-            .await?;
-            let row = tx
-                .query_one(
-                    &format!(
-                        "SELECT overrides FROM {s}.switchyard_flag_state \
-                         WHERE flag = $1 FOR UPDATE"
-                    ),
-                    &[&flag],
-                )
-                .await?;
-            let before = parse_overrides(shared, flag, row.try_get(0)?)?;
-            let mut after = before.clone();
-            change.apply_by(&mut after, actor);
-            if after.is_empty() {
-                tx.execute(
-                    &format!("DELETE FROM {s}.switchyard_flag_state WHERE flag = $1"),
-                    &[&flag],
-                )
-                .await?;
-            } else {
-                tx.execute(
-                    &format!(
-                        "UPDATE {s}.switchyard_flag_state SET overrides = $2, updated_at = now() \
-                         WHERE flag = $1"
-                    ),
-                    &[&flag, &overrides_json(&after)],
-                )
-                .await?;
-            }
-            let version: i64 = tx
-                .query_one(
-                    &format!(
-                        "UPDATE {s}.switchyard_meta SET version = version + 1 WHERE id = 1 \
-                         RETURNING version"
-                    ),
-                    &[],
-                )
-                .await?
-                .try_get(0)?;
-            new_version = Some(version);
-            (audit_json(&before), audit_json(&after))
-        }
-    };
-    let row = tx
-        .query_one(
-            &format!(
-                "INSERT INTO {s}.switchyard_audit \
-                 (actor, action, flag, \"before\", \"after\", reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, at"
-            ),
-            &[
-                &actor,
-                &change.action(),
-                &change.flag(),
-                &before,
-                &after,
-                &reason,
-            ],
-        )
-        .await?;
-    let id: i64 = row.try_get(0)?;
-    let at: std::time::SystemTime = row.try_get(1)?;
-    if let Some(version) = new_version {
-        let payload = notify_payload(&shared.schema, shared.instance, version);
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-            .await?;
-    }
-    tx.commit().await.map_err(committing)?;
-    let entry = AuditEntry {
-        id,
-        at: format_rfc3339_ms(system_time_ms(at)),
-        actor: actor.to_owned(),
-        action: change.action().to_owned(),
-        flag: change.flag().map(str::to_owned),
-        before,
-        after,
-        reason: reason.map(str::to_owned),
-    };
-    Ok((entry, new_version))
-}
-
-async fn audit_query(
-    client: &Client,
-    shared: &Shared,
-    q: &AuditQuery,
-) -> Result<Vec<AuditEntry>, Fail> {
-    let s = &shared.quoted_schema;
-    let sql = format!(
-        "SELECT id, at, actor, action, flag, \"before\", \"after\", reason \
-         FROM {s}.switchyard_audit WHERE ($1::text IS NULL OR flag = $1) \
-         AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR action = $3) \
-         AND ($4::bigint IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
-    );
-    let limit = i64::from(q.limit);
-    let rows = client
-        .query(&sql, &[&q.flag, &q.actor, &q.action, &q.before_id, &limit])
-        .await?;
-    let mut entries = Vec::with_capacity(rows.len());
-    for row in rows {
-        let at: std::time::SystemTime = row.try_get(1)?;
-        entries.push(AuditEntry {
-            id: row.try_get(0)?,
-            at: format_rfc3339_ms(system_time_ms(at)),
-            actor: row.try_get(2)?,
-            action: row.try_get(3)?,
-            flag: row.try_get(4)?,
-            before: row.try_get(5)?,
-            after: row.try_get(6)?,
-            reason: row.try_get(7)?,
-        });
-    }
-    Ok(entries)
-}
-
 /// How many times a transaction aborted by a deadlock or serialization failure is retried.
 const CONFLICT_RETRIES: u32 = 3;
 
@@ -1044,285 +650,8 @@ fn agg_row(row: &tokio_postgres::Row) -> Result<FeedbackAgg, tokio_postgres::Err
     })
 }
 
-fn parse_overrides(
-    shared: &Shared,
-    flag: &str,
-    value: serde_json::Value,
-) -> Result<FlagOverrides, Fail> {
-    serde_json::from_value(value).map_err(|e| {
-        Fail::State(StateError::Storage(format!(
-            "PostgreSQL state store {}: stored overrides of flag {flag:?} are not valid: {e}",
-            shared.location
-        )))
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
-// Subscription
-
-/// How one LISTEN session ended.
-enum Ended {
-    /// The last clone of the store was dropped: stop.
-    StoreDropped,
-    /// The connection was lost: reconnect.
-    Lost(String),
-}
-
-/// Keeps a LISTEN connection up for as long as the store lives, signalling other replicas'
-/// changes; after a reconnect it signals once, since notifications may have been missed.
-async fn listen_loop(weak: Weak<Shared>) {
-    let mut failures = 0u32;
-    let mut connected_before = false;
-    loop {
-        let Some(shared) = weak.upgrade() else {
-            return;
-        };
-        match listen(&shared).await {
-            Ok(mut session) => {
-                if failures > 0 || connected_before {
-                    tracing::info!(store = %shared.location, "state store subscription reconnected");
-                }
-                failures = 0;
-                // First session: resync only if the state moved since this store last looked;
-                // later sessions: always, since notifications may have been lost.
-                let moved = session.version != shared.seen_version.load(Ordering::SeqCst);
-                if connected_before || moved {
-                    signal(&shared.tx);
-                }
-                connected_before = true;
-                let schema = shared.schema.clone();
-                let instance = shared.instance;
-                drop(shared); // do not keep the store alive
-                let ended = pump(&weak, &mut session, &schema, instance).await;
-                session.conn.driver.abort();
-                match ended {
-                    Ended::StoreDropped => return,
-                    Ended::Lost(why) => {
-                        if let Some(shared) = weak.upgrade() {
-                            tracing::warn!(store = %shared.location, error = %why,
-                                "state store subscription lost its connection; reconnecting");
-                        }
-                        // Reconnect promptly the first time.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(error = %e, "state store subscription cannot listen; retrying");
-                } else {
-                    tracing::debug!(error = %e, attempt = failures, "state store subscription retry failed");
-                }
-                drop(shared);
-                tokio::time::sleep(backoff(failures)).await;
-            }
-        }
-    }
-}
-
-struct Session {
-    conn: Conn,
-    notifications: mpsc::UnboundedReceiver<Notification>,
-    /// The database's version right after LISTEN took effect.
-    version: i64,
-}
-
-/// Connects, LISTENs and reads the current version.
-async fn listen(shared: &Shared) -> Result<Session, StateError> {
-    let (client, mut connection) = connect(shared).await?;
-    let (notify_tx, notifications) = mpsc::unbounded_channel();
-    let driver = shared.handle.spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if notify_tx.send(n).is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::debug!(error = %describe(&e), "state store LISTEN connection ended");
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
-    let conn = Conn { client, driver };
-    let s = &shared.quoted_schema;
-    let setup = async {
-        conn.client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await?;
-        conn.client
-            .query_one(
-                &format!("SELECT version FROM {s}.switchyard_meta WHERE id = 1"),
-                &[],
-            )
-            .await?
-            .try_get::<_, i64>(0)
-    };
-    let version = match tokio::time::timeout(OP_TIMEOUT, setup).await {
-        Ok(Ok(version)) => version,
-        Ok(Err(e)) => {
-            return Err(pg_error(
-                &shared.location,
-                "starting to listen",
-                &e,
-                conn.client.is_closed(),
-            ))
-        }
-        Err(_) => {
-            return Err(StateError::Unavailable(format!(
-                "PostgreSQL state store {}: starting to listen: no answer within {} s",
-                shared.location,
-                OP_TIMEOUT.as_secs()
-            )))
-        }
-    };
-    Ok(Session {
-        conn,
-        notifications,
-        version,
-    })
-}
-
-/// Forwards notifications until the connection is lost or the store is dropped; checks the
-/// connection with a round trip every few seconds so a silently dead peer is noticed.
-async fn pump(weak: &Weak<Shared>, session: &mut Session, schema: &str, instance: u64) -> Ended {
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(1),
-        Duration::from_secs(1),
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u32;
-    loop {
-        tokio::select! {
-            notification = session.notifications.recv() => {
-                let Some(notification) = notification else {
-                    return Ended::Lost("connection closed".into());
-                };
-                let Some(shared) = weak.upgrade() else {
-                    return Ended::StoreDropped;
-                };
-                if is_foreign(notification.payload(), schema, instance) {
-                    signal(&shared.tx);
-                }
-            }
-            _ = tick.tick() => {
-                if weak.strong_count() == 0 {
-                    return Ended::StoreDropped;
-                }
-                ticks += 1;
-                if ticks >= LISTEN_HEALTH_EVERY {
-                    ticks = 0;
-                    let probe = session.conn.client.simple_query("SELECT 1");
-                    match tokio::time::timeout(OP_TIMEOUT, probe).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return Ended::Lost(describe(&e)),
-                        Err(_) => return Ended::Lost("health check got no answer".into()),
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `schema instance-hex version`.
-fn notify_payload(schema: &str, instance: u64, version: i64) -> String {
-    format!("{schema} {instance:x} {version}")
-}
-
-/// Whether a notification on the channel reports a change by another store on our schema.
-/// Unparseable payloads count as foreign: a needless resync is harmless, a missed one is not.
-fn is_foreign(payload: &str, schema: &str, instance: u64) -> bool {
-    let mut parts = payload.split(' ');
-    match (parts.next(), parts.next()) {
-        (Some(their_schema), Some(their_instance)) => {
-            their_schema == schema && u64::from_str_radix(their_instance, 16) != Ok(instance)
-        }
-        _ => true,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// URLs and errors
-
-/// Splits the `schema` parameter off a PostgreSQL URL (the driver rejects unknown parameters).
-fn split_schema(url: &str) -> Result<(String, String), StateError> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, query),
-        None => (url, ""),
-    };
-    let mut schema = None;
-    let mut kept = Vec::new();
-    for param in query.split('&').filter(|p| !p.is_empty()) {
-        match param.split_once('=') {
-            Some(("schema", value)) => schema = Some(value.to_owned()),
-            _ => kept.push(param),
-        }
-    }
-    let schema = schema.unwrap_or_else(|| "public".to_owned());
-    let valid = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
-        return Err(StateError::BadUrl(format!(
-            "{:?}: schema {schema:?} must be 1–63 letters, digits or underscores, not starting \
-             with a digit",
-            super::redact(url)
-        )));
-    }
-    let pg_url = if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
-    Ok((pg_url, schema))
-}
-
-/// `postgres://user@host:port/db?schema=…` (no password).
-fn describe_config(config: &tokio_postgres::Config, schema: &str) -> String {
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let host = match host {
-                tokio_postgres::config::Host::Tcp(name) => name.clone(),
-                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-            };
-            match config.get_ports().get(i).or(config.get_ports().first()) {
-                Some(port) => format!("{host}:{port}"),
-                None => host,
-            }
-        })
-        .collect();
-    let user = config
-        .get_user()
-        .map(|u| format!("{u}@"))
-        .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or_default();
-    format!("postgres://{user}{}/{db}?schema={schema}", hosts.join(","))
-}
-
-/// A fixed advisory-lock key per schema (FNV-1a), so migrations of one schema serialize.
-fn lock_key(schema: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "switchyard_state:".bytes().chain(schema.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
-}
+// Leadership and errors
 
 /// The advisory-lock key replicas of one schema compete for to lead (FNV-1a, apart from the
 /// migration lock's).
@@ -1401,45 +730,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schema_parameter_is_split_off_and_checked() {
-        let (url, schema) = split_schema("postgres://u@h/db").unwrap();
-        assert_eq!(
-            (url.as_str(), schema.as_str()),
-            ("postgres://u@h/db", "public")
-        );
-        let (url, schema) =
-            split_schema("postgres://u@h/db?connect_timeout=3&schema=sy_1&sslmode=disable")
-                .unwrap();
-        assert_eq!(url, "postgres://u@h/db?connect_timeout=3&sslmode=disable");
-        assert_eq!(schema, "sy_1");
-        for bad in ["x-y", "1abc", "", "a\"b", &"a".repeat(64)] {
-            let url = format!("postgres://h/db?schema={bad}");
-            assert!(
-                matches!(split_schema(&url), Err(StateError::BadUrl(_))),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn own_notifications_are_not_foreign() {
-        let payload = notify_payload("sy", 0xabc, 7);
-        assert_eq!(payload, "sy abc 7");
-        assert!(!is_foreign(&payload, "sy", 0xabc));
-        assert!(is_foreign(&payload, "sy", 0xabd));
-        assert!(!is_foreign(&payload, "other", 0xabd));
-        assert!(is_foreign("garbage", "sy", 1));
-    }
-
-    #[test]
     fn the_leader_key_is_not_the_migration_key() {
-        assert_ne!(leader_key("public"), lock_key("public"));
+        assert_ne!(leader_key("public"), schema::lock_key("public"));
         assert_ne!(leader_key("a"), leader_key("b"));
-    }
-
-    #[test]
-    fn lock_keys_differ_per_schema() {
-        assert_ne!(lock_key("a"), lock_key("b"));
-        assert_eq!(lock_key("public"), lock_key("public"));
     }
 }

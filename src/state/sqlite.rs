@@ -8,180 +8,28 @@
 //! Exposures and feedback events are written with prepared statements, one transaction per
 //! batch. Experiment-results queries run on a second, read-only connection (file databases
 //! only), so a long aggregation never holds up writers.
+//!
+//! This file holds the store, its connections and the version poller; the schema and its
+//! migrations live in `schema`, the overrides and audit log in `overrides`, experiment data in
+//! `experiments` and bandit epochs in `bandit`.
 
 mod bandit;
+mod experiments;
+mod overrides;
+mod schema;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use super::{
-    audit_json, backoff, db_to_u64, format_rfc3339_ms, ms_to_db, now_ms, overrides_json, signal,
-    AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg, FeedbackRow, FlagOverrides,
-    RuntimeState, StateError,
+    backoff, db_to_u64, ms_to_db, signal, AuditEntry, AuditQuery, Change, Exposure, FeedbackAgg,
+    FeedbackRow, RuntimeState, StateError,
 };
-
-mod experiments;
-
-/// The schema, one step per entry; `PRAGMA user_version` counts the steps applied. Append
-/// only: never edit a step that has shipped.
-const MIGRATIONS: &[&str] = &[
-    // 1: runtime overrides, audit log, global version.
-    r#"
-    CREATE TABLE IF NOT EXISTS switchyard_meta (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        version INTEGER NOT NULL
-    );
-    INSERT OR IGNORE INTO switchyard_meta (id, version) VALUES (1, 0);
-    CREATE TABLE IF NOT EXISTS switchyard_flag_state (
-        flag TEXT PRIMARY KEY,
-        overrides TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS switchyard_audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        at TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        action TEXT NOT NULL,
-        flag TEXT,
-        "before" TEXT NOT NULL,
-        "after" TEXT NOT NULL,
-        reason TEXT
-    );
-    CREATE INDEX IF NOT EXISTS switchyard_audit_flag ON switchyard_audit (flag, id);
-    "#,
-    // 2: experiments: first exposures, request ids, feedback events.
-    r#"
-    CREATE TABLE IF NOT EXISTS switchyard_exposures (
-        flag TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        rule TEXT,
-        first_at_ms INTEGER NOT NULL,
-        switched INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (flag, user_id)
-    ) WITHOUT ROWID;
-    -- (flag, rule, variation), with `switched` so that counting exposures reads the index only.
-    CREATE INDEX IF NOT EXISTS switchyard_exposures_rule
-        ON switchyard_exposures (flag, rule, variation, switched);
-    CREATE TABLE IF NOT EXISTS switchyard_requests (
-        request_id TEXT PRIMARY KEY,
-        flag TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        at_ms INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS switchyard_requests_at ON switchyard_requests (at_ms);
-    CREATE TABLE IF NOT EXISTS switchyard_feedback (
-        event_id TEXT PRIMARY KEY,
-        flag TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        value DOUBLE NOT NULL,
-        at_ms INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS switchyard_feedback_metric ON switchyard_feedback (flag, metric);
-    "#,
-    // 3: bandit epoch records (immutable; one per flag and epoch).
-    r#"
-    CREATE TABLE IF NOT EXISTS switchyard_bandit_epochs (
-        flag TEXT NOT NULL,
-        epoch INTEGER NOT NULL,
-        at_ms INTEGER NOT NULL,
-        record TEXT NOT NULL,
-        PRIMARY KEY (flag, epoch)
-    );
-    "#,
-    // 4: running experiment aggregates (filled from the rows above by `BACKFILL`), the
-    // request-id key; request ids are no longer stored, and counting exposures no longer
-    // needs their (flag, rule, variation) index.
-    r#"
-    CREATE TABLE IF NOT EXISTS switchyard_secrets (
-        name TEXT PRIMARY KEY,
-        value BLOB NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS switchyard_feedback_users (
-        flag TEXT NOT NULL,
-        user_id TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        n INTEGER NOT NULL,
-        s DOUBLE NOT NULL,
-        m DOUBLE NOT NULL,
-        PRIMARY KEY (flag, user_id, variation, metric)
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS switchyard_aggregates (
-        flag TEXT NOT NULL,
-        bucket TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        reporters INTEGER NOT NULL,
-        events INTEGER NOT NULL,
-        s DOUBLE NOT NULL, s2 DOUBLE NOT NULL,
-        m DOUBLE NOT NULL, m2 DOUBLE NOT NULL,
-        a DOUBLE NOT NULL, a2 DOUBLE NOT NULL,
-        PRIMARY KEY (flag, bucket, variation, metric)
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS switchyard_exposure_counts (
-        flag TEXT NOT NULL,
-        bucket TEXT NOT NULL,
-        variation TEXT NOT NULL,
-        users INTEGER NOT NULL,
-        switched INTEGER NOT NULL,
-        PRIMARY KEY (flag, bucket, variation)
-    ) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS switchyard_experiment_flags (
-        flag TEXT PRIMARY KEY,
-        dropped INTEGER NOT NULL DEFAULT 0,
-        last_at_ms INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX IF NOT EXISTS switchyard_feedback_at ON switchyard_feedback (flag, at_ms);
-    DROP INDEX IF EXISTS switchyard_exposures_rule;
-    DROP INDEX IF EXISTS switchyard_requests_at;
-    DROP TABLE IF EXISTS switchyard_requests;
-    "#,
-];
-
-/// The migration that introduced the running aggregates (they are built from the rows
-/// already stored when a database reaches it).
-const AGGREGATES_STEP: usize = 4;
-
-/// Recomputes the running aggregates from the stored exposures and events (the rules of
-/// `FEEDBACK_AGGS_SQL`, grouped once per user).
-const BACKFILL: &str = r#"
-    DELETE FROM switchyard_exposure_counts;
-    DELETE FROM switchyard_feedback_users;
-    DELETE FROM switchyard_aggregates;
-    INSERT INTO switchyard_exposure_counts (flag, bucket, variation, users, switched)
-        SELECT flag, CASE WHEN rule IS NULL THEN 'n' ELSE 'r' || rule END, variation,
-               sum(switched = 0), sum(switched <> 0)
-        FROM switchyard_exposures GROUP BY 1, 2, 3;
-    INSERT INTO switchyard_feedback_users (flag, user_id, variation, metric, n, s, m)
-        SELECT flag, user_id, variation, metric, count(*), sum(value), max(value)
-        FROM switchyard_feedback GROUP BY flag, user_id, variation, metric;
-    INSERT INTO switchyard_aggregates
-        (flag, bucket, variation, metric, reporters, events, s, s2, m, m2, a, a2)
-        SELECT g.flag,
-               CASE WHEN e.user_id IS NULL THEN 'u' WHEN e.rule IS NULL THEN 'n'
-                    ELSE 'r' || e.rule END,
-               g.variation, g.metric, count(*), sum(g.n), sum(g.s), sum(g.s * g.s),
-               sum(g.m), sum(g.m * g.m), sum(g.s / g.n), sum((g.s / g.n) * (g.s / g.n))
-        FROM switchyard_feedback_users g
-        LEFT JOIN switchyard_exposures e ON e.flag = g.flag AND e.user_id = g.user_id
-        WHERE e.user_id IS NULL OR (e.switched = 0 AND e.variation = g.variation)
-        GROUP BY 1, 2, 3, 4;
-    INSERT INTO switchyard_experiment_flags (flag, dropped, last_at_ms)
-        SELECT flag, 0, max(at) FROM (
-            SELECT flag, max(first_at_ms) AS at FROM switchyard_exposures GROUP BY flag
-            UNION ALL SELECT flag, max(at_ms) FROM switchyard_feedback GROUP BY flag
-        ) GROUP BY flag
-        ON CONFLICT (flag) DO UPDATE SET last_at_ms = max(last_at_ms, excluded.last_at_ms);
-"#;
 
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -243,7 +91,8 @@ impl SqliteStore {
 
     pub(super) async fn load(&self) -> Result<RuntimeState, StateError> {
         run(self.shared.clone(), |db, location| {
-            load_db(&mut db.conn).map_err(|e| e.into_state(location, "loading the state"))
+            overrides::load_db(&mut db.conn)
+                .map_err(|e| e.into_state(location, "loading the state"))
         })
         .await
     }
@@ -258,7 +107,7 @@ impl SqliteStore {
         let actor = actor.to_owned();
         let reason = reason.map(str::to_owned);
         run(self.shared.clone(), move |db, location| {
-            apply_db(db, &change, &actor, reason.as_deref())
+            overrides::apply_db(db, &change, &actor, reason.as_deref())
                 .map_err(|e| e.into_state(location, "applying a change"))
         })
         .await
@@ -266,7 +115,8 @@ impl SqliteStore {
 
     pub(super) async fn audit(&self, q: AuditQuery) -> Result<Vec<AuditEntry>, StateError> {
         run(self.shared.clone(), move |db, location| {
-            audit_db(&db.conn, &q).map_err(|e| e.into_state(location, "reading the audit log"))
+            overrides::audit_db(&db.conn, &q)
+                .map_err(|e| e.into_state(location, "reading the audit log"))
         })
         .await
     }
@@ -274,7 +124,7 @@ impl SqliteStore {
     pub(super) async fn record_exposures(&self, batch: &[Exposure]) -> Result<(), StateError> {
         let batch = batch.to_vec();
         run(self.shared.clone(), move |db, location| {
-            record_exposures_db(&mut db.conn, &batch)
+            experiments::record_exposures_db(&mut db.conn, &batch)
                 .map_err(|e| e.into_state(location, "recording exposures"))
         })
         .await
@@ -286,7 +136,7 @@ impl SqliteStore {
     ) -> Result<Vec<bool>, StateError> {
         let rows = rows.to_vec();
         run(self.shared.clone(), move |db, location| {
-            insert_feedback_db(&mut db.conn, &rows)
+            experiments::insert_feedback_db(&mut db.conn, &rows)
                 .map_err(|e| sql_error(location, "storing feedback", &e))
         })
         .await
@@ -302,7 +152,7 @@ impl SqliteStore {
         let rule = rule.map(str::to_owned);
         run_report(self.shared.clone(), move |conn, location| {
             let counted = if scan {
-                exposure_counts_db(conn, &flag, rule.as_deref())
+                experiments::exposure_counts_db(conn, &flag, rule.as_deref())
             } else {
                 experiments::running_counts(conn, &flag, rule.as_deref())
             };
@@ -320,7 +170,7 @@ impl SqliteStore {
         let flag = flag.to_owned();
         let rule = rule.map(str::to_owned);
         run_report(self.shared.clone(), move |conn, location| {
-            feedback_aggs_db(conn, &flag, rule.as_deref(), since_ms)
+            experiments::feedback_aggs_db(conn, &flag, rule.as_deref(), since_ms)
                 .map_err(|e| sql_error(location, "aggregating feedback", &e))
         })
         .await
@@ -357,7 +207,7 @@ impl SqliteStore {
             let tx = db
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .and_then(|tx| tx.execute_batch(BACKFILL).map(|()| tx))
+                .and_then(|tx| tx.execute_batch(schema::BACKFILL).map(|()| tx))
                 .and_then(|tx| tx.commit());
             tx.map_err(|e| sql_error(location, "rebuilding the aggregates", &e))
         })
@@ -584,37 +434,12 @@ fn open_db(path: &str) -> Result<Db, StateError> {
     // reading them back first. It fills only as the store is used.
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA cache_size = -16384;")
         .map_err(|e| fail("setting synchronous=FULL", e))?;
-    migrate(&mut conn).map_err(|e| e.into_state(path, "creating the schema"))?;
+    schema::migrate(&mut conn).map_err(|e| e.into_state(path, "creating the schema"))?;
     let known_version = read_version(&conn).map_err(|e| fail("reading the version", e))?;
     Ok(Db {
         conn,
         known_version,
     })
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), DbError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let applied: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let applied = usize::try_from(applied).unwrap_or(usize::MAX);
-    if applied > MIGRATIONS.len() {
-        return Err(DbError::Corrupt(format!(
-            "the database has schema version {applied}, newer than this build knows ({}); \
-             upgrade switchyard",
-            MIGRATIONS.len()
-        )));
-    }
-    if applied == MIGRATIONS.len() {
-        return Ok(()); // dropping the transaction ends it
-    }
-    for step in &MIGRATIONS[applied..] {
-        tx.execute_batch(step)?;
-    }
-    if applied < AGGREGATES_STEP {
-        tx.execute_batch(BACKFILL)?;
-    }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
-    tx.commit()?;
-    Ok(())
 }
 
 fn read_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
@@ -625,159 +450,6 @@ fn read_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
     )
 }
 
-fn parse_overrides(flag: &str, text: &str) -> Result<FlagOverrides, DbError> {
-    serde_json::from_str(text).map_err(|e| {
-        DbError::Corrupt(format!(
-            "stored overrides of flag {flag:?} are not valid: {e}"
-        ))
-    })
-}
-
-fn load_db(conn: &mut Connection) -> Result<RuntimeState, DbError> {
-    // One read transaction: the version and the flags come from the same snapshot.
-    let tx = conn.transaction()?;
-    let version = read_version(&tx)?;
-    let mut flags = std::collections::BTreeMap::new();
-    {
-        let mut stmt = tx.prepare("SELECT flag, overrides FROM switchyard_flag_state")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        for row in rows {
-            let (flag, text) = row?;
-            let overrides = parse_overrides(&flag, &text)?;
-            flags.insert(flag, overrides);
-        }
-    }
-    tx.commit()?;
-    Ok(RuntimeState { version, flags })
-}
-
-fn apply_db(
-    db: &mut Db,
-    change: &Change,
-    actor: &str,
-    reason: Option<&str>,
-) -> Result<AuditEntry, DbError> {
-    let at_ms = now_ms();
-    let at = format_rfc3339_ms(i64::try_from(at_ms).unwrap_or(i64::MAX));
-    let tx = db
-        .conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut versions = None;
-    let (before, after) = match (change, change.state_flag()) {
-        (Change::Note { detail, .. }, _) => (serde_json::Value::Null, detail.clone()),
-        (_, None) => (serde_json::Value::Null, serde_json::Value::Null),
-        (_, Some(flag)) => {
-            let stored: Option<String> = tx
-                .query_row(
-                    "SELECT overrides FROM switchyard_flag_state WHERE flag = ?1",
-                    [flag],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let before = match stored {
-                Some(text) => parse_overrides(flag, &text)?,
-                None => FlagOverrides::default(),
-            };
-            let mut after = before.clone();
-            change.apply_by(&mut after, actor);
-            if after.is_empty() {
-                tx.execute("DELETE FROM switchyard_flag_state WHERE flag = ?1", [flag])?;
-            } else {
-                tx.execute(
-                    "INSERT INTO switchyard_flag_state (flag, overrides, updated_at) \
-                     VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (flag) DO UPDATE SET overrides = excluded.overrides, \
-                     updated_at = excluded.updated_at",
-                    params![flag, overrides_json(&after).to_string(), at],
-                )?;
-            }
-            let new_version: i64 = tx.query_row(
-                "UPDATE switchyard_meta SET version = version + 1 WHERE id = 1 RETURNING version",
-                [],
-                |row| row.get(0),
-            )?;
-            versions = Some(new_version);
-            (audit_json(&before), audit_json(&after))
-        }
-    };
-    tx.execute(
-        "INSERT INTO switchyard_audit (at, actor, action, flag, \"before\", \"after\", reason) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            at,
-            actor,
-            change.action(),
-            change.flag(),
-            before.to_string(),
-            after.to_string(),
-            reason
-        ],
-    )?;
-    let id = tx.last_insert_rowid();
-    tx.commit()?;
-    if let Some(new_version) = versions {
-        // Our own change: account for it unless another process changed the state since we
-        // last looked (then the poller must still see a difference and signal).
-        if db.known_version == new_version - 1 {
-            db.known_version = new_version;
-        }
-    }
-    Ok(AuditEntry {
-        id,
-        at,
-        actor: actor.to_owned(),
-        action: change.action().to_owned(),
-        flag: change.flag().map(str::to_owned),
-        before,
-        after,
-        reason: reason.map(str::to_owned),
-    })
-}
-
-fn audit_db(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditEntry>, DbError> {
-    let sql = "SELECT id, at, actor, action, flag, \"before\", \"after\", reason \
-               FROM switchyard_audit WHERE (?1 IS NULL OR flag = ?1) \
-               AND (?2 IS NULL OR actor = ?2) AND (?3 IS NULL OR action = ?3) \
-               AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?5";
-    let mut stmt = conn.prepare_cached(sql)?;
-    let rows = stmt.query_map(
-        params![q.flag, q.actor, q.action, q.before_id, q.limit],
-        |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, Option<String>>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, String>(6)?,
-                row.get::<_, Option<String>>(7)?,
-            ))
-        },
-    )?;
-    let mut entries = Vec::new();
-    for row in rows {
-        let (id, at, actor, action, flag, before, after, reason) = row?;
-        let json = |text: &str| {
-            serde_json::from_str(text)
-                .map_err(|e| DbError::Corrupt(format!("audit entry {id} holds invalid JSON: {e}")))
-        };
-        entries.push(AuditEntry {
-            id,
-            at,
-            actor,
-            action,
-            flag,
-            before: json(&before)?,
-            after: json(&after)?,
-            reason,
-        });
-    }
-    Ok(entries)
-}
-
 /// Whether the version moved since this store last accounted for it.
 fn poll_db(db: &mut Db) -> Result<bool, DbError> {
     let version = read_version(&db.conn)?;
@@ -786,134 +458,4 @@ fn poll_db(db: &mut Db) -> Result<bool, DbError> {
     }
     db.known_version = version;
     Ok(true)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Experiments
-
-/// Records a batch of exposures and moves the running aggregates with them.
-fn record_exposures_db(conn: &mut Connection, batch: &[Exposure]) -> Result<(), DbError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    experiments::record_exposures(&tx, batch)?;
-    tx.commit()?;
-    Ok(())
-}
-
-/// Inserts each row unless its event id is already stored (by an earlier batch or earlier in
-/// this one), and folds the stored ones into the running aggregates; `true` for the rows
-/// stored.
-fn insert_feedback_db(
-    conn: &mut Connection,
-    rows: &[FeedbackRow],
-) -> Result<Vec<bool>, rusqlite::Error> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut stored = Vec::with_capacity(rows.len());
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO switchyard_feedback \
-             (event_id, flag, variation, user_id, metric, value, at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (event_id) DO NOTHING",
-        )?;
-        for r in rows {
-            let n = insert.execute(params![
-                r.event_id,
-                r.flag,
-                r.variation,
-                r.user,
-                r.metric,
-                r.value,
-                ms_to_db(r.at_ms)
-            ])?;
-            stored.push(n == 1);
-        }
-    }
-    let fresh: Vec<&FeedbackRow> = rows
-        .iter()
-        .zip(&stored)
-        .filter(|(_, s)| **s)
-        .map(|(r, _)| r)
-        .collect();
-    experiments::fold_feedback(&tx, &fresh)?;
-    tx.commit()?;
-    Ok(stored)
-}
-
-fn exposure_counts_db(
-    conn: &Connection,
-    flag: &str,
-    rule: Option<&str>,
-) -> Result<(Vec<(String, u64)>, u64), rusqlite::Error> {
-    // Two statements rather than `?2 IS NULL OR rule = ?2`, so the index serves the rule.
-    let mut stmt = match rule {
-        Some(_) => conn.prepare_cached(
-            "SELECT variation, switched, count(*) FROM switchyard_exposures \
-             WHERE flag = ?1 AND rule = ?2 GROUP BY variation, switched",
-        )?,
-        None => conn.prepare_cached(
-            "SELECT variation, switched, count(*) FROM switchyard_exposures \
-             WHERE flag = ?1 AND ?2 IS NULL GROUP BY variation, switched",
-        )?,
-    };
-    let rows = stmt.query_map(params![flag, rule], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
-    let mut counts = Vec::new();
-    let mut switched = 0u64;
-    for row in rows {
-        let (variation, is_switched, n) = row?;
-        if is_switched != 0 {
-            switched += db_to_u64(n);
-        } else {
-            counts.push((variation, db_to_u64(n)));
-        }
-    }
-    Ok((counts, switched))
-}
-
-/// Events are combined per (variation, user, metric) first, then the groups whose user is
-/// unknown, or known, not switched and first exposed to that variation (in `rule`), are
-/// summed per (variation, metric).
-const FEEDBACK_AGGS_SQL: &str = "\
-    SELECT g.variation, g.metric, count(*), sum(g.n), \
-           sum(g.s), sum(g.s * g.s), sum(g.m), sum(g.m * g.m), sum(g.a), sum(g.a * g.a) \
-    FROM ( \
-        SELECT f.variation, f.user_id, f.metric, count(*) AS n, \
-               sum(f.value) AS s, max(f.value) AS m, avg(f.value) AS a \
-        FROM switchyard_feedback f \
-        WHERE f.flag = ?1 AND f.at_ms >= ?2 \
-        GROUP BY f.variation, f.user_id, f.metric \
-    ) g \
-    LEFT JOIN switchyard_exposures e ON e.flag = ?1 AND e.user_id = g.user_id \
-    WHERE CASE WHEN e.user_id IS NULL THEN ?3 IS NULL \
-          ELSE e.switched = 0 AND e.variation = g.variation AND (?3 IS NULL OR e.rule = ?3) \
-          END \
-    GROUP BY g.variation, g.metric";
-
-fn feedback_aggs_db(
-    conn: &Connection,
-    flag: &str,
-    rule: Option<&str>,
-    since_ms: Option<u64>,
-) -> Result<Vec<FeedbackAgg>, rusqlite::Error> {
-    let since = ms_to_db(since_ms.unwrap_or(0));
-    let mut stmt = conn.prepare_cached(FEEDBACK_AGGS_SQL)?;
-    let rows = stmt.query_map(params![flag, since, rule], |row| {
-        Ok(FeedbackAgg {
-            variation: row.get(0)?,
-            metric: row.get(1)?,
-            reporters: db_to_u64(row.get(2)?),
-            events: db_to_u64(row.get(3)?),
-            sum_of_sums: row.get(4)?,
-            sum_sq_of_sums: row.get(5)?,
-            sum_of_max: row.get(6)?,
-            sum_sq_of_max: row.get(7)?,
-            sum_of_means: row.get(8)?,
-            sum_sq_of_means: row.get(9)?,
-        })
-    })?;
-    rows.collect()
 }

@@ -1,6 +1,8 @@
 //! SQLite: exposures and feedback folded into the running aggregates
 //! ([`crate::state::aggregates`]), results read from them, lost exposures, retention, and the
-//! request-id key. Every function runs inside the caller's connection or transaction.
+//! request-id key. The `_db` functions run one batch or one results query on the store's
+//! connection (a batch in its own transaction); the others run inside the caller's connection or
+//! transaction.
 
 use std::collections::{HashMap, HashSet};
 
@@ -355,4 +357,134 @@ pub(super) fn secret(
     tx.commit()?;
     <[u8; 32]>::try_from(value.as_slice())
         .map_err(|_| DbError::Corrupt(format!("the stored secret {name:?} is not 32 bytes")))
+}
+
+/// Records a batch of exposures and moves the running aggregates with them.
+pub(super) fn record_exposures_db(
+    conn: &mut Connection,
+    batch: &[Exposure],
+) -> Result<(), DbError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    record_exposures(&tx, batch)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Inserts each row unless its event id is already stored (by an earlier batch or earlier in
+/// this one), and folds the stored ones into the running aggregates; `true` for the rows
+/// stored.
+pub(super) fn insert_feedback_db(
+    conn: &mut Connection,
+    rows: &[FeedbackRow],
+) -> Result<Vec<bool>, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut stored = Vec::with_capacity(rows.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO switchyard_feedback \
+             (event_id, flag, variation, user_id, metric, value, at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (event_id) DO NOTHING",
+        )?;
+        for r in rows {
+            let n = insert.execute(params![
+                r.event_id,
+                r.flag,
+                r.variation,
+                r.user,
+                r.metric,
+                r.value,
+                ms_to_db(r.at_ms)
+            ])?;
+            stored.push(n == 1);
+        }
+    }
+    let fresh: Vec<&FeedbackRow> = rows
+        .iter()
+        .zip(&stored)
+        .filter(|(_, s)| **s)
+        .map(|(r, _)| r)
+        .collect();
+    fold_feedback(&tx, &fresh)?;
+    tx.commit()?;
+    Ok(stored)
+}
+
+pub(super) fn exposure_counts_db(
+    conn: &Connection,
+    flag: &str,
+    rule: Option<&str>,
+) -> Result<(Vec<(String, u64)>, u64), rusqlite::Error> {
+    // Two statements rather than `?2 IS NULL OR rule = ?2`, so the index serves the rule.
+    let mut stmt = match rule {
+        Some(_) => conn.prepare_cached(
+            "SELECT variation, switched, count(*) FROM switchyard_exposures \
+             WHERE flag = ?1 AND rule = ?2 GROUP BY variation, switched",
+        )?,
+        None => conn.prepare_cached(
+            "SELECT variation, switched, count(*) FROM switchyard_exposures \
+             WHERE flag = ?1 AND ?2 IS NULL GROUP BY variation, switched",
+        )?,
+    };
+    let rows = stmt.query_map(params![flag, rule], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut counts = Vec::new();
+    let mut switched = 0u64;
+    for row in rows {
+        let (variation, is_switched, n) = row?;
+        if is_switched != 0 {
+            switched += db_to_u64(n);
+        } else {
+            counts.push((variation, db_to_u64(n)));
+        }
+    }
+    Ok((counts, switched))
+}
+
+/// Events are combined per (variation, user, metric) first, then the groups whose user is
+/// unknown, or known, not switched and first exposed to that variation (in `rule`), are
+/// summed per (variation, metric).
+const FEEDBACK_AGGS_SQL: &str = "\
+    SELECT g.variation, g.metric, count(*), sum(g.n), \
+           sum(g.s), sum(g.s * g.s), sum(g.m), sum(g.m * g.m), sum(g.a), sum(g.a * g.a) \
+    FROM ( \
+        SELECT f.variation, f.user_id, f.metric, count(*) AS n, \
+               sum(f.value) AS s, max(f.value) AS m, avg(f.value) AS a \
+        FROM switchyard_feedback f \
+        WHERE f.flag = ?1 AND f.at_ms >= ?2 \
+        GROUP BY f.variation, f.user_id, f.metric \
+    ) g \
+    LEFT JOIN switchyard_exposures e ON e.flag = ?1 AND e.user_id = g.user_id \
+    WHERE CASE WHEN e.user_id IS NULL THEN ?3 IS NULL \
+          ELSE e.switched = 0 AND e.variation = g.variation AND (?3 IS NULL OR e.rule = ?3) \
+          END \
+    GROUP BY g.variation, g.metric";
+
+pub(super) fn feedback_aggs_db(
+    conn: &Connection,
+    flag: &str,
+    rule: Option<&str>,
+    since_ms: Option<u64>,
+) -> Result<Vec<FeedbackAgg>, rusqlite::Error> {
+    let since = ms_to_db(since_ms.unwrap_or(0));
+    let mut stmt = conn.prepare_cached(FEEDBACK_AGGS_SQL)?;
+    let rows = stmt.query_map(params![flag, since, rule], |row| {
+        Ok(FeedbackAgg {
+            variation: row.get(0)?,
+            metric: row.get(1)?,
+            reporters: db_to_u64(row.get(2)?),
+            events: db_to_u64(row.get(3)?),
+            sum_of_sums: row.get(4)?,
+            sum_sq_of_sums: row.get(5)?,
+            sum_of_max: row.get(6)?,
+            sum_sq_of_max: row.get(7)?,
+            sum_of_means: row.get(8)?,
+            sum_sq_of_means: row.get(9)?,
+        })
+    })?;
+    rows.collect()
 }
