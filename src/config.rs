@@ -2,13 +2,15 @@
 //! cannot hold a dangling reference. Every error names the file, the line and the key. The
 //! validator is split by section: `providers`, `flags` (variations, rules, rollouts),
 //! `identity`, `alerts`, `experiments`, `admin`, `sources`, `fleet`; this file holds the
-//! validated types and the walk over the whole file.
+//! validated types and the walk over the whole file; the error types live in `error`.
 
 mod admin;
 mod agents;
 pub use agents::AgentPolicy;
 mod alerts;
 mod bandit;
+mod error;
+pub use error::{ConfigError, ConfigErrors};
 mod evals;
 pub use evals::{EvalSettings, ScoreReader};
 mod cache;
@@ -245,51 +247,6 @@ pub struct AdminToken {
     /// An agent token's policy: it then works only on `/mcp`.
     pub policy: Option<Arc<AgentPolicy>>,
 }
-
-/// One validation error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The file.
-    pub origin: String,
-    /// The 1-based line, when it could be found.
-    pub line: Option<usize>,
-    /// The key path.
-    pub key: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.origin)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if self.key.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.key, self.message)
-        }
-    }
-}
-
-/// Every error found in one file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
 
 /// Where environment variables come from (tests pass their own).
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;

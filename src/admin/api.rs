@@ -1,13 +1,28 @@
 //! The admin API under `/admin/`: effective flag state, kill switch, forced fallback,
 //! rollouts, audit log, reload. Every change goes through the state store (durable, audited
 //! with the token's name as actor) before it is acknowledged.
+//!
+//! This file holds the boundary: routing and the one error type with its rendering. Request
+//! bodies live in `body`, rollouts and their gates in `rollout`, a flag's JSON view in `view`.
+
+mod body;
+mod rollout;
+mod view;
+
+pub(crate) use rollout::rollout_json;
+pub use rollout::{gate_figures, gate_verdict, stage_figures};
+pub(crate) use view::flag_json;
+
+use body::{
+    optional, parse, AdvanceBody, ClearBody, EnabledBody, FallbackBody, HoldBody, RuleBody,
+    StageBody,
+};
+use rollout::{advance, rollout_rule, rollout_rules, set_stage};
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::app::{App, Live};
@@ -15,8 +30,6 @@ use crate::body::json_response;
 use crate::body::Body;
 use crate::flags::Flag;
 use crate::openai::ApiError;
-use crate::rollout::{self, StageFigures, Verdict};
-use crate::runtime::FlagRuntime;
 use crate::state::{AuditQuery, Change, StateError};
 
 /// An admin error: OpenAI's error shape, plus extra top-level members (e.g. `reasons`).
@@ -93,89 +106,6 @@ impl From<ApiError> for AdminError {
 }
 
 type Result<T> = std::result::Result<T, AdminError>;
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
-    // Serde reads a struct from an array too (`[null, null]`); a body is an object.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(AdminError::bad("invalid JSON body: expected a JSON object"));
-    }
-    serde_json::from_slice(body).map_err(|e| AdminError::bad(format!("invalid JSON body: {e}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnabledBody {
-    enabled: bool,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FallbackBody {
-    forced: bool,
-    #[serde(default)]
-    variation: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct AdvanceBody {
-    #[serde(default)]
-    force: bool,
-    #[serde(default)]
-    rule: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ClearBody {
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RuleBody {
-    #[serde(default)]
-    rule: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StageBody {
-    stage: u32,
-    #[serde(default)]
-    rule: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HoldBody {
-    held: bool,
-    #[serde(default)]
-    rule: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-fn optional<'a, T: Deserialize<'a> + Default>(body: &'a [u8]) -> Result<T> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        Ok(T::default())
-    } else {
-        parse(body)
-    }
-}
-
-use crate::clock::now_ms;
 
 /// Routes an authenticated admin request (`path` below `/admin`).
 pub async fn handle(
@@ -558,224 +488,6 @@ pub(crate) fn flag<'l>(live: &'l Live, key: &str) -> Result<(usize, &'l Arc<Flag
         .ok_or_else(|| AdminError::not_found(format!("unknown flag `{key}`")))
 }
 
-fn rollout_rules(f: &Flag) -> impl Iterator<Item = usize> + '_ {
-    f.rules
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.rollout.is_some())
-        .map(|(i, _)| i)
-}
-
-fn rollout_rule(f: &Flag, rule: Option<&str>) -> Result<usize> {
-    match rule {
-        Some(id) => f
-            .rules
-            .iter()
-            .position(|r| r.id == id && r.rollout.is_some())
-            .ok_or_else(|| {
-                AdminError::not_found(format!("flag `{}` has no rollout rule `{id}`", f.key))
-            }),
-        None => rollout_rules(f)
-            .next()
-            .ok_or_else(|| AdminError::not_found(format!("flag `{}` has no rollout rule", f.key))),
-    }
-}
-
-async fn set_stage(
-    app: &Arc<App>,
-    actor: &str,
-    key: &str,
-    rule: &str,
-    stage: u32,
-    reason: Option<&str>,
-) -> Result<(StatusCode, Value)> {
-    let change = Change::SetRolloutStage {
-        flag: key.to_owned(),
-        rule: rule.to_owned(),
-        stage,
-        at_ms: now_ms(),
-    };
-    let entry = app.change(&change, actor, reason).await?;
-    let live = app.live.load();
-    let (i, f) = flag(&live, key)?;
-    let r = rollout_rule(f, Some(rule))?;
-    Ok((
-        StatusCode::OK,
-        json!({"rollout": rollout_json(app, &live, i, f, r), "audit": entry}),
-    ))
-}
-
-async fn advance(
-    app: &Arc<App>,
-    actor: &str,
-    key: &str,
-    b: AdvanceBody,
-) -> Result<(StatusCode, Value)> {
-    let live = app.live.load_full();
-    let (i, f) = flag(&live, key)?;
-    let r = rollout_rule(f, b.rule.as_deref())?;
-    let Some(ro) = f.rules[r].rollout.as_ref() else {
-        return Err(AdminError::not_found("no rollout"));
-    };
-    let stage = live.runtime[i].stages[r];
-    if stage as usize + 1 >= ro.stages.len() {
-        return Err(AdminError::new(
-            StatusCode::CONFLICT,
-            "at_last_stage",
-            "the rollout is at its last stage already",
-        ));
-    }
-    let verdict = gate_verdict(app, &live, i, f, r);
-    if !verdict.pass && !b.force {
-        let mut reasons = verdict.reasons.clone();
-        reasons.extend(verdict.rollback.iter().cloned());
-        return Err(AdminError {
-            status: StatusCode::CONFLICT,
-            code: "gate_not_met",
-            message: format!(
-                "the gate of stage {stage} is not met: {}",
-                reasons.join("; ")
-            ),
-            extra: Some(("reasons", json!(reasons))),
-            allow: None,
-        });
-    }
-    let reason = match (b.force && !verdict.pass, b.reason) {
-        (true, Some(r)) => Some(format!("forced past the gate: {r}")),
-        (true, None) => Some("forced past the gate".to_owned()),
-        (false, r) => r,
-    };
-    set_stage(
-        app,
-        actor,
-        key,
-        &f.rules[r].id,
-        stage + 1,
-        reason.as_deref(),
-    )
-    .await
-}
-
-/// The gate's verdict on rule `r` of flag `i` as things stand.
-pub fn gate_verdict(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Verdict {
-    let Some(ro) = f.rules[r].rollout.as_ref() else {
-        return Verdict {
-            pass: false,
-            reasons: vec!["not a rollout".into()],
-            rollback: Vec::new(),
-        };
-    };
-    match gate_figures(app, live, i, f, r) {
-        Ok(figures) => rollout::evaluate(&ro.gate, &figures),
-        Err(why) => Verdict {
-            pass: false,
-            reasons: vec![why],
-            rollback: Vec::new(),
-        },
-    }
-}
-
-/// The figures rule `r`'s gate reads: this process's, or the fleet's from Prometheus (`Err`:
-/// why they are missing; the gate then fails closed).
-pub fn gate_figures(
-    app: &App,
-    live: &Live,
-    i: usize,
-    f: &Flag,
-    r: usize,
-) -> std::result::Result<StageFigures, String> {
-    let local = stage_figures(app, live, i, f, r);
-    match f.rules[r].rollout.as_ref().map(|ro| ro.gate.source) {
-        Some(crate::config::FigureSource::Prometheus) => crate::fleet::figures::stage_figures(
-            app,
-            live,
-            &f.key,
-            &f.rules[r].id,
-            live.runtime[i].stages[r],
-            local.held_for,
-        ),
-        _ => Ok(local),
-    }
-}
-
-/// What the rolled-out variation showed since its stage began.
-pub fn stage_figures(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> StageFigures {
-    let Some(ro) = f.rules[r].rollout.as_ref() else {
-        return StageFigures::default();
-    };
-    let rt = &live.runtime[i];
-    let handles = &live.routes.flags[i];
-    let now = handles[ro.variation].totals();
-    let stage = rt.stages[r];
-    let base = app.stage_baseline(&f.key, &f.rules[r].id, stage, now);
-    let started_ms = rt.stage_started_at_ms[r].unwrap_or(base.since_ms);
-    let p95 = |v: usize| {
-        handles
-            .get(v)
-            .and_then(|h| h.quantiles())
-            .filter(|(n, _)| *n > 0)
-            .map(|(_, q)| q[1])
-    };
-    StageFigures {
-        requests: now.requests.saturating_sub(base.totals.requests),
-        errors: now.errors.saturating_sub(base.totals.errors),
-        fallbacks: now.fallbacks.saturating_sub(base.totals.fallbacks),
-        p95_seconds: p95(ro.variation),
-        stable_p95_seconds: p95(f.stable_variation),
-        held_for: Duration::from_millis(now_ms().saturating_sub(started_ms)),
-    }
-}
-
-pub(crate) fn rollout_json(app: &App, live: &Live, i: usize, f: &Flag, r: usize) -> Value {
-    let rule = &f.rules[r];
-    let Some(ro) = rule.rollout.as_ref() else {
-        return Value::Null;
-    };
-    let rt = &live.runtime[i];
-    let stage = rt.stages[r];
-    let read = gate_figures(app, live, i, f, r);
-    let verdict = gate_verdict(app, live, i, f, r);
-    let figures = read.clone().unwrap_or_default();
-    let pct: Vec<f64> = ro.stages.iter().map(|e| f64::from(*e) / 100.0).collect();
-    json!({
-        "flag": f.key,
-        "rule": rule.id,
-        "variation": f.variations[ro.variation].key,
-        "stage": stage,
-        "percent": f64::from(ro.end_at(stage)) / 100.0,
-        "stages": pct,
-        "last_stage": ro.stages.len() - 1,
-        "held": rt.held[r],
-        "auto_advance": ro.auto_advance,
-        "gate": {
-            "min_requests": ro.gate.min_requests,
-            "hold_seconds": ro.gate.hold.as_secs_f64(),
-            "max_error_rate": ro.gate.max_error_rate,
-            "max_fallback_rate": ro.gate.max_fallback_rate,
-            "max_p95_seconds": ro.gate.max_p95_seconds,
-            "max_p95_ratio": ro.gate.max_p95_ratio,
-            "rollback_error_rate": ro.gate.rollback_error_rate,
-            "rollback_fallback_rate": ro.gate.rollback_fallback_rate,
-            "source": ro.gate.source.as_str(),
-            "window_seconds": ro.gate.window.map(|w| w.as_secs_f64()),
-        },
-        "figures_error": read.err(),
-        "figures": {
-            "requests": figures.requests,
-            "errors": figures.errors,
-            "fallbacks": figures.fallbacks,
-            "error_rate": figures.error_rate(),
-            "fallback_rate": figures.fallback_rate(),
-            "p95_seconds": figures.p95_seconds,
-            "stable_p95_seconds": figures.stable_p95_seconds,
-            "stage_age_seconds": figures.held_for.as_secs_f64(),
-        },
-        "gate_met": verdict.pass,
-        "reasons": verdict.reasons,
-        "rollback_reasons": verdict.rollback,
-    })
-}
-
 /// The (percent-decoded) value of query parameter `name`.
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     query
@@ -784,98 +496,4 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
         .and_then(|(_, v)| crate::query::decode_segment(v).ok())
-}
-
-/// Where each effective value of flag `i` comes from: the file, or an override and who set it.
-fn sources_json(live: &Live, i: usize, f: &Flag) -> Value {
-    let rt: &FlagRuntime = &live.runtime[i];
-    let empty = crate::state::FlagOverrides::default();
-    let o = live.state.flags.get(&f.key).unwrap_or(&empty);
-    let source = |field: &str, overridden: bool, value: Value| -> Value {
-        if overridden {
-            json!({"value": value, "from": "override", "by": o.set_by.get(field)})
-        } else {
-            json!({"value": value, "from": "file"})
-        }
-    };
-    let variations: serde_json::Map<String, Value> = f
-        .variations
-        .iter()
-        .enumerate()
-        .map(|(vi, v)| {
-            let overridden =
-                o.forced_variations.contains(&v.key) || o.lifted_variations.contains(&v.key);
-            let value = json!(rt.forced_variations.get(vi).copied().unwrap_or(false));
-            (
-                v.key.clone(),
-                source(&format!("variation:{}", v.key), overridden, value),
-            )
-        })
-        .collect();
-    let stages: serde_json::Map<String, Value> = f
-        .rules
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.rollout.is_some())
-        .map(|(ri, r)| {
-            let overridden = o.rollout_stage.contains_key(&r.id);
-            (
-                r.id.clone(),
-                source(&format!("stage:{}", r.id), overridden, json!(rt.stages[ri])),
-            )
-        })
-        .collect();
-    json!({
-        "enabled": source("enabled", o.enabled.is_some(), json!(rt.enabled)),
-        "force_fallback": source("force_fallback", o.force_fallback.is_some(), json!(rt.force_fallback)),
-        "forced_variations": variations,
-        "rollout_stages": stages,
-    })
-}
-
-pub(crate) fn flag_json(app: &App, live: &Live, i: usize, f: &Flag) -> Value {
-    let rt: &FlagRuntime = &live.runtime[i];
-    let variations: Vec<Value> = f
-        .variations
-        .iter()
-        .enumerate()
-        .map(|(vi, v)| {
-            let h = &live.routes.flags[i][vi];
-            let t = h.totals();
-            let q = h.quantiles().filter(|(n, _)| *n > 0).map(|(_, q)| q);
-            json!({
-                "variation": v.key,
-                "provider": v.provider.name,
-                "model_id": v.model_id,
-                "forced_fallback": rt.forced(vi),
-                "requests": t.requests,
-                "errors": t.errors,
-                "fallbacks": t.fallbacks,
-                "error_rate": if t.requests == 0 { 0.0 } else { t.errors as f64 / t.requests as f64 },
-                "fallback_rate": if t.requests == 0 { 0.0 } else { t.fallbacks as f64 / t.requests as f64 },
-                "tokens_in": t.tokens_in,
-                "tokens_out": t.tokens_out,
-                "cost_usd": h.cost_usd(),
-                "cost_per_request_usd": if t.requests == 0 { 0.0 } else { h.cost_usd() / t.requests as f64 },
-                "latency_seconds": q.map(|q| json!({"p50": q[0], "p95": q[1], "p99": q[2]})),
-            })
-        })
-        .collect();
-    let rollouts: Vec<Value> = rollout_rules(f)
-        .map(|r| rollout_json(app, live, i, f, r))
-        .collect();
-    json!({
-        "flag": f.key,
-        "description": f.description,
-        "enabled": rt.enabled,
-        "enabled_source": if rt.enabled_overridden { "runtime" } else { "config" },
-        "sources": sources_json(live, i, f),
-        "config_enabled": f.enabled,
-        "force_fallback": rt.force_fallback,
-        "off_variation": f.variations[f.off_variation].key,
-        "stable_variation": f.variations[f.stable_variation].key,
-        "variations": variations,
-        "rules": f.rules.iter().map(|r| json!({"rule": r.id, "audience": r.audience.as_ref().map(|(n, _)| n), "rollout": r.rollout.is_some()})).collect::<Vec<_>>(),
-        "rollouts": rollouts,
-    })
 }
