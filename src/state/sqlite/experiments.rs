@@ -251,6 +251,22 @@ pub(super) fn running_counts(
     Ok((counts, switched))
 }
 
+/// One aggregated row: variation, metric, reporters, events, then the six sums.
+fn agg_row(row: &rusqlite::Row<'_>) -> Result<FeedbackAgg, rusqlite::Error> {
+    Ok(FeedbackAgg {
+        variation: row.get(0)?,
+        metric: row.get(1)?,
+        reporters: db_to_u64(row.get(2)?),
+        events: db_to_u64(row.get(3)?),
+        sum_of_sums: row.get(4)?,
+        sum_sq_of_sums: row.get(5)?,
+        sum_of_max: row.get(6)?,
+        sum_sq_of_max: row.get(7)?,
+        sum_of_means: row.get(8)?,
+        sum_sq_of_means: row.get(9)?,
+    })
+}
+
 /// Per (variation, metric), from the running aggregates.
 pub(super) fn running_aggs(
     conn: &Connection,
@@ -263,20 +279,7 @@ pub(super) fn running_aggs(
          FROM switchyard_aggregates WHERE flag = ?1 AND (?2 IS NULL OR bucket = ?2) \
          GROUP BY variation, metric HAVING sum(reporters) > 0",
     )?;
-    let rows = stmt.query_map(params![flag, query_bucket(rule)], |row| {
-        Ok(FeedbackAgg {
-            variation: row.get(0)?,
-            metric: row.get(1)?,
-            reporters: db_to_u64(row.get(2)?),
-            events: db_to_u64(row.get(3)?),
-            sum_of_sums: row.get(4)?,
-            sum_sq_of_sums: row.get(5)?,
-            sum_of_max: row.get(6)?,
-            sum_sq_of_max: row.get(7)?,
-            sum_of_means: row.get(8)?,
-            sum_sq_of_means: row.get(9)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![flag, query_bucket(rule)], agg_row)?;
     rows.collect()
 }
 
@@ -472,19 +475,6 @@ pub(super) fn feedback_aggs_db(
 ) -> Result<Vec<FeedbackAgg>, rusqlite::Error> {
     let since = ms_to_db(since_ms.unwrap_or(0));
     let mut stmt = conn.prepare_cached(FEEDBACK_AGGS_SQL)?;
-    let rows = stmt.query_map(params![flag, since, rule], |row| {
-        Ok(FeedbackAgg {
-            variation: row.get(0)?,
-            metric: row.get(1)?,
-            reporters: db_to_u64(row.get(2)?),
-            events: db_to_u64(row.get(3)?),
-            sum_of_sums: row.get(4)?,
-            sum_sq_of_sums: row.get(5)?,
-            sum_of_max: row.get(6)?,
-            sum_sq_of_max: row.get(7)?,
-            sum_of_means: row.get(8)?,
-            sum_sq_of_means: row.get(9)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![flag, since, rule], agg_row)?;
     rows.collect()
 }
