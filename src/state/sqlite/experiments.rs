@@ -223,6 +223,11 @@ pub(super) fn record_exposures(conn: &Connection, batch: &[Exposure]) -> Result<
     Ok(())
 }
 
+/// One row of exposure counts: a variation and two numbers.
+fn count_row(row: &rusqlite::Row<'_>) -> Result<(String, i64, i64), rusqlite::Error> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
 /// Users per first-exposed variation (not switched) and switched users, from the running
 /// counts.
 pub(super) fn running_counts(
@@ -234,13 +239,7 @@ pub(super) fn running_counts(
         "SELECT variation, sum(users), sum(switched) FROM switchyard_exposure_counts \
          WHERE flag = ?1 AND (?2 IS NULL OR bucket = ?2) GROUP BY variation",
     )?;
-    let rows = stmt.query_map(params![flag, query_bucket(rule)], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![flag, query_bucket(rule)], count_row)?;
     let mut counts = Vec::new();
     let mut switched = 0u64;
     for row in rows {
@@ -428,13 +427,7 @@ pub(super) fn exposure_counts_db(
              WHERE flag = ?1 AND ?2 IS NULL GROUP BY variation, switched",
         )?,
     };
-    let rows = stmt.query_map(params![flag, rule], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![flag, rule], count_row)?;
     let mut counts = Vec::new();
     let mut switched = 0u64;
     for row in rows {
