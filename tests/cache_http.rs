@@ -9,6 +9,8 @@
 mod client;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/redis.rs"]
+mod redis;
 #[path = "support/upstream.rs"]
 mod upstream;
 
@@ -96,6 +98,13 @@ fn chat(model: &str, text: &str) -> String {
     json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
 }
 
+/// A mock upstream, and a proxy in front of it with `cache` as its `[cache]` section.
+async fn start(cache: &str) -> (MockUpstream, proxy::TestProxy) {
+    let up = MockUpstream::builder().start().await;
+    let p = proxy::TestProxy::start(&config(&up.base_url(), cache)).await;
+    (up, p)
+}
+
 async fn post(p: &proxy::TestProxy, body: &str, headers: &[(&str, &str)]) -> client::Resp {
     client::post_json(&p.url("/v1/chat/completions"), body, headers).await
 }
@@ -123,8 +132,7 @@ async fn metric(p: &proxy::TestProxy, name: &str, labels: &[(&str, &str)]) -> f6
 
 #[tokio::test]
 async fn the_same_request_twice_calls_the_upstream_once_and_counts_as_cached() {
-    let up = MockUpstream::builder().start().await;
-    let p = proxy::TestProxy::start(&config(&up.base_url(), "")).await;
+    let (up, p) = start("").await;
     let body = chat("f", "hello cache");
     let first = post(&p, &body, &[("x-switchyard-user", "u1")]).await;
     assert_eq!(first.status, 200, "{}", first.text());
@@ -205,8 +213,7 @@ async fn the_same_request_twice_calls_the_upstream_once_and_counts_as_cached() {
 
 #[tokio::test]
 async fn the_same_body_in_two_variations_is_two_upstream_calls() {
-    let up = MockUpstream::builder().start().await;
-    let p = proxy::TestProxy::start(&config(&up.base_url(), "url = \"memory\"")).await;
+    let (up, p) = start("url = \"memory\"").await;
     let body = chat("f", "same words");
     let in_a = [("x-switchyard-user", "ua")];
     let in_b = [
@@ -231,8 +238,7 @@ async fn the_same_body_in_two_variations_is_two_upstream_calls() {
 
 #[tokio::test]
 async fn a_stream_is_replayed_as_the_same_events_in_the_clients_format() {
-    let up = MockUpstream::builder().start().await;
-    let p = proxy::TestProxy::start(&config(&up.base_url(), "")).await;
+    let (up, p) = start("").await;
     let body = json!({"model": "f", "stream": true,
         "messages": [{"role": "user", "content": "stream me please"}]})
     .to_string();
@@ -280,8 +286,7 @@ async fn a_stream_is_replayed_as_the_same_events_in_the_clients_format() {
 
 #[tokio::test]
 async fn cache_control_no_store_and_no_cache_are_honoured() {
-    let up = MockUpstream::builder().start().await;
-    let p = proxy::TestProxy::start(&config(&up.base_url(), "")).await;
+    let (up, p) = start("").await;
     let body = chat("f", "private question");
     for _ in 0..2 {
         let r = post(&p, &body, &[("cache-control", "no-store")]).await;
@@ -318,8 +323,7 @@ async fn cache_control_no_store_and_no_cache_are_honoured() {
 
 #[tokio::test]
 async fn only_temperature_zero_is_cached_unless_the_variation_says_otherwise() {
-    let up = MockUpstream::builder().start().await;
-    let p = proxy::TestProxy::start(&config(&up.base_url(), "")).await;
+    let (up, p) = start("").await;
     let warm = json!({"model": "g", "temperature": 0.7,
         "messages": [{"role": "user", "content": "t"}]})
     .to_string();
@@ -359,8 +363,7 @@ async fn only_temperature_zero_is_cached_unless_the_variation_says_otherwise() {
 
 #[tokio::test]
 async fn an_entry_expires_after_its_ttl() {
-    let up = MockUpstream::builder().start().await;
-    let p = proxy::TestProxy::start(&config(&up.base_url(), "")).await;
+    let (up, p) = start("").await;
     let body = chat("short", "brief");
     // Taken before the first request: the entry is stored before its answer arrives, so a clock
     // read after the answer would start the ttl late.
@@ -418,48 +421,6 @@ async fn errors_and_fallback_answers_are_never_stored() {
     assert_eq!(refusing.request_count(), 2, "the error was not stored");
 }
 
-/// A throwaway `redis-server` on a free port, killed on drop.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (tests/run-all.sh installs it)");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Sends `body` until its answer is a hit (a Redis store lands in the background).
 async fn until_hit(p: &proxy::TestProxy, body: &str) -> client::Resp {
     let deadline = Instant::now() + WAIT;
@@ -476,12 +437,9 @@ async fn until_hit(p: &proxy::TestProxy, body: &str) -> client::Resp {
 
 #[tokio::test]
 async fn redis_is_shared_by_two_proxies_and_its_outage_is_only_misses() {
-    let mut redis = Redis::start();
+    let mut redis = redis::Redis::start();
     let up = MockUpstream::builder().start().await;
-    let section = format!(
-        "url = \"redis://127.0.0.1:{}\"\ntimeout = \"200ms\"",
-        redis.port
-    );
+    let section = format!("url = \"{}\"\ntimeout = \"200ms\"", redis.url());
     let p1 = proxy::TestProxy::start(&config(&up.base_url(), &section)).await;
     let p2 = proxy::TestProxy::start(&config(&up.base_url(), &section)).await;
     let body = chat("f", "shared by the fleet");
@@ -493,8 +451,7 @@ async fn redis_is_shared_by_two_proxies_and_its_outage_is_only_misses() {
     let calls = up.request_count();
 
     // Redis dies: every request still answers 200, as a miss, without waiting long.
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    redis.kill();
     for _ in 0..5 {
         let started = Instant::now();
         let r = post(&p1, &body, &[]).await;
@@ -512,22 +469,7 @@ async fn redis_is_shared_by_two_proxies_and_its_outage_is_only_misses() {
 
     // Back on the same port: the cache works again (after its short back-off).
     let port = redis.port;
-    let _back = Redis {
-        child: std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-        port,
-    };
+    let _back = redis::Redis::start_on(port);
     let body = chat("f", "after the outage");
     let hit = until_hit(&p1, &body).await;
     assert_eq!(

@@ -5,6 +5,8 @@
 
 #[path = "support/http.rs"]
 mod client;
+#[path = "support/mcp.rs"]
+mod mcp;
 #[path = "support/proxy.rs"]
 mod proxy;
 
@@ -77,46 +79,24 @@ async fn post(
     session: Option<&str>,
     body: &str,
 ) -> client::Resp {
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![
-        ("accept", "application/json, text/event-stream"),
-        ("content-type", "application/json"),
-    ];
-    if let Some(a) = &auth {
-        headers.push(("authorization", a));
-    }
-    if let Some(s) = session {
-        headers.push(("mcp-session-id", s));
-    }
+    mcp::post(&p.admin_url("/mcp"), token, session, body).await
+}
+
+async fn initialize(p: &proxy::TestProxy, token: &str, version: &str) -> mcp::Session {
+    mcp::Session::initialize(&p.admin_url("/mcp"), token, version).await
+}
+
+/// `GET path` on the admin API with the admin token; the JSON answer.
+async fn admin_get(p: &proxy::TestProxy, path: &str) -> Value {
+    let auth = format!("Bearer {ADMIN}");
     client::request(
-        Method::POST,
-        &p.admin_url("/mcp"),
-        Bytes::from(body.to_owned()),
-        &headers,
+        Method::GET,
+        &p.admin_url(path),
+        Bytes::new(),
+        &[("authorization", &auth)],
     )
     .await
-}
-
-async fn initialize(p: &proxy::TestProxy, token: &str, version: &str) -> (String, Value) {
-    let r = post(p, Some(token), None, &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}).to_string()).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let session = r.header("mcp-session-id").expect("a session id");
-    (session, r.json())
-}
-
-async fn call(p: &proxy::TestProxy, token: &str, session: &str, tool: &str, args: Value) -> Value {
-    let r = post(
-        p,
-        Some(token),
-        Some(session),
-        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": tool, "arguments": args}})
-        .to_string(),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
+    .json()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,20 +135,21 @@ async fn bad_json_rpc_gets_the_right_errors() {
     assert_eq!(r.json()["error"]["code"], -32601);
     assert_eq!(r.json()["id"], "x1");
     // Version negotiation: a known version is kept, an unknown one gets the newest.
-    let (_, init) = initialize(&p, AGENT, "2025-03-26").await;
+    let init = initialize(&p, AGENT, "2025-03-26").await.init;
     assert_eq!(init["result"]["protocolVersion"], "2025-03-26");
     assert_eq!(init["result"]["serverInfo"]["name"], "switchyard");
-    let (session, init) = initialize(&p, AGENT, "1999-01-01").await;
+    let session = initialize(&p, AGENT, "1999-01-01").await;
+    let init = &session.init;
     assert_eq!(init["result"]["protocolVersion"], "2025-11-25");
     // Sessions: required after initialize, bound to their token.
     let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
     assert_eq!(post(&p, Some(AGENT), None, list).await.status, 400);
     assert_eq!(post(&p, Some(AGENT), Some("0123"), list).await.status, 404);
     assert_eq!(
-        post(&p, Some(ADMIN), Some(&session), list).await.status,
+        post(&p, Some(ADMIN), Some(&session.id), list).await.status,
         404
     );
-    let r = post(&p, Some(AGENT), Some(&session), list).await;
+    let r = post(&p, Some(AGENT), Some(&session.id), list).await;
     assert_eq!(r.status, 200);
     let tools = r.json()["result"]["tools"].as_array().unwrap().clone();
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
@@ -194,14 +175,14 @@ async fn bad_json_rpc_gets_the_right_errors() {
     let r = post(
         &p,
         Some(AGENT),
-        Some(&session),
+        Some(&session.id),
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
     )
     .await;
     assert_eq!(r.status, 202);
     assert!(r.body.is_empty());
     // An unknown tool: -32602.
-    let v = call(&p, AGENT, &session, "flags.delete", json!({"reason": "r"})).await;
+    let v = session.call("flags.delete", json!({"reason": "r"})).await;
     assert_eq!(v["error"]["code"], -32602, "{v}");
     // GET: 405 (no server stream); DELETE ends the session.
     let auth = format!("Bearer {AGENT}");
@@ -217,12 +198,12 @@ async fn bad_json_rpc_gets_the_right_errors() {
         Method::DELETE,
         &p.admin_url("/mcp"),
         Bytes::new(),
-        &[("authorization", &auth), ("mcp-session-id", &session)],
+        &[("authorization", &auth), ("mcp-session-id", &session.id)],
     )
     .await;
     assert_eq!(r.status, 204);
     assert_eq!(
-        post(&p, Some(AGENT), Some(&session), list).await.status,
+        post(&p, Some(AGENT), Some(&session.id), list).await.status,
         404
     );
 }
@@ -239,90 +220,46 @@ async fn agent_tokens_act_only_within_policy_and_only_on_mcp() {
     )
     .await;
     assert_eq!(r.status, 403, "{}", r.text());
-    let (session, _) = initialize(&p, AGENT, "2025-06-18").await;
+    let session = initialize(&p, AGENT, "2025-06-18").await;
     // A read, answered with the admin API's own JSON.
-    let v = call(
-        &p,
-        AGENT,
-        &session,
-        "rollout.get",
-        json!({"flag": "f", "reason": "checking the ramp"}),
-    )
-    .await;
+    let v = session
+        .call(
+            "rollout.get",
+            json!({"flag": "f", "reason": "checking the ramp"}),
+        )
+        .await;
     assert_eq!(v["result"]["isError"], false, "{v}");
     assert_eq!(v["result"]["structuredContent"]["rollouts"][0]["stage"], 0);
     // No reason: refused.
-    let v = call(&p, AGENT, &session, "flags.list", json!({})).await;
-    assert_eq!(v["result"]["isError"], true, "{v}");
-    assert!(v["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap()
-        .contains("reason"));
+    let v = session.call("flags.list", json!({})).await;
+    assert!(mcp::refusal(&v).contains("reason"), "{v}");
     // The kill switch is forbidden.
-    let v = call(
-        &p,
-        AGENT,
-        &session,
-        "kill_switch",
-        json!({"flag": "f", "enabled": false, "reason": "panic"}),
-    )
-    .await;
-    assert_eq!(v["result"]["isError"], true, "{v}");
-    assert!(
-        v["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("forbids the kill switch"),
-        "{v}"
-    );
+    let v = session
+        .call(
+            "kill_switch",
+            json!({"flag": "f", "enabled": false, "reason": "panic"}),
+        )
+        .await;
+    assert!(mcp::refusal(&v).contains("forbids the kill switch"), "{v}");
     // One stage change an hour: the first advances, the second is refused.
-    let v = call(
-        &p,
-        AGENT,
-        &session,
-        "rollout.advance",
-        json!({"flag": "f", "reason": "gate met"}),
-    )
-    .await;
+    let v = session
+        .call(
+            "rollout.advance",
+            json!({"flag": "f", "reason": "gate met"}),
+        )
+        .await;
     assert_eq!(v["result"]["isError"], false, "{v}");
     assert_eq!(v["result"]["structuredContent"]["rollout"]["stage"], 1);
-    let v = call(
-        &p,
-        AGENT,
-        &session,
-        "rollout.advance",
-        json!({"flag": "f", "reason": "again"}),
-    )
-    .await;
-    assert_eq!(v["result"]["isError"], true, "{v}");
-    assert!(
-        v["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("per hour"),
-        "{v}"
-    );
+    let v = session
+        .call("rollout.advance", json!({"flag": "f", "reason": "again"}))
+        .await;
+    assert!(mcp::refusal(&v).contains("per hour"), "{v}");
     // The flag is still on and at stage 1.
-    let auth = format!("Bearer {ADMIN}");
-    let flag = client::request(
-        Method::GET,
-        &p.admin_url("/admin/flags/f"),
-        Bytes::new(),
-        &[("authorization", &auth)],
-    )
-    .await
-    .json();
+    let flag = admin_get(&p, "/admin/flags/f").await;
     assert_eq!(flag["enabled"], true);
     assert_eq!(flag["rollouts"][0]["stage"], 1);
     // The audit log has every call, as agent:loop-agent with its reason.
-    let audit = client::request(
-        Method::GET,
-        &p.admin_url("/admin/audit?actor=agent%3Aloop-agent&limit=50"),
-        Bytes::new(),
-        &[("authorization", &auth)],
-    )
-    .await
-    .json();
+    let audit = admin_get(&p, "/admin/audit?actor=agent%3Aloop-agent&limit=50").await;
     let entries: Vec<(String, Option<String>)> = audit["entries"]
         .as_array()
         .unwrap()
@@ -351,15 +288,13 @@ async fn agent_tokens_act_only_within_policy_and_only_on_mcp() {
     assert_eq!(entries[3].1.as_deref(), Some("gate met"));
     assert_eq!(entries[4].1.as_deref(), Some("again"));
     // A plain admin token may use /mcp too, with every tool.
-    let (s2, _) = initialize(&p, ADMIN, "2025-06-18").await;
-    let v = call(
-        &p,
-        ADMIN,
-        &s2,
-        "kill_switch",
-        json!({"flag": "f", "enabled": false, "reason": "drill"}),
-    )
-    .await;
+    let s2 = initialize(&p, ADMIN, "2025-06-18").await;
+    let v = s2
+        .call(
+            "kill_switch",
+            json!({"flag": "f", "enabled": false, "reason": "drill"}),
+        )
+        .await;
     assert_eq!(v["result"]["isError"], false, "{v}");
 }
 
@@ -387,55 +322,31 @@ fn policies_are_validated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bandit_floor_never_goes_below_the_policy() {
     let p = start().await;
-    let (session, _) = initialize(&p, TUNER, "2025-06-18").await;
-    let v = call(
-        &p,
-        TUNER,
-        &session,
-        "bandit.set",
-        json!({"flag": "assist", "floor": 0.01, "reason": "explore less"}),
-    )
-    .await;
-    assert_eq!(v["result"]["isError"], true, "{v}");
-    assert!(
-        v["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("floor at 0.05 or above"),
-        "{v}"
-    );
+    let session = initialize(&p, TUNER, "2025-06-18").await;
+    let v = session
+        .call(
+            "bandit.set",
+            json!({"flag": "assist", "floor": 0.01, "reason": "explore less"}),
+        )
+        .await;
+    assert!(mcp::refusal(&v).contains("floor at 0.05 or above"), "{v}");
     // Within the policy: the bandit's own admin operation, audited as the agent.
-    let v = call(
-        &p,
-        TUNER,
-        &session,
-        "bandit.set",
-        json!({"flag": "assist", "floor": 0.1, "reason": "explore more"}),
-    )
-    .await;
+    let v = session
+        .call(
+            "bandit.set",
+            json!({"flag": "assist", "floor": 0.1, "reason": "explore more"}),
+        )
+        .await;
     assert_eq!(v["result"]["isError"], false, "{v}");
-    let v = call(
-        &p,
-        TUNER,
-        &session,
-        "bandit.get",
-        json!({"flag": "assist", "reason": "look"}),
-    )
-    .await;
+    let v = session
+        .call("bandit.get", json!({"flag": "assist", "reason": "look"}))
+        .await;
     assert_eq!(v["result"]["isError"], false, "{v}");
     assert!(v["result"]["structuredContent"].is_object(), "{v}");
     // Other reads are not in this token's policy.
-    let v = call(&p, TUNER, &session, "flags.list", json!({"reason": "look"})).await;
+    let v = session.call("flags.list", json!({"reason": "look"})).await;
     assert_eq!(v["result"]["isError"], true, "{v}");
-    let auth = format!("Bearer {ADMIN}");
-    let audit = client::request(
-        Method::GET,
-        &p.admin_url("/admin/audit?actor=agent%3Atuner"),
-        Bytes::new(),
-        &[("authorization", &auth)],
-    )
-    .await
-    .json();
+    let audit = admin_get(&p, "/admin/audit?actor=agent%3Atuner").await;
     let entries: Vec<(String, String)> = audit["entries"]
         .as_array()
         .unwrap()

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::record::{Budget, KeyRecord, Period};
@@ -209,41 +210,32 @@ impl KeyStore {
                 Ok(())
             }
             KeyStore::Postgres(pg) => {
-                let s = pg.schema.clone();
+                let sql = format!(
+                    "INSERT INTO \"{}\".switchyard_keys ({COLUMNS}) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (name) DO NOTHING",
+                    pg.schema
+                );
                 let inserted = pg
-                    .run("creating a key", move |c| {
-                        Box::pin(async move {
-                            let tx = c.transaction().await?;
-                            let n = tx
-                                .execute(
-                                    &format!(
-                                        "INSERT INTO \"{s}\".switchyard_keys ({COLUMNS}) VALUES \
-                                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                                     ON CONFLICT (name) DO NOTHING"
-                                    ),
-                                    &[
-                                        &row.name,
-                                        &row.hash,
-                                        &row.previous_hash,
-                                        &row.previous_until_ms,
-                                        &row.flags,
-                                        &row.rpm,
-                                        &row.tpm,
-                                        &row.budget_nano,
-                                        &row.budget_period,
-                                        &row.expires_at_ms,
-                                        &row.attributes,
-                                        &row.created_at_ms,
-                                        &row.revoked_at_ms,
-                                    ],
-                                )
-                                .await?;
-                            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &s])
-                                .await?;
-                            tx.commit().await?;
-                            Ok(n)
-                        })
-                    })
+                    .write_and_notify(
+                        "creating a key",
+                        sql,
+                        vec![
+                            Box::new(row.name),
+                            Box::new(row.hash),
+                            Box::new(row.previous_hash),
+                            Box::new(row.previous_until_ms),
+                            Box::new(row.flags),
+                            Box::new(row.rpm),
+                            Box::new(row.tpm),
+                            Box::new(row.budget_nano),
+                            Box::new(row.budget_period),
+                            Box::new(row.expires_at_ms),
+                            Box::new(row.attributes),
+                            Box::new(row.created_at_ms),
+                            Box::new(row.revoked_at_ms),
+                        ],
+                    )
                     .await?;
                 if inserted == 0 {
                     return Err(KeyStoreError::Exists(k.name.clone()));
@@ -267,26 +259,14 @@ impl KeyStore {
             .await
             .map(|n| n > 0),
             KeyStore::Postgres(pg) => {
-                let s = pg.schema.clone();
-                pg.run("revoking a key", move |c| {
-                    Box::pin(async move {
-                        let tx = c.transaction().await?;
-                        let n = tx
-                            .execute(
-                                &format!(
-                                    "UPDATE \"{s}\".switchyard_keys SET revoked_at_ms = $2 \
-                                 WHERE name = $1 AND revoked_at_ms IS NULL"
-                                ),
-                                &[&name, &at],
-                            )
-                            .await?;
-                        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &s])
-                            .await?;
-                        tx.commit().await?;
-                        Ok(n > 0)
-                    })
-                })
-                .await
+                let sql = format!(
+                    "UPDATE \"{}\".switchyard_keys SET revoked_at_ms = $2 \
+                     WHERE name = $1 AND revoked_at_ms IS NULL",
+                    pg.schema
+                );
+                pg.write_and_notify("revoking a key", sql, vec![Box::new(name), Box::new(at)])
+                    .await
+                    .map(|n| n > 0)
             }
         }
     }
@@ -311,27 +291,19 @@ impl KeyStore {
             .await
             .map(|n| n > 0),
             KeyStore::Postgres(pg) => {
-                let s = pg.schema.clone();
-                pg.run("rotating a key", move |c| {
-                    Box::pin(async move {
-                        let tx = c.transaction().await?;
-                        let n = tx
-                            .execute(
-                                &format!(
-                                    "UPDATE \"{s}\".switchyard_keys SET previous_hash = hash, \
-                                 previous_until_ms = $3, hash = $2 \
-                                 WHERE name = $1 AND revoked_at_ms IS NULL"
-                                ),
-                                &[&name, &hash, &until],
-                            )
-                            .await?;
-                        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &s])
-                            .await?;
-                        tx.commit().await?;
-                        Ok(n > 0)
-                    })
-                })
+                let sql = format!(
+                    "UPDATE \"{}\".switchyard_keys SET previous_hash = hash, \
+                     previous_until_ms = $3, hash = $2 \
+                     WHERE name = $1 AND revoked_at_ms IS NULL",
+                    pg.schema
+                );
+                pg.write_and_notify(
+                    "rotating a key",
+                    sql,
+                    vec![Box::new(name), Box::new(hash), Box::new(until)],
+                )
                 .await
+                .map(|n| n > 0)
             }
         }
     }
@@ -596,6 +568,32 @@ impl Pg {
                 Err(unavailable(doing, "no answer within 5 s"))
             }
         }
+    }
+
+    /// Runs one write on the key tables and, in the same transaction, tells every replica
+    /// (`NOTIFY switchyard_keys`); the number of rows written.
+    async fn write_and_notify(
+        &self,
+        doing: &str,
+        sql: String,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+    ) -> Result<u64, StateError> {
+        let s = self.schema.clone();
+        self.run(doing, move |c| {
+            Box::pin(async move {
+                let params: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                let tx = c.transaction().await?;
+                let n = tx.execute(&sql, &params).await?;
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &s])
+                    .await?;
+                tx.commit().await?;
+                Ok(n)
+            })
+        })
+        .await
     }
 
     /// Creates the schema's key tables (serialized across replicas by an advisory lock).

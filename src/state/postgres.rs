@@ -656,12 +656,7 @@ fn agg_row(row: &tokio_postgres::Row) -> Result<FeedbackAgg, tokio_postgres::Err
 /// The advisory-lock key replicas of one schema compete for to lead (FNV-1a, apart from the
 /// migration lock's).
 fn leader_key(schema: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "switchyard_leader:".bytes().chain(schema.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
+    schema::advisory_key("switchyard_leader:", schema)
 }
 
 /// What a replica needs to take the fleet's leader lock: a session-level advisory lock held

@@ -239,8 +239,13 @@ pub(super) async fn migrate(client: &mut Client, shared: &Shared) -> Result<i64,
 
 /// A fixed advisory-lock key per schema (FNV-1a), so migrations of one schema serialize.
 pub(super) fn lock_key(schema: &str) -> i64 {
+    advisory_key("switchyard_state:", schema)
+}
+
+/// An advisory-lock key: FNV-1a of `namespace` then `schema`.
+pub(super) fn advisory_key(namespace: &str, schema: &str) -> i64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in "switchyard_state:".bytes().chain(schema.bytes()) {
+    for byte in namespace.bytes().chain(schema.bytes()) {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }

@@ -223,6 +223,11 @@ pub(super) fn record_exposures(conn: &Connection, batch: &[Exposure]) -> Result<
     Ok(())
 }
 
+/// One row of exposure counts: a variation and two numbers.
+fn count_row(row: &rusqlite::Row<'_>) -> Result<(String, i64, i64), rusqlite::Error> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+}
+
 /// Users per first-exposed variation (not switched) and switched users, from the running
 /// counts.
 pub(super) fn running_counts(
@@ -234,13 +239,7 @@ pub(super) fn running_counts(
         "SELECT variation, sum(users), sum(switched) FROM switchyard_exposure_counts \
          WHERE flag = ?1 AND (?2 IS NULL OR bucket = ?2) GROUP BY variation",
     )?;
-    let rows = stmt.query_map(params![flag, query_bucket(rule)], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![flag, query_bucket(rule)], count_row)?;
     let mut counts = Vec::new();
     let mut switched = 0u64;
     for row in rows {
@@ -249,6 +248,22 @@ pub(super) fn running_counts(
         counts.push((variation, db_to_u64(users)));
     }
     Ok((counts, switched))
+}
+
+/// One aggregated row: variation, metric, reporters, events, then the six sums.
+fn agg_row(row: &rusqlite::Row<'_>) -> Result<FeedbackAgg, rusqlite::Error> {
+    Ok(FeedbackAgg {
+        variation: row.get(0)?,
+        metric: row.get(1)?,
+        reporters: db_to_u64(row.get(2)?),
+        events: db_to_u64(row.get(3)?),
+        sum_of_sums: row.get(4)?,
+        sum_sq_of_sums: row.get(5)?,
+        sum_of_max: row.get(6)?,
+        sum_sq_of_max: row.get(7)?,
+        sum_of_means: row.get(8)?,
+        sum_sq_of_means: row.get(9)?,
+    })
 }
 
 /// Per (variation, metric), from the running aggregates.
@@ -263,20 +278,7 @@ pub(super) fn running_aggs(
          FROM switchyard_aggregates WHERE flag = ?1 AND (?2 IS NULL OR bucket = ?2) \
          GROUP BY variation, metric HAVING sum(reporters) > 0",
     )?;
-    let rows = stmt.query_map(params![flag, query_bucket(rule)], |row| {
-        Ok(FeedbackAgg {
-            variation: row.get(0)?,
-            metric: row.get(1)?,
-            reporters: db_to_u64(row.get(2)?),
-            events: db_to_u64(row.get(3)?),
-            sum_of_sums: row.get(4)?,
-            sum_sq_of_sums: row.get(5)?,
-            sum_of_max: row.get(6)?,
-            sum_sq_of_max: row.get(7)?,
-            sum_of_means: row.get(8)?,
-            sum_sq_of_means: row.get(9)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![flag, query_bucket(rule)], agg_row)?;
     rows.collect()
 }
 
@@ -425,13 +427,7 @@ pub(super) fn exposure_counts_db(
              WHERE flag = ?1 AND ?2 IS NULL GROUP BY variation, switched",
         )?,
     };
-    let rows = stmt.query_map(params![flag, rule], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-        ))
-    })?;
+    let rows = stmt.query_map(params![flag, rule], count_row)?;
     let mut counts = Vec::new();
     let mut switched = 0u64;
     for row in rows {
@@ -472,19 +468,6 @@ pub(super) fn feedback_aggs_db(
 ) -> Result<Vec<FeedbackAgg>, rusqlite::Error> {
     let since = ms_to_db(since_ms.unwrap_or(0));
     let mut stmt = conn.prepare_cached(FEEDBACK_AGGS_SQL)?;
-    let rows = stmt.query_map(params![flag, since, rule], |row| {
-        Ok(FeedbackAgg {
-            variation: row.get(0)?,
-            metric: row.get(1)?,
-            reporters: db_to_u64(row.get(2)?),
-            events: db_to_u64(row.get(3)?),
-            sum_of_sums: row.get(4)?,
-            sum_sq_of_sums: row.get(5)?,
-            sum_of_max: row.get(6)?,
-            sum_sq_of_max: row.get(7)?,
-            sum_of_means: row.get(8)?,
-            sum_sq_of_means: row.get(9)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![flag, since, rule], agg_row)?;
     rows.collect()
 }
