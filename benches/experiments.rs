@@ -189,7 +189,7 @@ impl Backend {
                              (flag, user_id, variation, rule, first_at_ms, switched) \
                              SELECT 'bench-flag', 'u-' || i, \
                                     CASE i % 2 WHEN 0 THEN 'control' ELSE 'treatment' END, 'ab', 1, \
-                                    i % 50 = 0 FROM generate_series(0, $1 - 1) i"
+                                    i % 50 = 0 FROM generate_series(0, $1::bigint - 1) i"
                         ),
                         &[&n],
                     )
@@ -215,7 +215,7 @@ impl Backend {
                              SELECT 'c-' || i, 'bench-flag', \
                                     CASE i % 2 WHEN 0 THEN 'control' ELSE 'treatment' END, \
                                     'u-' || i, 'conversion', 1.0, 2 \
-                             FROM generate_series(0, $1 - 1) i WHERE i % 10 < 3"
+                             FROM generate_series(0, $1::bigint - 1) i WHERE i % 10 < 3"
                         ),
                         &[&n],
                     )
@@ -229,7 +229,7 @@ impl Backend {
                              SELECT 's-' || i || '-' || k, 'bench-flag', \
                                     CASE i % 2 WHEN 0 THEN 'control' ELSE 'treatment' END, \
                                     'u-' || i, 'csat', 1 + (i + k) % 5, 3 \
-                             FROM generate_series(0, $1 - 1) i, generate_series(0, 1) k \
+                             FROM generate_series(0, $1::bigint - 1) i, generate_series(0, 1) k \
                              WHERE i % 10 >= 8"
                         ),
                         &[&n],

@@ -43,6 +43,9 @@ pub struct Meter {
     tokens: [u64; 2],
     /// The period the spend figures are for.
     period: String,
+    /// `period` holds for (kind, from, until) in Unix ms: the request path compares two
+    /// numbers instead of formatting a date.
+    period_span: Option<(Period, u64, u64)>,
     /// The fleet's spend in `period` at the last flush, nano-USD.
     flushed: i64,
     /// Spend handed to a flush that has not completed.
@@ -68,6 +71,12 @@ impl Meter {
     }
 
     fn roll_period(&mut self, period: Period, now_ms: u64) {
+        if let Some((kind, from, until)) = self.period_span {
+            if kind == period && from <= now_ms && now_ms < until {
+                return;
+            }
+        }
+        self.period_span = Some((period, now_ms, period.end_ms(now_ms)));
         let id = period.id(now_ms);
         if id != self.period {
             // A new period starts from nothing (what was unflushed is counted in it).
