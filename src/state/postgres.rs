@@ -49,6 +49,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Budget for one experiment-results query (it aggregates every event of a flag).
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Budget for building the running aggregates from existing rows (the migration that adds
+/// them): one statement over every exposure and event, which at ten million exposures takes
+/// longer than a results query may.
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Memory for one results query's hash tables and sorts (per operation), so that a million
 /// events aggregate without spilling to disk.
 const REPORT_WORK_MEM: &str = "64MB";
@@ -410,17 +414,23 @@ impl PgStore {
     pub(super) async fn rebuild_aggregates(&self) -> Result<(), StateError> {
         let sql = schema::BACKFILL.replace("{s}", &self.shared.quoted_schema);
         let sql = &sql;
-        self.with_report_conn("rebuilding the aggregates", |mut conn| async move {
-            let result = async {
-                let tx = conn.client.transaction().await?;
-                tx.batch_execute(&format!("SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
-                    .await?;
-                tx.batch_execute(sql).await?;
-                tx.commit().await.map_err(committing)
-            }
-            .await;
-            (conn, result)
-        })
+        let doing = "rebuilding the aggregates";
+        self.with_conn_on(
+            &self.shared.report_slot,
+            REBUILD_TIMEOUT,
+            doing,
+            |mut conn| async move {
+                let result = async {
+                    let tx = conn.client.transaction().await?;
+                    tx.batch_execute(&format!("SET LOCAL work_mem = '{REPORT_WORK_MEM}'"))
+                        .await?;
+                    tx.batch_execute(sql).await?;
+                    tx.commit().await.map_err(committing)
+                }
+                .await;
+                (conn, result)
+            },
+        )
         .await
     }
 
