@@ -6,6 +6,8 @@
 //! exercised on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/bandit_flag.rs"]
+mod bandit_flag;
 #[path = "support/http.rs"]
 mod client;
 #[path = "support/db.rs"]
@@ -33,26 +35,7 @@ tokens = [{{ name = "ops", token_env = "{token_var}" }}]
 kind = "mock"
 latency = "0ms"
 
-[flags.assist]
-off_variation = "control"
-stable_variation = "control"
-[flags.assist.variations.control]
-provider = "mock"
-model_id = "model-control"
-[flags.assist.variations.treatment]
-provider = "mock"
-model_id = "model-treatment"
-[[flags.assist.rules]]
-id = "exp"
-allocation = [{{ variation = "control", end = 5000 }}, {{ variation = "treatment", end = 10000 }}]
-
-[flags.assist.bandit]
-metric = "conversion"
-guardrails = {{ error_rate = "+0.02", p95_latency_seconds = "x1.5" }}
-cadence = "{cadence}"
-min_users_per_arm = 50
-floor = 0.05
-{extra}
+{assist}
 
 [flags.plain]
 off_variation = "a"
@@ -62,7 +45,10 @@ model_id = "m"
 [[flags.plain.rules]]
 id = "all"
 allocation = [{{ variation = "a", end = 10000 }}]
-"#
+"#,
+        assist = bandit_flag::assist(&format!(
+            "metric = \"conversion\"\nguardrails = {{ error_rate = \"+0.02\", p95_latency_seconds = \"x1.5\" }}\ncadence = \"{cadence}\"\nmin_users_per_arm = 50\nfloor = 0.05\n{extra}"
+        )),
     )
 }
 

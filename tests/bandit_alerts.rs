@@ -5,6 +5,8 @@
 //! `switchyard_alert_level` gauge; a reset resolves it. Bad webhook URLs are refused at load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/bandit_flag.rs"]
+mod bandit_flag;
 #[path = "support/http.rs"]
 mod client;
 #[path = "support/proxy.rs"]
@@ -34,25 +36,11 @@ tokens = [{{ name = "ops", token_env = "{TOKEN_VAR}" }}]
 kind = "mock"
 latency = "0ms"
 
-[flags.assist]
-off_variation = "control"
-stable_variation = "control"
-[flags.assist.variations.control]
-provider = "mock"
-model_id = "model-control"
-[flags.assist.variations.treatment]
-provider = "mock"
-model_id = "model-treatment"
-[[flags.assist.rules]]
-id = "exp"
-allocation = [{{ variation = "control", end = 5000 }}, {{ variation = "treatment", end = 10000 }}]
-
-[flags.assist.bandit]
-metric = "conversion"
-cadence = "1h"
-min_users_per_arm = 50
-webhooks = {webhooks}
-"#
+{assist}
+"#,
+        assist = bandit_flag::assist(&format!(
+            "metric = \"conversion\"\ncadence = \"1h\"\nmin_users_per_arm = 50\nwebhooks = {webhooks}"
+        )),
     )
 }
 

@@ -3,6 +3,8 @@
 //! (refused on the admin API; a call outside policy refused and audited).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/bandit_flag.rs"]
+mod bandit_flag;
 #[path = "support/http.rs"]
 mod client;
 #[path = "support/mcp.rs"]
@@ -45,25 +47,11 @@ rollout = { variation = "b", stages = [10, 50, 100], initial_stage = 0, auto_adv
 id = "everyone-else"
 allocation = [{ variation = "a", end = 10000 }]
 
-[flags.assist]
-off_variation = "control"
-stable_variation = "control"
-[flags.assist.variations.control]
-provider = "mock"
-model_id = "model-control"
-[flags.assist.variations.treatment]
-provider = "mock"
-model_id = "model-treatment"
-[[flags.assist.rules]]
-id = "exp"
-allocation = [{ variation = "control", end = 5000 }, { variation = "treatment", end = 10000 }]
-[flags.assist.bandit]
-metric = "conversion"
-cadence = "1h"
-min_users_per_arm = 50
-floor = 0.05
 "#
-    .into()
+    .to_owned()
+        + &bandit_flag::assist(
+            "metric = \"conversion\"\ncadence = \"1h\"\nmin_users_per_arm = 50\nfloor = 0.05",
+        )
 }
 
 async fn start() -> proxy::TestProxy {
