@@ -69,20 +69,16 @@ async fn chat(p: &proxy::TestProxy, user: &str) -> (String, String) {
 }
 
 async fn admin(p: &proxy::TestProxy, method: Method, path: &str, body: Value) -> client::Resp {
-    let auth = format!("Bearer {TOKEN}");
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    client::request(
-        method,
-        &p.admin_url(path),
-        body,
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
+    client::with_token(method, &p.admin_url(path), TOKEN, &body).await
+}
+
+/// Runs one epoch of `assist`'s bandit now (`POST …/bandit/epoch`).
+async fn epoch(p: &proxy::TestProxy) -> client::Resp {
+    admin(
+        p,
+        Method::POST,
+        "/admin/flags/assist/bandit/epoch",
+        json!({}),
     )
     .await
 }
@@ -179,13 +175,7 @@ async fn traffic_shifts_to_the_winner_exposed_users_stay_and_epochs_replay() {
     assert_eq!(v["algorithm"], "thompson_beta_bernoulli");
 
     // Run an epoch now: traffic moves toward the treatment.
-    let r = admin(
-        &p,
-        Method::POST,
-        "/admin/flags/assist/bandit/epoch",
-        json!({}),
-    )
-    .await;
+    let r = epoch(&p).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let e = r.json();
     assert_eq!(e["epoch"], 1);
@@ -270,14 +260,7 @@ async fn traffic_shifts_to_the_winner_exposed_users_stay_and_epochs_replay() {
     )
     .await;
     wait_users(&p, 700).await;
-    let e2 = admin(
-        &p,
-        Method::POST,
-        "/admin/flags/assist/bandit/epoch",
-        json!({}),
-    )
-    .await
-    .json();
+    let e2 = epoch(&p).await.json();
     assert_eq!(e2["epoch"], 2, "{e2}");
     assert_eq!(e2["input"]["weights_before"], json!([c, t]));
     let (code, out, err) = ctl(&p, &["bandit", "replay", "assist", "2"]);
@@ -374,13 +357,7 @@ async fn settings_are_validated_audited_and_the_kill_switch_overrides_the_bandit
     )
     .await;
     assert_eq!(r.json()["paused"], true);
-    let r = admin(
-        &p,
-        Method::POST,
-        "/admin/flags/assist/bandit/epoch",
-        json!({}),
-    )
-    .await;
+    let r = epoch(&p).await;
     assert_eq!(r.status, 409, "{}", r.text());
     assert!(r.text().contains("paused"));
     admin(
@@ -402,13 +379,7 @@ async fn settings_are_validated_audited_and_the_kill_switch_overrides_the_bandit
     assert_eq!(r.status, 200);
     let (variation, _) = chat(&p, "someone").await;
     assert_eq!(variation, "control");
-    let r = admin(
-        &p,
-        Method::POST,
-        "/admin/flags/assist/bandit/epoch",
-        json!({}),
-    )
-    .await;
+    let r = epoch(&p).await;
     assert_eq!(r.status, 409);
     assert!(r.text().contains("kill switch"), "{}", r.text());
     let v = admin(&p, Method::GET, "/admin/flags/assist/bandit", Value::Null)
@@ -427,14 +398,7 @@ async fn settings_are_validated_audited_and_the_kill_switch_overrides_the_bandit
     let users: Vec<String> = (0..40).map(|i| format!("few-{i}")).collect();
     traffic(&p, &users).await;
     wait_users(&p, 40).await;
-    let e = admin(
-        &p,
-        Method::POST,
-        "/admin/flags/assist/bandit/epoch",
-        json!({}),
-    )
-    .await
-    .json();
+    let e = epoch(&p).await.json();
     assert_eq!(e["why"], "too_few_users", "{e}");
     assert_eq!(
         e["weights_after"],

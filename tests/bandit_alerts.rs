@@ -91,22 +91,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 }
 
 async fn admin(p: &proxy::TestProxy, method: Method, path: &str, body: Value) -> client::Resp {
-    let auth = format!("Bearer {TOKEN}");
-    let body = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    client::request(
-        method,
-        &p.admin_url(path),
-        body,
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-    )
-    .await
+    client::with_token(method, &p.admin_url(path), TOKEN, &body).await
 }
 
 /// The `bandit:assist` entry of `GET /admin/alerts`.

@@ -250,6 +250,27 @@ pub async fn request(
     Http::new().request(method, url, body, headers).await
 }
 
+/// A request with `authorization: Bearer {token}` and a JSON body (`Value::Null`: none), as
+/// the admin API takes them.
+pub async fn with_token(method: Method, url: &str, token: &str, body: &serde_json::Value) -> Resp {
+    let auth = format!("Bearer {token}");
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    request(
+        method,
+        url,
+        body,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await
+}
+
 /// `POST url`, returning at the response head; see [`StreamResp`].
 pub async fn post_stream(url: &str, body: &str, headers: &[(&str, &str)]) -> StreamResp {
     Http::new().post_stream(url, body, headers).await
